@@ -1,0 +1,303 @@
+//! The image config, kept as JSON and patched in place.
+//!
+//! Round-tripping through `oci_spec::image::ImageConfiguration` would drop fields it does not
+//! know (Docker's `Shell`, `Healthcheck`, `OnBuild`, ...) and its HashMap labels serialize in
+//! random order; we edit a `serde_json::Value` instead and serialize with sorted keys, so the
+//! same edits always give the same bytes and digest.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::digest::Digest;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageConfig {
+    root: Value,
+}
+
+/// One history entry to append.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryEntry {
+    pub created_by: String,
+    pub comment: Option<String>,
+    pub empty_layer: bool,
+}
+
+impl ImageConfig {
+    pub fn from_slice(bytes: &[u8]) -> Result<ImageConfig, String> {
+        let root: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if !root.is_object() {
+            return Err("the image config is not a JSON object".into());
+        }
+        Ok(ImageConfig { root })
+    }
+
+    /// An empty config for `os/arch`, as for a `FROM scratch` image.
+    pub fn empty(os: &str, architecture: &str) -> ImageConfig {
+        ImageConfig {
+            root: json!({
+                "architecture": architecture,
+                "os": os,
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [],
+            }),
+        }
+    }
+
+    /// Canonical bytes: sorted keys, no whitespace. Relies on serde_json's default map (sorted);
+    /// `tests::serialization_sorts_keys` fails if something enables `preserve_order`.
+    pub fn to_canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.root).expect("a JSON value always serializes")
+    }
+
+    pub fn as_json(&self) -> &Value {
+        &self.root
+    }
+
+    fn top(&mut self) -> &mut Map<String, Value> {
+        self.root.as_object_mut().expect("checked in from_slice")
+    }
+
+    fn container(&self) -> Option<&Map<String, Value>> {
+        self.root.get("config").and_then(Value::as_object)
+    }
+
+    fn container_mut(&mut self) -> &mut Map<String, Value> {
+        let top = self.top();
+        if !top.get("config").is_some_and(Value::is_object) {
+            top.insert("config".into(), Value::Object(Map::new()));
+        }
+        top.get_mut("config").and_then(Value::as_object_mut).expect("just inserted")
+    }
+
+    fn str_field(&self, name: &str) -> Option<&str> {
+        self.container()?.get(name)?.as_str()
+    }
+
+    fn strings_field(&self, name: &str) -> Option<Vec<String>> {
+        let arr = self.container()?.get(name)?.as_array()?;
+        Some(arr.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+    }
+
+    /// Sets `config.<name>`; `Value::Null` removes it.
+    pub fn set_field(&mut self, name: &str, value: Value) {
+        let c = self.container_mut();
+        if value.is_null() {
+            c.remove(name);
+        } else {
+            c.insert(name.into(), value);
+        }
+    }
+
+    pub fn os(&self) -> &str {
+        self.root.get("os").and_then(Value::as_str).unwrap_or("linux")
+    }
+
+    pub fn architecture(&self) -> &str {
+        self.root.get("architecture").and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn variant(&self) -> Option<&str> {
+        self.root.get("variant").and_then(Value::as_str)
+    }
+
+    /// `config.Env` as ordered pairs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.strings_field("Env")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (kv, String::new()),
+            })
+            .collect()
+    }
+
+    /// Sets one variable, replacing it where it stands or appending it.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        let mut env = self.env();
+        match env.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => env.push((key.to_string(), value.to_string())),
+        }
+        let list: Vec<Value> = env.into_iter().map(|(k, v)| Value::String(format!("{k}={v}"))).collect();
+        self.set_field("Env", Value::Array(list));
+    }
+
+    pub fn user(&self) -> &str {
+        self.str_field("User").unwrap_or("")
+    }
+
+    pub fn set_user(&mut self, user: &str) {
+        self.set_field("User", Value::String(user.into()));
+    }
+
+    pub fn working_dir(&self) -> &str {
+        self.str_field("WorkingDir").unwrap_or("")
+    }
+
+    pub fn set_working_dir(&mut self, dir: &str) {
+        self.set_field("WorkingDir", Value::String(dir.into()));
+    }
+
+    /// Docker's `Shell` (default `["/bin/sh", "-c"]` when unset).
+    pub fn shell(&self) -> Vec<String> {
+        self.strings_field("Shell")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    pub fn set_shell(&mut self, shell: &[String]) {
+        self.set_field("Shell", json!(shell));
+    }
+
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.container()
+            .and_then(|c| c.get("Labels"))
+            .and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn set_label(&mut self, key: &str, value: &str) {
+        let c = self.container_mut();
+        if !c.get("Labels").is_some_and(Value::is_object) {
+            c.insert("Labels".into(), Value::Object(Map::new()));
+        }
+        c.get_mut("Labels")
+            .and_then(Value::as_object_mut)
+            .expect("just inserted")
+            .insert(key.into(), Value::String(value.into()));
+    }
+
+    /// Adds keys to an object-valued field such as `ExposedPorts` or `Volumes`.
+    pub fn add_to_set(&mut self, field: &str, keys: &[String]) {
+        let c = self.container_mut();
+        if !c.get(field).is_some_and(Value::is_object) {
+            c.insert(field.into(), Value::Object(Map::new()));
+        }
+        let set = c.get_mut(field).and_then(Value::as_object_mut).expect("just inserted");
+        for k in keys {
+            set.insert(k.clone(), json!({}));
+        }
+    }
+
+    /// Appends to `config.OnBuild`.
+    pub fn push_onbuild(&mut self, trigger: &str) {
+        let mut list = self.strings_field("OnBuild").unwrap_or_default();
+        list.push(trigger.into());
+        self.set_field("OnBuild", json!(list));
+    }
+
+    pub fn diff_ids(&self) -> Vec<String> {
+        self.root
+            .pointer("/rootfs/diff_ids")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn history(&self) -> Vec<Value> {
+        self.root.get("history").and_then(Value::as_array).cloned().unwrap_or_default()
+    }
+
+    pub fn set_history(&mut self, history: Vec<Value>) {
+        self.top().insert("history".into(), Value::Array(history));
+    }
+
+    /// Records a new layer: its diffID joins `rootfs.diff_ids`, and a history entry is added.
+    pub fn push_layer(&mut self, diff_id: &Digest, created: &str, entry: HistoryEntry) {
+        let top = self.top();
+        if !top.get("rootfs").is_some_and(Value::is_object) {
+            top.insert("rootfs".into(), json!({"type": "layers", "diff_ids": []}));
+        }
+        let rootfs = top.get_mut("rootfs").and_then(Value::as_object_mut).expect("just inserted");
+        if !rootfs.get("diff_ids").is_some_and(Value::is_array) {
+            rootfs.insert("diff_ids".into(), json!([]));
+        }
+        rootfs
+            .get_mut("diff_ids")
+            .and_then(Value::as_array_mut)
+            .expect("just inserted")
+            .push(Value::String(diff_id.to_string()));
+        self.push_history(created, HistoryEntry { empty_layer: false, ..entry });
+    }
+
+    /// Adds a history entry (`empty_layer` ones record config-only instructions).
+    pub fn push_history(&mut self, created: &str, entry: HistoryEntry) {
+        let mut h = Map::new();
+        h.insert("created".into(), Value::String(created.into()));
+        h.insert("created_by".into(), Value::String(entry.created_by));
+        if let Some(c) = entry.comment {
+            h.insert("comment".into(), Value::String(c));
+        }
+        if entry.empty_layer {
+            h.insert("empty_layer".into(), Value::Bool(true));
+        }
+        let top = self.top();
+        if !top.get("history").is_some_and(Value::is_array) {
+            top.insert("history".into(), json!([]));
+        }
+        top.get_mut("history").and_then(Value::as_array_mut).expect("just inserted").push(Value::Object(h));
+    }
+
+    pub fn set_created(&mut self, created: &str) {
+        self.top().insert("created".into(), Value::String(created.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCKER_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","A=1"],"Shell":["/bin/bash","-c"],"Healthcheck":{"Test":["NONE"]},"OnBuild":null,"ArgsEscaped":true},"container_config":{"Hostname":"x"},"docker_version":"24.0","rootfs":{"type":"layers","diff_ids":["sha256:aa"]},"history":[{"created_by":"x"}]}"#;
+
+    #[test]
+    fn unknown_fields_survive_edits() {
+        let mut c = ImageConfig::from_slice(DOCKER_CONFIG.as_bytes()).unwrap();
+        c.set_env("A", "2");
+        c.set_env("B", "3");
+        c.set_label("z", "1");
+        c.set_label("a", "2");
+        let v: Value = serde_json::from_slice(&c.to_canonical_bytes()).unwrap();
+        assert_eq!(v["container_config"]["Hostname"], "x");
+        assert_eq!(v["docker_version"], "24.0");
+        assert_eq!(v["config"]["Healthcheck"]["Test"][0], "NONE");
+        assert_eq!(v["config"]["ArgsEscaped"], true);
+        assert_eq!(v["config"]["Env"], json!(["PATH=/bin", "A=2", "B=3"]));
+        assert_eq!(c.shell(), vec!["/bin/bash", "-c"]);
+    }
+
+    #[test]
+    fn serialization_sorts_keys() {
+        let mut c = ImageConfig::empty("linux", "amd64");
+        for k in ["zeta", "alpha", "mid"] {
+            c.set_label(k, "v");
+        }
+        let s = String::from_utf8(c.to_canonical_bytes()).unwrap();
+        let (a, m, z) = (s.find("alpha").unwrap(), s.find("mid").unwrap(), s.find("zeta").unwrap());
+        assert!(a < m && m < z, "labels not sorted: {s}");
+        assert!(s.find("\"architecture\"").unwrap() < s.find("\"rootfs\"").unwrap());
+        // Same edits, same bytes.
+        let mut d = ImageConfig::empty("linux", "amd64");
+        for k in ["mid", "zeta", "alpha"] {
+            d.set_label(k, "v");
+        }
+        assert_eq!(c.to_canonical_bytes(), d.to_canonical_bytes());
+    }
+
+    #[test]
+    fn layers_and_history_stay_consistent() {
+        let mut c = ImageConfig::empty("linux", "amd64");
+        let d = Digest::of(b"layer");
+        c.push_history("t", HistoryEntry { created_by: "ENV a=b".into(), empty_layer: true, ..Default::default() });
+        c.push_layer(&d, "t", HistoryEntry { created_by: "COPY a /".into(), ..Default::default() });
+        assert_eq!(c.diff_ids(), vec![d.to_string()]);
+        let h = c.history();
+        assert_eq!(h.len(), 2);
+        assert_eq!(h[0]["empty_layer"], true);
+        assert!(h[1].get("empty_layer").is_none());
+    }
+}

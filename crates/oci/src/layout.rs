@@ -1,0 +1,430 @@
+//! OCI image layouts: reading images (tag, image index -> platform manifest -> config) with
+//! every small blob verified, and writing images atomically.
+//!
+//! Atomicity: a new layout is assembled in a temporary sibling directory and renamed into place;
+//! an existing layout receives its new blobs first (content-addressed, so harmless if we stop
+//! there) and `index.json` last, replaced by rename. A failed or killed run leaves the previous
+//! `index.json` - and so every image in the layout - exactly as it was.
+
+use std::fs::{self, File};
+use std::io::{BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+use serde_json::{Value, json};
+
+use crate::config::ImageConfig;
+use crate::digest::{BlobCheckFailure, Digest, VerifyingReader};
+use crate::error::{OciError, Result};
+use crate::media;
+use crate::platform::Platform;
+
+/// Manifests, indexes and configs larger than this are refused (they are a few KiB in practice;
+/// the limit stops a hostile layout from making us allocate without bound).
+const MAX_JSON_BLOB: u64 = 16 << 20;
+
+/// A directory of content-addressed blobs (`<root>/blobs/sha256/<hex>`): an OCI layout, or the
+/// registry blob cache.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    pub fn new(root: impl Into<PathBuf>) -> BlobStore {
+        BlobStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    pub fn has(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Opens a blob for streaming; the reader fails at the end if the content does not match.
+    pub fn open(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<BufReader<File>>> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => OciError::MissingBlob { digest: digest.clone(), store: self.root.clone() },
+            _ => OciError::Io { path: path.clone(), source: e },
+        })?;
+        Ok(VerifyingReader::new(BufReader::with_capacity(256 * 1024, file), digest.clone(), size))
+    }
+
+    /// Reads a small JSON blob completely, verified.
+    pub fn read_verified(&self, digest: &Digest, size: Option<u64>) -> Result<Vec<u8>> {
+        if let Some(s) = size
+            && s > MAX_JSON_BLOB
+        {
+            return Err(OciError::Malformed {
+                path: self.blob_path(digest),
+                what: "descriptor",
+                reason: format!("{s} bytes is too large for a manifest or config"),
+            });
+        }
+        let mut out = Vec::new();
+        let reader = self.open(digest, size)?;
+        reader.take(MAX_JSON_BLOB + 1).read_to_end(&mut out).map_err(|e| self.read_error(digest, e))?;
+        Ok(out)
+    }
+
+    /// Turns an I/O error from a [`VerifyingReader`] into an error that names the blob.
+    pub fn read_error(&self, digest: &Digest, e: std::io::Error) -> OciError {
+        match BlobCheckFailure::find(&e) {
+            Some(BlobCheckFailure::Digest { actual }) => {
+                OciError::DigestMismatch { digest: digest.clone(), actual: actual.clone(), store: self.root.clone() }
+            }
+            Some(BlobCheckFailure::Size { expected, actual }) => OciError::SizeMismatch {
+                digest: digest.clone(),
+                expected: *expected,
+                actual: *actual,
+                store: self.root.clone(),
+            },
+            None => OciError::Io { path: self.blob_path(digest), source: e },
+        }
+    }
+}
+
+/// A resolved single-platform image: manifest and config, plus where its blobs are.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// How the user named it, for messages.
+    pub name: String,
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub config_digest: Digest,
+    pub config: ImageConfig,
+    pub store: BlobStore,
+}
+
+impl Image {
+    pub fn layers(&self) -> &[Descriptor] {
+        self.manifest.layers()
+    }
+
+    /// Layer digests in order.
+    pub fn layer_digests(&self) -> Result<Vec<Digest>> {
+        self.layers().iter().map(|l| Digest::try_from(l.digest())).collect()
+    }
+}
+
+/// An OCI image layout directory.
+#[derive(Debug, Clone)]
+pub struct OciLayout {
+    store: BlobStore,
+}
+
+impl OciLayout {
+    pub fn open(dir: &Path) -> Result<OciLayout> {
+        let marker = dir.join("oci-layout");
+        let text = fs::read_to_string(&marker).map_err(|e| OciError::NotALayout {
+            path: dir.to_path_buf(),
+            reason: format!("cannot read oci-layout: {e}"),
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| OciError::Malformed {
+            path: marker.clone(),
+            what: "oci-layout",
+            reason: e.to_string(),
+        })?;
+        if v.get("imageLayoutVersion").and_then(Value::as_str).is_none() {
+            return Err(OciError::Malformed { path: marker, what: "oci-layout", reason: "no imageLayoutVersion".into() });
+        }
+        Ok(OciLayout { store: BlobStore::new(dir) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.store.root()
+    }
+
+    pub fn store(&self) -> &BlobStore {
+        &self.store
+    }
+
+    pub fn index(&self) -> Result<ImageIndex> {
+        let path = self.dir().join("index.json");
+        let bytes = fs::read(&path).map_err(OciError::io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed { path, what: "index.json", reason: e.to_string() })
+    }
+
+    /// Tags (`org.opencontainers.image.ref.name`) of the images in index.json.
+    pub fn tags(&self) -> Result<Vec<String>> {
+        Ok(self.index()?.manifests().iter().filter_map(|d| ref_name(d).map(String::from)).collect())
+    }
+
+    /// Finds the image tagged `tag` (or the only image) for `platform`.
+    pub fn resolve(&self, tag: Option<&str>, platform: &Platform) -> Result<Image> {
+        let index = self.index()?;
+        let manifests = index.manifests();
+        let tags = || {
+            let t: Vec<&str> = manifests.iter().filter_map(ref_name).collect();
+            if t.is_empty() { "none".to_string() } else { t.join(", ") }
+        };
+        let desc = match tag {
+            Some(tag) => manifests.iter().find(|d| ref_name(d) == Some(tag)).ok_or_else(|| OciError::TagNotFound {
+                layout: self.dir().to_path_buf(),
+                tag: tag.into(),
+                available: tags(),
+            })?,
+            None => match manifests.as_slice() {
+                [only] => only,
+                [] => {
+                    return Err(OciError::NotALayout { path: self.dir().into(), reason: "index.json lists no images".into() });
+                }
+                many => many.iter().find(|d| ref_name(d) == Some("latest")).ok_or_else(|| OciError::AmbiguousImage {
+                    layout: self.dir().to_path_buf(),
+                    count: many.len(),
+                    available: tags(),
+                })?,
+            },
+        };
+        let name = match tag {
+            Some(t) => format!("oci:{}:{t}", self.dir().display()),
+            None => format!("oci:{}", self.dir().display()),
+        };
+        resolve_descriptor(&self.store, desc, platform, &name)
+    }
+}
+
+/// The tag annotation of an index entry.
+pub fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations().as_ref()?.get(media::REF_NAME).map(String::as_str)
+}
+
+/// Follows an index entry to a single-platform image, reading and verifying each JSON blob.
+pub fn resolve_descriptor(store: &BlobStore, desc: &Descriptor, platform: &Platform, name: &str) -> Result<Image> {
+    let mut desc = desc.clone();
+    // Nested indexes are legal; a few levels is plenty and stops cycles.
+    for _ in 0..4 {
+        let digest = Digest::try_from(desc.digest())?;
+        let bytes = store.read_verified(&digest, Some(desc.size()))?;
+        let media_type = desc.media_type().to_string();
+        let doc_type = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(String::from));
+        let is_index = media::is_index(&media_type)
+            || doc_type.as_deref().is_some_and(media::is_index)
+            || (!media::is_manifest(&media_type) && looks_like_index(&bytes));
+        if is_index {
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
+                path: store.blob_path(&digest),
+                what: "image index",
+                reason: e.to_string(),
+            })?;
+            let found = index.manifests().iter().find(|m| {
+                m.platform().as_ref().is_some_and(|p| {
+                    platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
+                })
+            });
+            match found {
+                Some(m) => desc = m.clone(),
+                None => {
+                    let available: Vec<String> = index
+                        .manifests()
+                        .iter()
+                        .filter_map(|m| m.platform().as_ref())
+                        .map(|p| match p.variant() {
+                            Some(v) => format!("{}/{}/{v}", p.os(), p.architecture()),
+                            None => format!("{}/{}", p.os(), p.architecture()),
+                        })
+                        .collect();
+                    return Err(OciError::PlatformNotFound {
+                        image: name.into(),
+                        platform: platform.to_string(),
+                        available: if available.is_empty() { "none".into() } else { available.join(", ") },
+                    });
+                }
+            }
+            continue;
+        }
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
+            path: store.blob_path(&digest),
+            what: "image manifest",
+            reason: e.to_string(),
+        })?;
+        let config_digest = Digest::try_from(manifest.config().digest())?;
+        let config_bytes = store.read_verified(&config_digest, Some(manifest.config().size()))?;
+        let config = ImageConfig::from_slice(&config_bytes).map_err(|reason| OciError::Malformed {
+            path: store.blob_path(&config_digest),
+            what: "image config",
+            reason,
+        })?;
+        if !platform.matches(config.os(), config.architecture(), config.variant()) {
+            return Err(OciError::PlatformNotFound {
+                image: name.into(),
+                platform: platform.to_string(),
+                available: format!("{}/{}", config.os(), config.architecture()),
+            });
+        }
+        return Ok(Image { name: name.into(), manifest_digest: digest, manifest, config_digest, config, store: store.clone() });
+    }
+    Err(OciError::Malformed { path: store.root().into(), what: "image index", reason: "indexes nested too deep".into() })
+}
+
+fn looks_like_index(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.get("manifests").is_some() && v.get("layers").is_none())
+}
+
+/// Serializes any serde value with sorted keys (oci-spec's annotations are HashMaps).
+pub fn canonical_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    let v = serde_json::to_value(value).expect("manifest types serialize");
+    serde_json::to_vec(&v).expect("a JSON value serializes")
+}
+
+/// Writes one image into an OCI layout, atomically. Blobs are staged next to the target and
+/// moved in on [`LayoutWriter::commit`]; dropping the writer without committing removes them.
+pub struct LayoutWriter {
+    target: PathBuf,
+    staging: tempfile::TempDir,
+    exists: bool,
+}
+
+impl LayoutWriter {
+    /// Prepares to write into `target`. An existing directory must be an OCI layout (we never
+    /// write into some other directory by mistake) or be empty.
+    pub fn begin(target: &Path) -> Result<LayoutWriter> {
+        let exists = match fs::read_dir(target) {
+            Ok(mut entries) => {
+                if entries.next().is_none() {
+                    fs::remove_dir(target).map_err(OciError::io(target))?;
+                    false
+                } else {
+                    OciLayout::open(target)?.index()?;
+                    true
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(OciError::Io { path: target.into(), source: e }),
+        };
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(OciError::io(&parent))?;
+        let staging = tempfile::Builder::new()
+            .prefix(".ext-extend-staging-")
+            .tempdir_in(&parent)
+            .map_err(OciError::io(&parent))?;
+        let blobs = staging.path().join("blobs").join("sha256");
+        fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
+        Ok(LayoutWriter { target: target.to_path_buf(), staging, exists })
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Where new blobs (e.g. from a [`crate::LayerWriter`]) should be written.
+    pub fn staging_blobs(&self) -> PathBuf {
+        self.staging.path().join("blobs").join("sha256")
+    }
+
+    fn target_has(&self, digest: &Digest) -> bool {
+        self.exists && BlobStore::new(&self.target).has(digest)
+    }
+
+    /// Carries a blob over from `source` by hard link, or by plain copy across filesystems: the
+    /// bytes are neither decompressed nor re-hashed.
+    pub fn add_blob_from(&mut self, source: &BlobStore, digest: &Digest) -> Result<()> {
+        let dest = self.staging_blobs().join(digest.hex());
+        if self.target_has(digest) || dest.exists() {
+            return Ok(());
+        }
+        let src = source.blob_path(digest);
+        if !src.is_file() {
+            return Err(OciError::MissingBlob { digest: digest.clone(), store: source.root().into() });
+        }
+        if fs::hard_link(&src, &dest).is_err() {
+            let tmp = dest.with_extension("tmp");
+            fs::copy(&src, &tmp).map_err(OciError::io(&src))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(OciError::io(&tmp))?;
+            fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a small blob (config or manifest) and returns its digest.
+    pub fn add_blob_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        if !self.target_has(&digest) {
+            let path = self.staging_blobs().join(digest.hex());
+            write_synced(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// Makes the image visible: moves the staged blobs into the layout and points `tag` at the
+    /// manifest (replacing only that tag's entry; other tags stay).
+    pub fn commit(self, manifest: &[u8], media_type: &str, tag: &str) -> Result<Descriptor> {
+        let mut this = self;
+        let digest = this.add_blob_bytes(manifest)?;
+        let mut annotations = std::collections::HashMap::new();
+        annotations.insert(media::REF_NAME.to_string(), tag.to_string());
+        let mut desc = Descriptor::new(oci_spec::image::MediaType::from(media_type), manifest.len() as u64, &digest);
+        desc.set_annotations(Some(annotations));
+
+        if this.exists {
+            let blobs = this.target.join("blobs").join("sha256");
+            fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
+            let staged = this.staging_blobs();
+            for entry in fs::read_dir(&staged).map_err(OciError::io(&staged))? {
+                let entry = entry.map_err(OciError::io(&staged))?;
+                let dest = blobs.join(entry.file_name());
+                if !dest.exists() {
+                    fs::rename(entry.path(), &dest).map_err(OciError::io(&dest))?;
+                }
+            }
+            sync_dir(&blobs)?;
+            let index_path = this.target.join("index.json");
+            let bytes = fs::read(&index_path).map_err(OciError::io(&index_path))?;
+            let mut index: Value = serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
+                path: index_path.clone(),
+                what: "index.json",
+                reason: e.to_string(),
+            })?;
+            let list = index
+                .get_mut("manifests")
+                .and_then(Value::as_array_mut)
+                .ok_or_else(|| OciError::Malformed { path: index_path.clone(), what: "index.json", reason: "no manifests array".into() })?;
+            list.retain(|m| m.pointer(&format!("/annotations/{}", media::REF_NAME.replace('/', "~1"))).and_then(Value::as_str) != Some(tag));
+            list.push(serde_json::to_value(&desc).expect("descriptors serialize"));
+            let tmp = this.target.join(".index.json.tmp");
+            write_synced(&tmp, &serde_json::to_vec(&index).expect("JSON serializes"))?;
+            fs::rename(&tmp, &index_path).map_err(OciError::io(&index_path))?;
+            sync_dir(&this.target)?;
+        } else {
+            let root = this.staging.path();
+            write_synced(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            let index = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [desc]});
+            write_synced(&root.join("index.json"), &serde_json::to_vec(&index).expect("JSON serializes"))?;
+            sync_dir(&root.join("blobs").join("sha256"))?;
+            let staged = this.staging.keep();
+            fs::rename(&staged, &this.target).map_err(|e| {
+                let _ = fs::remove_dir_all(&staged);
+                OciError::Io { path: this.target.clone(), source: e }
+            })?;
+            if let Some(parent) = this.target.parent() {
+                sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { parent })?;
+            }
+        }
+        Ok(desc)
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(OciError::io(path))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(OciError::io(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(OciError::io(dir))
+}

@@ -1,0 +1,20 @@
+//! The image store of ext-extend: digests, image references, image configs patched as JSON,
+//! OCI image layouts (read with verification, written atomically) and the deterministic
+//! [`LayerWriter`]. It knows nothing about Dockerfiles.
+
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod layer;
+pub mod layout;
+pub mod media;
+pub mod platform;
+pub mod reference;
+
+pub use config::{HistoryEntry, ImageConfig};
+pub use digest::{Digest, HashingWriter, VerifyingReader};
+pub use error::{OciError, Result};
+pub use layer::{DeviceKind, EntryMeta, LayerBlob, LayerOptions, LayerWriter, MtimePolicy};
+pub use layout::{BlobStore, Image, LayoutWriter, OciLayout};
+pub use platform::Platform;
+pub use reference::{ImageRef, LayoutRef, RegistryRef};
