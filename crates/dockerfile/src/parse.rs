@@ -1,0 +1,566 @@
+//! From Dockerfile text to owned, validated instructions. Parsing is `parse-dockerfile`'s job;
+//! here we keep line numbers and the source text, enforce the CNB single-stage subset, and turn
+//! config-only instructions outside that subset into warnings.
+
+use parse_dockerfile as pd;
+
+use crate::error::{DockerfileError, Location};
+use crate::words::join_continuations;
+
+/// The FROM that a Dockerfile without one is given, so `ext-extend build -f` works on files that
+/// only list the changes (CNB allows an omitted FROM in run.Dockerfiles).
+const IMPLICIT_FROM: &str = "FROM ${base_image}\n";
+
+/// A parsed, validated single-stage Dockerfile.
+#[derive(Debug, Clone)]
+pub struct Dockerfile {
+    /// Display name used in errors (usually the path).
+    pub file: String,
+    /// The escape character (`\` or the `# escape=` directive's).
+    pub escape: char,
+    /// ARG instructions before FROM (only visible to FROM).
+    pub global_args: Vec<Instruction>,
+    /// The FROM instruction; `implicit` if the file had none.
+    pub from: From,
+    /// Instructions after FROM, in order.
+    pub instructions: Vec<Instruction>,
+    /// Non-fatal findings (config-only instructions outside the CNB subset).
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone)]
+pub struct From {
+    pub line: usize,
+    /// The image word, unexpanded (normally `${base_image}`).
+    pub image: String,
+    /// True when the file had no FROM and `FROM ${base_image}` was assumed.
+    pub implicit: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub at: Location,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// One instruction with its source line and normalized text (used in history and errors).
+#[derive(Debug, Clone)]
+pub struct Instruction {
+    pub line: usize,
+    /// The instruction as written, continuations joined (e.g. `RUN apt-get update && ...`).
+    pub text: String,
+    pub kind: Kind,
+}
+
+/// A `--name[=value]` flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RawSource {
+    Path(String),
+    /// `<<NAME` here-document: the file name (delimiter), body, and whether `$VARS` expand in it.
+    HereDoc {
+        name: String,
+        body: String,
+        expand: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum RawCommand {
+    /// Shell form, continuations joined.
+    Shell(String),
+    /// Exec (JSON) form.
+    Exec(Vec<String>),
+}
+
+/// Instructions, with arguments still unexpanded (expansion needs the image's environment,
+/// which only the planner has).
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Arg(String),
+    Env(String),
+    Label(String),
+    User(String),
+    Workdir(String),
+    Shell(Vec<String>),
+    Copy {
+        add: bool,
+        flags: Vec<Flag>,
+        sources: Vec<RawSource>,
+        dest: String,
+    },
+    Run {
+        flags: Vec<Flag>,
+        command: RawCommand,
+        heredocs: Vec<RawSource>,
+    },
+    Cmd(RawCommand),
+    Entrypoint(RawCommand),
+    Expose(Vec<String>),
+    Volume(Vec<String>),
+    Stopsignal(String),
+    Healthcheck {
+        flags: Vec<Flag>,
+        command: Option<RawCommand>,
+    },
+    Maintainer(String),
+    Onbuild(String),
+}
+
+impl Dockerfile {
+    /// Parses and validates `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        match parse_raw(text, file, None) {
+            Err(e) if needs_implicit_from(&e) => {
+                let at = directives_end(text);
+                let mut with_from = String::with_capacity(text.len() + IMPLICIT_FROM.len());
+                with_from.push_str(&text[..at]);
+                with_from.push_str(IMPLICIT_FROM);
+                with_from.push_str(&text[at..]);
+                parse_raw(&with_from, file, Some(at))
+            }
+            other => other,
+        }
+    }
+}
+
+/// Marker for the parser errors that mean "no FROM" (to retry with an implicit one).
+fn needs_implicit_from(e: &DockerfileError) -> bool {
+    matches!(e, DockerfileError::Syntax { message, .. }
+        if message.starts_with("expected FROM") || message.starts_with("expected at least one FROM"))
+}
+
+/// Byte offset just past the parser directives (`# escape=` etc.) at the top of the file, where
+/// an implicit FROM can go without turning the directives into comments.
+fn directives_end(text: &str) -> usize {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        let is_directive = t.strip_prefix('#').is_some_and(|rest| {
+            rest.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim();
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphabetic())
+            })
+        });
+        if !is_directive {
+            break;
+        }
+        offset += line.len();
+    }
+    offset
+}
+
+/// Parses `text`. `implicit_from_at` is the byte offset where an implicit FROM line was
+/// inserted, so reported lines can be mapped back to the user's file.
+fn parse_raw(
+    text: &str,
+    file: &str,
+    implicit_from_at: Option<usize>,
+) -> Result<Dockerfile, DockerfileError> {
+    let lines = LineIndex::new(text, implicit_from_at);
+    let parsed = pd::parse(text).map_err(|e| {
+        let mut line = e.line();
+        if let Some(at) = implicit_from_at
+            && line > lines.line_of(at)
+        {
+            line -= 1;
+        }
+        let message = e.to_string();
+        // parse-dockerfile appends its own "at line N column M"; we print our own location.
+        let mut message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        if message.starts_with("unknown instruction")
+            && let Some(here) = heredoc_line_before(text, e.line())
+        {
+            // The body of a here-document the parser did not recognise shows up as an "unknown
+            // instruction"; point at the instruction that opened it instead.
+            line = here - usize::from(implicit_from_at.is_some_and(|at| here > lines.line_of(at)));
+            message = "a here-document is supported only where it starts the command (`RUN <<EOF`, `COPY <<EOF /dest`)".into();
+        }
+        DockerfileError::Syntax { at: Location { file: file.into(), line }, message }
+    })?;
+    let escape = parsed
+        .parser_directives
+        .escape
+        .as_ref()
+        .map_or('\\', |d| d.value.value);
+
+    let mut global_args = Vec::new();
+    let mut from: Option<From> = None;
+    let mut instructions = Vec::new();
+    let mut warnings = Vec::new();
+    let starts: Vec<usize> = parsed.instructions.iter().map(instruction_start).collect();
+
+    for (i, ins) in parsed.instructions.iter().enumerate() {
+        let start = starts[i];
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        let is_implicit = implicit_from_at == Some(start);
+        let line = lines.line_of(start);
+        let at = Location {
+            file: file.into(),
+            line,
+        };
+        let source = instruction_text(&text[start..end], escape);
+
+        if let pd::Instruction::From(f) = ins {
+            if implicit_from_at.is_some() && !is_implicit {
+                return Err(DockerfileError::Invalid {
+                    at,
+                    message: "FROM must come before every instruction but ARG".into(),
+                });
+            }
+            if from.is_some() {
+                return Err(DockerfileError::MultiStage { at });
+            }
+            if let Some(flag) = f.options.first() {
+                return Err(DockerfileError::UnsupportedFlag {
+                    at,
+                    instruction: "FROM",
+                    flag: flag.name.value.to_string(),
+                    supported: "none",
+                });
+            }
+            from = Some(From {
+                line,
+                image: f.image.value.to_string(),
+                implicit: is_implicit,
+            });
+            continue;
+        }
+
+        let kind = convert(ins, text, escape, &at, &mut warnings)?;
+        let instruction = Instruction {
+            line,
+            text: source,
+            kind,
+        };
+        if from.is_none() {
+            global_args.push(instruction);
+        } else {
+            instructions.push(instruction);
+        }
+    }
+
+    let from = from.expect("parse-dockerfile guarantees a FROM");
+    if from.implicit && instructions.is_empty() {
+        return Err(DockerfileError::Empty {
+            at: Location {
+                file: file.into(),
+                line: 0,
+            },
+        });
+    }
+    Ok(Dockerfile {
+        file: file.into(),
+        escape,
+        global_args,
+        from,
+        instructions,
+        warnings,
+    })
+}
+
+fn convert(
+    ins: &pd::Instruction<'_>,
+    text: &str,
+    escape: char,
+    at: &Location,
+    warnings: &mut Vec<Warning>,
+) -> Result<Kind, DockerfileError> {
+    let mut warn = |name: &str| {
+        warnings.push(Warning {
+            at: at.clone(),
+            message: format!(
+                "{name} is not one of the instructions image extensions should use ({}); it is applied to the image config",
+                crate::error::ALLOWED_INSTRUCTIONS
+            ),
+        })
+    };
+    Ok(match ins {
+        pd::Instruction::Arg(a) => Kind::Arg(a.arguments.value.to_string()),
+        pd::Instruction::Env(e) => Kind::Env(e.arguments.value.to_string()),
+        pd::Instruction::Label(l) => Kind::Label(l.arguments.value.to_string()),
+        pd::Instruction::User(u) => Kind::User(u.arguments.value.to_string()),
+        pd::Instruction::Workdir(w) => Kind::Workdir(w.arguments.value.to_string()),
+        pd::Instruction::Shell(s) => {
+            Kind::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect())
+        }
+        pd::Instruction::Copy(c) => copy_kind(
+            false,
+            &c.options,
+            &c.src,
+            &c.dest,
+            &text[c.copy.span.end..],
+            at,
+        )?,
+        pd::Instruction::Add(c) => copy_kind(
+            true,
+            &c.options,
+            &c.src,
+            &c.dest,
+            &text[c.add.span.end..],
+            at,
+        )?,
+        pd::Instruction::Run(r) => {
+            let flags = flags(&r.options);
+            if let Some(f) = flags.iter().find(|f| f.name != "network") {
+                return Err(DockerfileError::UnsupportedFlag {
+                    at: at.clone(),
+                    instruction: "RUN",
+                    flag: f.name.clone(),
+                    supported: "--network=default|none|host",
+                });
+            }
+            let heredocs = r
+                .here_docs
+                .iter()
+                .zip(heredoc_names(&text[r.run.span.end..]))
+                .map(|(h, name)| RawSource::HereDoc {
+                    name,
+                    body: h.value.to_string(),
+                    expand: h.expand,
+                })
+                .collect();
+            Kind::Run {
+                flags,
+                command: command(&r.arguments, escape),
+                heredocs,
+            }
+        }
+        pd::Instruction::Cmd(c) => {
+            warn("CMD");
+            Kind::Cmd(command(&c.arguments, escape))
+        }
+        pd::Instruction::Entrypoint(c) => {
+            warn("ENTRYPOINT");
+            Kind::Entrypoint(command(&c.arguments, escape))
+        }
+        pd::Instruction::Expose(e) => {
+            warn("EXPOSE");
+            Kind::Expose(e.arguments.iter().map(|a| a.value.to_string()).collect())
+        }
+        pd::Instruction::Volume(v) => {
+            warn("VOLUME");
+            Kind::Volume(match &v.arguments {
+                pd::JsonOrStringArray::Json(j) => {
+                    j.value.iter().map(|a| a.value.to_string()).collect()
+                }
+                pd::JsonOrStringArray::String(s) => s.iter().map(|a| a.value.to_string()).collect(),
+            })
+        }
+        pd::Instruction::Stopsignal(s) => {
+            warn("STOPSIGNAL");
+            Kind::Stopsignal(s.arguments.value.to_string())
+        }
+        pd::Instruction::Healthcheck(h) => {
+            warn("HEALTHCHECK");
+            let command = match &h.arguments {
+                pd::HealthcheckArguments::Cmd { arguments, .. } => Some(command(arguments, escape)),
+                _ => None,
+            };
+            Kind::Healthcheck {
+                flags: flags(&h.options),
+                command,
+            }
+        }
+        pd::Instruction::Maintainer(m) => {
+            warn("MAINTAINER");
+            Kind::Maintainer(m.name.value.to_string())
+        }
+        pd::Instruction::Onbuild(o) => {
+            warn("ONBUILD");
+            let start = instruction_start(&o.instruction);
+            Kind::Onbuild(
+                instruction_text(&text[start..], escape)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        }
+        pd::Instruction::From(_) => unreachable!("FROM is handled by the caller"),
+        _ => {
+            return Err(DockerfileError::Invalid {
+                at: at.clone(),
+                message: "instruction not supported by ext-extend".into(),
+            });
+        }
+    })
+}
+
+fn copy_kind(
+    add: bool,
+    options: &[pd::Flag<'_>],
+    src: &[pd::Source<'_>],
+    dest: &pd::UnescapedString<'_>,
+    after_keyword: &str,
+    at: &Location,
+) -> Result<Kind, DockerfileError> {
+    let instruction = if add { "ADD" } else { "COPY" };
+    let flags = flags(options);
+    for f in &flags {
+        match f.name.as_str() {
+            "from" => {
+                return Err(DockerfileError::CopyFrom {
+                    at: at.clone(),
+                    instruction,
+                });
+            }
+            "chown" | "chmod" | "link" => {}
+            other => {
+                return Err(DockerfileError::UnsupportedFlag {
+                    at: at.clone(),
+                    instruction,
+                    flag: other.to_string(),
+                    supported: "--chown, --chmod, --link",
+                });
+            }
+        }
+    }
+    let mut names = heredoc_names(after_keyword).into_iter();
+    let sources = src
+        .iter()
+        .map(|s| match s {
+            pd::Source::Path(p) => RawSource::Path(p.value.to_string()),
+            pd::Source::HereDoc(h) => RawSource::HereDoc {
+                name: names.next().unwrap_or_else(|| "heredoc".into()),
+                body: h.value.to_string(),
+                expand: h.expand,
+            },
+            _ => RawSource::Path(String::new()),
+        })
+        .collect();
+    Ok(Kind::Copy {
+        add,
+        flags,
+        sources,
+        dest: dest.value.to_string(),
+    })
+}
+
+fn flags(options: &[pd::Flag<'_>]) -> Vec<Flag> {
+    options
+        .iter()
+        .map(|f| Flag {
+            name: f.name.value.to_string(),
+            value: f.value.as_ref().map(|v| v.value.to_string()),
+        })
+        .collect()
+}
+
+fn command(c: &pd::Command<'_>, escape: char) -> RawCommand {
+    match c {
+        pd::Command::Exec(e) => {
+            RawCommand::Exec(e.value.iter().map(|a| a.value.to_string()).collect())
+        }
+        pd::Command::Shell(s) => RawCommand::Shell(join_continuations(s.value, escape)),
+        _ => RawCommand::Exec(Vec::new()),
+    }
+}
+
+/// The delimiters of `<<NAME`, `<<-NAME`, `<<"NAME"` here-documents in an instruction line; the
+/// parser keeps their bodies but not their names, and COPY names the file after them.
+fn heredoc_names(text: &str) -> Vec<String> {
+    let first_line = text.lines().next().unwrap_or("");
+    let mut names = Vec::new();
+    let mut rest = first_line;
+    while let Some(i) = rest.find("<<") {
+        rest = &rest[i + 2..];
+        let r = rest.strip_prefix('-').unwrap_or(rest);
+        let r = r.trim_start_matches(['"', '\'']);
+        let name: String = r
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.')
+            .collect();
+        if !name.is_empty() {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The nearest line before `line` (1-based) that opens a here-document, if any.
+fn heredoc_line_before(text: &str, line: usize) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    (1..line.min(lines.len() + 1)).rev().find(|&n| {
+        let l = lines[n - 1].trim_start();
+        let upper = l.get(..4).map(str::to_ascii_uppercase);
+        matches!(upper.as_deref(), Some("RUN " | "COPY" | "ADD ")) && l.contains("<<")
+    })
+}
+
+fn instruction_start(ins: &pd::Instruction<'_>) -> usize {
+    let k = match ins {
+        pd::Instruction::Add(i) => &i.add,
+        pd::Instruction::Arg(i) => &i.arg,
+        pd::Instruction::Cmd(i) => &i.cmd,
+        pd::Instruction::Copy(i) => &i.copy,
+        pd::Instruction::Entrypoint(i) => &i.entrypoint,
+        pd::Instruction::Env(i) => &i.env,
+        pd::Instruction::Expose(i) => &i.expose,
+        pd::Instruction::From(i) => &i.from,
+        pd::Instruction::Healthcheck(i) => &i.healthcheck,
+        pd::Instruction::Label(i) => &i.label,
+        pd::Instruction::Maintainer(i) => &i.maintainer,
+        pd::Instruction::Onbuild(i) => &i.onbuild,
+        pd::Instruction::Run(i) => &i.run,
+        pd::Instruction::Shell(i) => &i.shell,
+        pd::Instruction::Stopsignal(i) => &i.stopsignal,
+        pd::Instruction::User(i) => &i.user,
+        pd::Instruction::Volume(i) => &i.volume,
+        pd::Instruction::Workdir(i) => &i.workdir,
+        _ => unreachable!("parse-dockerfile added an instruction kind"),
+    };
+    k.span.start
+}
+
+/// The text of one instruction: everything up to the next instruction, minus the trailing
+/// comment and blank lines, with continuations joined.
+fn instruction_text(raw: &str, escape: char) -> String {
+    let mut lines: Vec<&str> = raw.lines().collect();
+    while let Some(last) = lines.last() {
+        let t = last.trim();
+        if t.is_empty() || t.starts_with('#') {
+            lines.pop();
+        } else {
+            break;
+        }
+    }
+    join_continuations(&lines.join("\n"), escape)
+}
+
+/// Byte offset -> 1-based line, skipping the implicit FROM line we may have inserted.
+struct LineIndex {
+    newlines: Vec<usize>,
+    inserted_at: Option<usize>,
+}
+
+impl LineIndex {
+    fn new(text: &str, inserted_at: Option<usize>) -> Self {
+        LineIndex {
+            newlines: text.match_indices('\n').map(|(i, _)| i).collect(),
+            inserted_at,
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        let line = self.newlines.partition_point(|&nl| nl < offset) + 1;
+        match self.inserted_at {
+            // Lines after the inserted FROM move back by one; the FROM itself maps to the
+            // line it was inserted before.
+            Some(at) if offset > at => line - 1,
+            _ => line,
+        }
+    }
+}

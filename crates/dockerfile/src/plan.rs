@@ -1,0 +1,691 @@
+//! From instructions to a [`Plan`]: typed steps with every word expanded as Docker would, given
+//! the build args and the environment of the image the Dockerfile applies to.
+//!
+//! Expansion rules (Docker/BuildKit): ARGs before FROM are visible only to FROM; an ARG after
+//! FROM takes its value from the build args, else its default, else the global ARG of the same
+//! name; ENV (including the base image's) wins over ARG of the same name; RUN text is never
+//! expanded (declared ARGs reach the command as environment variables instead).
+
+use std::collections::BTreeMap;
+
+use crate::error::{DockerfileError, Location};
+use crate::expand::{ShellLex, VarLookup};
+use crate::parse::{Dockerfile, Flag, Instruction, Kind, RawCommand, RawSource, Warning};
+use crate::words::{parse_args, parse_name_values};
+
+/// Build args Docker passes to RUN without an ARG declaration.
+pub const PREDEFINED_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// A Dockerfile with every word expanded, ready for the executor.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file: String,
+    pub from: ResolvedFrom,
+    pub steps: Vec<Step>,
+    pub warnings: Vec<Warning>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedFrom {
+    pub line: usize,
+    /// The expanded image name.
+    pub image: String,
+    /// True when FROM names the image being extended (`FROM ${base_image}`, or no FROM):
+    /// otherwise the Dockerfile switches to another image.
+    pub extends_base: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub line: usize,
+    /// Source text of the instruction, for history and messages.
+    pub text: String,
+    pub op: Op,
+}
+
+impl Step {
+    /// `file:line`, for messages about this step.
+    pub fn location(&self, file: &str) -> Location {
+        Location {
+            file: file.into(),
+            line: self.line,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// ARG: no effect on the image; kept for history.
+    Arg(Vec<(String, Option<String>)>),
+    Env(Vec<(String, String)>),
+    Label(Vec<(String, String)>),
+    User(String),
+    Workdir(String),
+    Shell(Vec<String>),
+    Copy(CopyOp),
+    Run(RunOp),
+    Config(ConfigOp),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOp {
+    /// ADD (archives extracted, URLs recognised) rather than COPY.
+    pub add: bool,
+    pub sources: Vec<CopySource>,
+    pub dest: String,
+    pub chown: Option<String>,
+    pub chmod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopySource {
+    /// A path or glob relative to the build context.
+    Path(String),
+    /// An `http(s)://` URL (ADD only).
+    Url(String),
+    /// A here-document: file name and content.
+    Inline { name: String, content: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOp {
+    pub command: RunCommand,
+    /// Declared ARGs with a value, passed to the command as environment (image ENV wins).
+    pub args_env: Vec<(String, String)>,
+    pub network: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunCommand {
+    /// Run through the image's SHELL (`/bin/sh -c` by default).
+    Shell(String),
+    /// Exec form: argv as given.
+    Exec(Vec<String>),
+    /// A here-document starting with `#!`: written to a file and executed.
+    Script(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigOp {
+    /// `prepend_shell`: shell form; the executor prefixes the image's SHELL.
+    Cmd {
+        args: Vec<String>,
+        prepend_shell: bool,
+    },
+    Entrypoint {
+        args: Vec<String>,
+        prepend_shell: bool,
+    },
+    Expose(Vec<String>),
+    Volume(Vec<String>),
+    StopSignal(String),
+    /// Docker's `Healthcheck` object: Test, Interval, Timeout, StartPeriod, StartInterval, Retries.
+    Healthcheck(Healthcheck),
+    Maintainer(String),
+    Onbuild(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval_ns: Option<u64>,
+    pub timeout_ns: Option<u64>,
+    pub start_period_ns: Option<u64>,
+    pub start_interval_ns: Option<u64>,
+    pub retries: Option<u64>,
+}
+
+/// Variables for expansion: ENV entries first (they win), then ARGs.
+struct Scope<'a> {
+    env: &'a [(String, String)],
+    args: &'a BTreeMap<String, String>,
+}
+
+impl VarLookup for Scope<'_> {
+    fn lookup(&self, name: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .or_else(|| self.args.get(name).map(String::as_str))
+    }
+}
+
+impl Dockerfile {
+    /// The expanded FROM: global ARGs and build args only.
+    pub fn resolve_from(
+        &self,
+        build_args: &BTreeMap<String, String>,
+    ) -> Result<ResolvedFrom, DockerfileError> {
+        let lex = ShellLex::new(self.escape);
+        let globals = self.global_arg_values(build_args)?;
+        let at = self.at(self.from.line);
+        let image = expand_word(
+            &lex,
+            &self.from.image,
+            &Scope {
+                env: &[],
+                args: &globals,
+            },
+            &at,
+        )?;
+        if image.trim().is_empty() {
+            let missing = if self.from.image.contains("base_image") {
+                "; the build arg `base_image` is not set (pass --from)"
+            } else {
+                ""
+            };
+            return Err(DockerfileError::Invalid {
+                at,
+                message: format!(
+                    "FROM {} expands to an empty image name{missing}",
+                    self.from.image
+                ),
+            });
+        }
+        let extends_base = self.from.implicit
+            || self.from.image == "${base_image}"
+            || build_args.get("base_image").is_some_and(|b| *b == image);
+        Ok(ResolvedFrom {
+            line: self.from.line,
+            image,
+            extends_base,
+        })
+    }
+
+    /// Plans the Dockerfile against an image whose config `Env` is `image_env`.
+    pub fn plan(
+        &self,
+        build_args: &BTreeMap<String, String>,
+        image_env: &[(String, String)],
+    ) -> Result<Plan, DockerfileError> {
+        let from = self.resolve_from(build_args)?;
+        let lex = ShellLex::new(self.escape);
+        let globals = self.global_arg_values(build_args)?;
+        let mut env: Vec<(String, String)> = image_env.to_vec();
+        let mut args: BTreeMap<String, String> = BTreeMap::new();
+        let mut steps = Vec::with_capacity(self.instructions.len());
+
+        for ins in &self.instructions {
+            let at = self.at(ins.line);
+            let op = {
+                let scope = Scope {
+                    env: &env,
+                    args: &args,
+                };
+                let word = |w: &str| expand_word(&lex, w, &scope, &at);
+                match &ins.kind {
+                    Kind::Arg(text) => {
+                        let pairs =
+                            parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))?;
+                        let mut declared = Vec::new();
+                        for p in pairs {
+                            let default = p.value.as_deref().map(&word).transpose()?;
+                            let value = build_args
+                                .get(&p.key)
+                                .cloned()
+                                .or_else(|| default.clone())
+                                .or_else(|| globals.get(&p.key).cloned());
+                            declared.push((p.key, default, value));
+                        }
+                        // Applied after the loop so `ARG a=1 b=$a` sees `a` like BuildKit does
+                        // only from the next instruction on.
+                        let op = Op::Arg(
+                            declared
+                                .iter()
+                                .map(|(k, d, _)| (k.clone(), d.clone()))
+                                .collect(),
+                        );
+                        for (k, _, v) in declared {
+                            match v {
+                                Some(v) => {
+                                    args.insert(k, v);
+                                }
+                                None => {
+                                    args.remove(&k);
+                                }
+                            }
+                        }
+                        op
+                    }
+                    Kind::Env(text) => {
+                        let pairs = self.pairs(ins, text, "ENV", &word)?;
+                        for (k, v) in &pairs {
+                            env.retain(|(ek, _)| ek != k);
+                            env.push((k.clone(), v.clone()));
+                        }
+                        Op::Env(pairs)
+                    }
+                    Kind::Label(text) => Op::Label(self.pairs(ins, text, "LABEL", &word)?),
+                    Kind::User(u) => {
+                        let user = word(u)?;
+                        if user.is_empty() {
+                            return Err(self.invalid(ins, "USER expands to an empty user".into()));
+                        }
+                        Op::User(user)
+                    }
+                    Kind::Workdir(w) => {
+                        let dir = word(w)?;
+                        if dir.is_empty() {
+                            return Err(
+                                self.invalid(ins, "WORKDIR expands to an empty path".into())
+                            );
+                        }
+                        Op::Workdir(dir)
+                    }
+                    Kind::Shell(s) => {
+                        if s.is_empty() {
+                            return Err(self.invalid(
+                                ins,
+                                "SHELL needs a JSON array, e.g. [\"/bin/sh\", \"-c\"]".into(),
+                            ));
+                        }
+                        Op::Shell(s.clone())
+                    }
+                    Kind::Copy {
+                        add,
+                        flags,
+                        sources,
+                        dest,
+                    } => {
+                        Op::Copy(self.copy_op(ins, *add, flags, sources, dest, &lex, &scope, &at)?)
+                    }
+                    Kind::Run {
+                        flags,
+                        command,
+                        heredocs,
+                    } => {
+                        let network = flags
+                            .iter()
+                            .find(|f| f.name == "network")
+                            .and_then(|f| f.value.clone());
+                        if let Some(n) = &network
+                            && !matches!(n.as_str(), "default" | "none" | "host")
+                        {
+                            return Err(self.invalid(
+                                ins,
+                                format!("RUN --network={n}: expected default, none or host"),
+                            ));
+                        }
+                        let command = match (command, heredocs.as_slice()) {
+                            (RawCommand::Exec(argv), []) => RunCommand::Exec(argv.clone()),
+                            (RawCommand::Shell(cmd), []) => RunCommand::Shell(cmd.clone()),
+                            (RawCommand::Shell(cmd), [RawSource::HereDoc { body, .. }])
+                                if cmd.trim().is_empty() =>
+                            {
+                                if body.starts_with("#!") {
+                                    RunCommand::Script(body.clone())
+                                } else {
+                                    RunCommand::Shell(body.clone())
+                                }
+                            }
+                            _ => {
+                                return Err(self.invalid(
+                                    ins,
+                                    "RUN with a here-document is supported only as `RUN <<EOF` (one here-document that is the whole command)".into(),
+                                ));
+                            }
+                        };
+                        let mut args_env: Vec<(String, String)> =
+                            args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        for p in PREDEFINED_ARGS {
+                            if let Some(v) = build_args.get(*p)
+                                && !args.contains_key(*p)
+                            {
+                                args_env.push(((*p).to_string(), v.clone()));
+                            }
+                        }
+                        Op::Run(RunOp {
+                            command,
+                            args_env,
+                            network,
+                        })
+                    }
+                    Kind::Cmd(c) => {
+                        let (args, prepend_shell) = command_args(c);
+                        Op::Config(ConfigOp::Cmd {
+                            args,
+                            prepend_shell,
+                        })
+                    }
+                    Kind::Entrypoint(c) => {
+                        let (args, prepend_shell) = command_args(c);
+                        Op::Config(ConfigOp::Entrypoint {
+                            args,
+                            prepend_shell,
+                        })
+                    }
+                    Kind::Expose(ports) => {
+                        let mut out = Vec::new();
+                        for p in ports {
+                            let p = word(p)?;
+                            out.push(if p.contains('/') {
+                                p
+                            } else {
+                                format!("{p}/tcp")
+                            });
+                        }
+                        Op::Config(ConfigOp::Expose(out))
+                    }
+                    Kind::Volume(v) => Op::Config(ConfigOp::Volume(
+                        v.iter().map(|p| word(p)).collect::<Result<_, _>>()?,
+                    )),
+                    Kind::Stopsignal(s) => Op::Config(ConfigOp::StopSignal(word(s)?)),
+                    Kind::Healthcheck { flags, command } => Op::Config(ConfigOp::Healthcheck(
+                        self.healthcheck(ins, flags, command.as_ref())?,
+                    )),
+                    Kind::Maintainer(m) => Op::Config(ConfigOp::Maintainer(m.clone())),
+                    Kind::Onbuild(o) => Op::Config(ConfigOp::Onbuild(o.clone())),
+                }
+            };
+            steps.push(Step {
+                line: ins.line,
+                text: ins.text.clone(),
+                op,
+            });
+        }
+        Ok(Plan {
+            file: self.file.clone(),
+            from,
+            steps,
+            warnings: self.warnings.clone(),
+        })
+    }
+
+    fn at(&self, line: usize) -> Location {
+        Location {
+            file: self.file.clone(),
+            line,
+        }
+    }
+
+    fn invalid(&self, ins: &Instruction, message: String) -> DockerfileError {
+        DockerfileError::Invalid {
+            at: self.at(ins.line),
+            message,
+        }
+    }
+
+    /// Values of the ARGs before FROM: build arg, else the expanded default.
+    fn global_arg_values(
+        &self,
+        build_args: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, DockerfileError> {
+        let lex = ShellLex::new(self.escape);
+        let mut values = BTreeMap::new();
+        // CNB run.Dockerfiles may write `FROM ${base_image}` without declaring the ARG, so the
+        // image being extended is always visible to FROM.
+        if let Some(b) = build_args.get("base_image") {
+            values.insert("base_image".to_string(), b.clone());
+        }
+        for ins in &self.global_args {
+            let Kind::Arg(text) = &ins.kind else { continue };
+            let at = self.at(ins.line);
+            for p in parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))? {
+                let default = match &p.value {
+                    Some(d) => Some(expand_word(
+                        &lex,
+                        d,
+                        &Scope {
+                            env: &[],
+                            args: &values,
+                        },
+                        &at,
+                    )?),
+                    None => None,
+                };
+                if let Some(v) = build_args.get(&p.key).cloned().or(default) {
+                    values.insert(p.key, v);
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    fn pairs(
+        &self,
+        ins: &Instruction,
+        text: &str,
+        what: &str,
+        word: &dyn Fn(&str) -> Result<String, DockerfileError>,
+    ) -> Result<Vec<(String, String)>, DockerfileError> {
+        parse_name_values(text, self.escape, what)
+            .map_err(|m| self.invalid(ins, m))?
+            .into_iter()
+            .map(|p| {
+                let key = word(&p.key)?;
+                let value = word(p.value.as_deref().unwrap_or(""))?;
+                if key.is_empty() {
+                    return Err(
+                        self.invalid(ins, format!("{what} name `{}` expands to nothing", p.key))
+                    );
+                }
+                Ok((key, value))
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn copy_op(
+        &self,
+        ins: &Instruction,
+        add: bool,
+        flags: &[Flag],
+        sources: &[RawSource],
+        dest: &str,
+        lex: &ShellLex,
+        scope: &Scope<'_>,
+        at: &Location,
+    ) -> Result<CopyOp, DockerfileError> {
+        let name = if add { "ADD" } else { "COPY" };
+        let flag = |n: &str| -> Result<Option<String>, DockerfileError> {
+            match flags.iter().find(|f| f.name == n) {
+                Some(Flag { value: Some(v), .. }) => Ok(Some(expand_word(lex, v, scope, at)?)),
+                Some(Flag { value: None, .. }) => {
+                    Err(self.invalid(ins, format!("{name} --{n} needs a value")))
+                }
+                None => Ok(None),
+            }
+        };
+        let chown = flag("chown")?;
+        let chmod = flag("chmod")?;
+        if let Some(m) = &chmod
+            && (m.is_empty() || m.len() > 4 || u32::from_str_radix(m, 8).is_err())
+        {
+            return Err(self.invalid(
+                ins,
+                format!("{name} --chmod={m}: expected an octal mode such as 0755"),
+            ));
+        }
+        let mut out = Vec::with_capacity(sources.len());
+        for s in sources {
+            out.push(match s {
+                RawSource::Path(p) => {
+                    let p = expand_word(lex, p, scope, at)?;
+                    if p.starts_with("http://") || p.starts_with("https://") {
+                        if !add {
+                            return Err(self
+                                .invalid(ins, format!("COPY cannot fetch a URL ({p}); use ADD")));
+                        }
+                        CopySource::Url(p)
+                    } else if p.starts_with("git@") {
+                        return Err(self.invalid(
+                            ins,
+                            format!("{name} of a git repository ({p}) is not supported"),
+                        ));
+                    } else {
+                        CopySource::Path(p)
+                    }
+                }
+                RawSource::HereDoc { name, body, expand } => {
+                    let content = if *expand {
+                        expand_heredoc(lex, body, scope, at)?
+                    } else {
+                        body.clone()
+                    };
+                    CopySource::Inline {
+                        name: name.clone(),
+                        content,
+                    }
+                }
+            });
+        }
+        let dest = expand_word(lex, dest, scope, at)?;
+        if dest.is_empty() {
+            return Err(self.invalid(ins, format!("{name} destination expands to an empty path")));
+        }
+        Ok(CopyOp {
+            add,
+            sources: out,
+            dest,
+            chown,
+            chmod,
+        })
+    }
+
+    fn healthcheck(
+        &self,
+        ins: &Instruction,
+        flags: &[Flag],
+        command: Option<&RawCommand>,
+    ) -> Result<Healthcheck, DockerfileError> {
+        let mut hc = Healthcheck {
+            test: match command {
+                None => vec!["NONE".into()],
+                Some(RawCommand::Shell(s)) => vec!["CMD-SHELL".into(), s.clone()],
+                Some(RawCommand::Exec(argv)) => std::iter::once("CMD".to_string())
+                    .chain(argv.iter().cloned())
+                    .collect(),
+            },
+            ..Default::default()
+        };
+        for f in flags {
+            let v = f.value.as_deref().unwrap_or("");
+            let dur = || {
+                parse_duration(v).ok_or_else(|| {
+                    self.invalid(
+                        ins,
+                        format!(
+                            "HEALTHCHECK --{}={v}: not a duration like 30s or 1m30s",
+                            f.name
+                        ),
+                    )
+                })
+            };
+            match f.name.as_str() {
+                "interval" => hc.interval_ns = Some(dur()?),
+                "timeout" => hc.timeout_ns = Some(dur()?),
+                "start-period" => hc.start_period_ns = Some(dur()?),
+                "start-interval" => hc.start_interval_ns = Some(dur()?),
+                "retries" => {
+                    hc.retries = Some(v.parse().map_err(|_| {
+                        self.invalid(ins, format!("HEALTHCHECK --retries={v}: not a number"))
+                    })?)
+                }
+                other => {
+                    return Err(DockerfileError::UnsupportedFlag {
+                        at: self.at(ins.line),
+                        instruction: "HEALTHCHECK",
+                        flag: other.into(),
+                        supported: "--interval, --timeout, --start-period, --start-interval, --retries",
+                    });
+                }
+            }
+        }
+        Ok(hc)
+    }
+}
+
+fn expand_word(
+    lex: &ShellLex,
+    word: &str,
+    scope: &Scope<'_>,
+    at: &Location,
+) -> Result<String, DockerfileError> {
+    lex.process_word(word, scope)
+        .map_err(|source| DockerfileError::Expand {
+            at: at.clone(),
+            word: word.to_string(),
+            source,
+        })
+}
+
+/// Here-document bodies expand variables but keep quotes and whitespace, like a shell heredoc.
+fn expand_heredoc(
+    lex: &ShellLex,
+    body: &str,
+    scope: &Scope<'_>,
+    at: &Location,
+) -> Result<String, DockerfileError> {
+    let mut out = String::with_capacity(body.len());
+    for line in body.split_inclusive('\n') {
+        let (content, nl) = match line.strip_suffix('\n') {
+            Some(c) => (c, "\n"),
+            None => (line, ""),
+        };
+        // Quotes are protected from the word lexer so they survive; only `$` forms expand.
+        let protected = content
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\'', "\\'");
+        out.push_str(&expand_word(lex, &protected, scope, at)?);
+        out.push_str(nl);
+    }
+    Ok(out)
+}
+
+fn command_args(c: &RawCommand) -> (Vec<String>, bool) {
+    match c {
+        RawCommand::Exec(argv) => (argv.clone(), false),
+        RawCommand::Shell(s) => (vec![s.clone()], true),
+    }
+}
+
+/// Go-style durations as Docker's HEALTHCHECK flags take them: `30s`, `1m30s`, `500ms`, `1h`.
+pub fn parse_duration(s: &str) -> Option<u64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total as u64)
+}
