@@ -88,9 +88,7 @@ pub fn parse_name_values(
     words
         .into_iter()
         .map(|w| match w.split_once('=') {
-            Some(("", _)) => {
-                Err(format!("{instruction} has an empty name in `{w}`"))
-            }
+            Some(("", _)) => Err(format!("{instruction} has an empty name in `{w}`")),
             Some((k, v)) => Ok(RawPair {
                 key: k.to_string(),
                 value: Some(v.to_string()),

@@ -46,7 +46,8 @@ fn env_op(op: &Op) -> Vec<(String, String)> {
 fn expansion_table() {
     let base = [("base_image", "oci:/x:latest")];
     // (Dockerfile body after FROM, expected ENV pairs of the last instruction)
-    let cases: &[(&str, &[(&str, &str)], &[(&str, &str)])] = &[
+    type Pairs = &'static [(&'static str, &'static str)];
+    let cases: &[(&str, Pairs, Pairs)] = &[
         ("ENV A=plain", &[], &[("A", "plain")]),
         ("ARG V=def\nENV A=$V", &[], &[("A", "def")]),
         ("ARG V=def\nENV A=$V", &[("V", "cli")], &[("A", "cli")]),
