@@ -1,0 +1,225 @@
+//! Error types of the safe path resolver and the layer unpacker.
+//!
+//! Every [`UnpackError`] names the layer and, when one is involved, the tar entry, because a
+//! build usually unpacks a dozen layers and "no such file" without that context is useless.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// Why a path given to the resolver (or a tar entry name) was refused before touching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsafeReason {
+    /// The path contains a `..` component.
+    ParentDir,
+    /// The path is absolute (and is not just `/`).
+    Absolute,
+    /// The path names the root itself where a name inside the root is required.
+    NoFinalComponent,
+    /// A whiteout entry whose target name is empty, `.` or `..`.
+    BadWhiteout,
+    /// The hard-link target of the entry contains a `..` component.
+    LinkParentDir,
+    /// The hard-link target of the entry is an absolute path.
+    LinkAbsolute,
+}
+
+impl fmt::Display for UnsafeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UnsafeReason::ParentDir => "it contains a `..` component",
+            UnsafeReason::Absolute => "it is an absolute path",
+            UnsafeReason::NoFinalComponent => "it names the root directory itself",
+            UnsafeReason::BadWhiteout => "it is a whiteout for an empty, `.` or `..` name",
+            UnsafeReason::LinkParentDir => "its hard-link target contains a `..` component",
+            UnsafeReason::LinkAbsolute => "its hard-link target is an absolute path",
+        })
+    }
+}
+
+/// How a symlink met during resolution would have left the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EscapeKind {
+    /// The symlink target is absolute.
+    Absolute,
+    /// Following the target's `..` components climbs above the root.
+    ClimbsAbove,
+    /// More than [`crate::safe_path::MAX_SYMLINKS`] symlinks were followed (a loop, most likely).
+    Loop,
+}
+
+impl fmt::Display for EscapeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EscapeKind::Absolute => "leaves the root (absolute target)",
+            EscapeKind::ClimbsAbove => "leaves the root (its `..` components climb above it)",
+            EscapeKind::Loop => "is part of a symlink loop (more than 40 symlinks followed)",
+        })
+    }
+}
+
+/// Error of [`crate::safe_path::resolve_in_root`] and [`crate::safe_path::resolve_parent_in_root`].
+///
+/// All paths are relative to the root, so messages never leak host paths of the build
+/// machine and read the same way as the paths in a Dockerfile.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("path `{path}` is refused: {reason}")]
+    UnsafePath { path: PathBuf, reason: UnsafeReason },
+
+    #[error("path `{path}` goes through symlink `{symlink}` -> `{target}`, which {kind}")]
+    SymlinkEscape {
+        path: PathBuf,
+        symlink: PathBuf,
+        target: PathBuf,
+        kind: EscapeKind,
+    },
+
+    #[error("path `{path}`: `{component}` is not a directory")]
+    NotADirectory { path: PathBuf, component: PathBuf },
+
+    #[error("path `{path}`: {op} `{at}` failed: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        at: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Error of [`crate::unpack::unpack_layer`].
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// The entry name (or hard-link target) is absolute or contains `..`.
+    #[error("layer {layer}: entry `{entry}` is refused: {reason}")]
+    UnsafePath {
+        layer: String,
+        entry: PathBuf,
+        reason: UnsafeReason,
+    },
+
+    /// A parent component of the entry (or of its hard-link target) is a symlink that leads
+    /// outside the root. `symlink` is relative to the root.
+    #[error(
+        "layer {layer}: entry `{entry}` goes through symlink `{symlink}` -> `{target}`, which {kind}"
+    )]
+    SymlinkEscape {
+        layer: String,
+        entry: PathBuf,
+        symlink: PathBuf,
+        target: PathBuf,
+        kind: EscapeKind,
+    },
+
+    /// A parent component of the entry exists and is not a directory.
+    #[error("layer {layer}: entry `{entry}`: parent `{component}` is not a directory")]
+    NotADirectory {
+        layer: String,
+        entry: PathBuf,
+        component: PathBuf,
+    },
+
+    /// The hard-link target is missing, is a directory, or cannot be linked.
+    #[error("layer {layer}: entry `{entry}`: hard link to `{target}` refused: {reason}")]
+    BadHardLink {
+        layer: String,
+        entry: PathBuf,
+        target: PathBuf,
+        reason: String,
+    },
+
+    /// A tar entry type the unpacker does not know how to apply.
+    #[error("layer {layer}: entry `{entry}` has unsupported tar entry type {kind:?}")]
+    UnsupportedEntry {
+        layer: String,
+        entry: PathBuf,
+        kind: u8,
+    },
+
+    /// A header field that cannot be applied (e.g. uid beyond `u32`).
+    #[error("layer {layer}: entry `{entry}`: invalid header: {reason}")]
+    BadHeader {
+        layer: String,
+        entry: PathBuf,
+        reason: String,
+    },
+
+    /// Setting an extended attribute failed (failures that only lose optional information,
+    /// like `user.*` on a filesystem without user xattrs, are logged instead).
+    #[error("layer {layer}: entry `{entry}`: setting xattr `{name}` on `{path}` failed: {source}")]
+    Xattr {
+        layer: String,
+        entry: PathBuf,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The tar stream itself is malformed or truncated. `after` is the last good entry.
+    #[error("layer {layer}: malformed tar stream{}: {source}", after_suffix(.after))]
+    Tar {
+        layer: String,
+        after: Option<PathBuf>,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A filesystem operation failed. `path` is relative to the root.
+    #[error("layer {layer}: entry `{entry}`: {op} `{path}` failed: {source}")]
+    Io {
+        layer: String,
+        entry: PathBuf,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn after_suffix(after: &Option<PathBuf>) -> String {
+    match after {
+        Some(p) => format!(" after entry `{}`", p.display()),
+        None => String::new(),
+    }
+}
+
+impl UnpackError {
+    /// Attaches layer and entry context to a resolver error.
+    pub(crate) fn from_resolve(layer: &str, entry: &std::path::Path, err: ResolveError) -> Self {
+        let layer = layer.to_owned();
+        let entry = entry.to_path_buf();
+        match err {
+            ResolveError::UnsafePath { reason, .. } => UnpackError::UnsafePath {
+                layer,
+                entry,
+                reason,
+            },
+            ResolveError::SymlinkEscape {
+                symlink,
+                target,
+                kind,
+                ..
+            } => UnpackError::SymlinkEscape {
+                layer,
+                entry,
+                symlink,
+                target,
+                kind,
+            },
+            ResolveError::NotADirectory { component, .. } => UnpackError::NotADirectory {
+                layer,
+                entry,
+                component,
+            },
+            ResolveError::Io { op, at, source, .. } => UnpackError::Io {
+                layer,
+                entry,
+                op,
+                path: at,
+                source,
+            },
+        }
+    }
+}
