@@ -13,18 +13,13 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}", self.file)
-        } else {
-            write!(f, "{}:{}", self.file, self.line)
-        }
+        if self.line == 0 { write!(f, "{}", self.file) } else { write!(f, "{}:{}", self.file, self.line) }
     }
 }
 
 /// The instructions a CNB `run.Dockerfile`/`build.Dockerfile` may use (buildpacks/spec
 /// image_extension.md), quoted in errors so the user sees the allowed set.
-pub const ALLOWED_INSTRUCTIONS: &str =
-    "FROM (once), ADD, ARG, COPY, ENV, LABEL, RUN, SHELL, USER, WORKDIR";
+pub const ALLOWED_INSTRUCTIONS: &str = "FROM (once), ADD, ARG, COPY, ENV, LABEL, RUN, SHELL, USER, WORKDIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerfileError {
@@ -42,18 +37,10 @@ pub enum DockerfileError {
     #[error(
         "{at}: `{instruction} --from` copies from another stage or image, which image extensions may not use; allowed: {ALLOWED_INSTRUCTIONS}"
     )]
-    CopyFrom {
-        at: Location,
-        instruction: &'static str,
-    },
+    CopyFrom { at: Location, instruction: &'static str },
 
     #[error("{at}: {instruction} does not support the flag `--{flag}` (supported: {supported})")]
-    UnsupportedFlag {
-        at: Location,
-        instruction: &'static str,
-        flag: String,
-        supported: &'static str,
-    },
+    UnsupportedFlag { at: Location, instruction: &'static str, flag: String, supported: &'static str },
 
     #[error("{at}: {message}")]
     Invalid { at: Location, message: String },

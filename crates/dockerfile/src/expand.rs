@@ -75,10 +75,7 @@ impl<S: std::hash::BuildHasher> VarLookup for HashMap<String, String, S> {
 /// last occurrence wins (like a process environment built from a list).
 impl VarLookup for [(String, String)] {
     fn lookup(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -190,11 +187,7 @@ impl ShellLex {
     /// even when it was quoted: `""` gives no word, and `a "" b` gives
     /// `["a", "b"]`. `<<` plus the blanks after it stays attached to the
     /// next word (heredoc marker handling).
-    pub fn process_words(
-        &self,
-        word: &str,
-        vars: &dyn VarLookup,
-    ) -> Result<Vec<String>, ExpandError> {
+    pub fn process_words(&self, word: &str, vars: &dyn VarLookup) -> Result<Vec<String>, ExpandError> {
         let mut st = State::new(self.escape, word, vars);
         st.process_top(true).map(|(_, w)| w)
     }
@@ -215,18 +208,10 @@ impl ShellLex {
 
     /// Expand one word and report both the referenced names that were set
     /// and those that were not (for "undefined variable" diagnostics).
-    pub fn process_word_detailed(
-        &self,
-        word: &str,
-        vars: &dyn VarLookup,
-    ) -> Result<ProcessedWord, ExpandError> {
+    pub fn process_word_detailed(&self, word: &str, vars: &dyn VarLookup) -> Result<ProcessedWord, ExpandError> {
         let mut st = State::new(self.escape, word, vars);
         let (result, _) = st.process_top(false)?;
-        Ok(ProcessedWord {
-            result,
-            matched: st.matched,
-            unmatched: st.unmatched,
-        })
+        Ok(ProcessedWord { result, matched: st.matched, unmatched: st.unmatched })
     }
 }
 
@@ -333,11 +318,7 @@ impl<'a> State<'a> {
         r
     }
 
-    fn process_until_inner(
-        &mut self,
-        stop: Option<char>,
-        split: bool,
-    ) -> Result<(String, Vec<String>), ExpandError> {
+    fn process_until_inner(&mut self, stop: Option<char>, split: bool) -> Result<(String, Vec<String>), ExpandError> {
         let mut result = String::new();
         let mut words = Splitter::default();
         while let Some(ch) = self.peek() {
@@ -522,11 +503,7 @@ impl<'a> State<'a> {
         match ch {
             '}' => Ok(self.get_env(&name).unwrap_or_default()),
             ':' | '+' | '-' | '?' | '#' | '%' => {
-                let (null_is_unset, op) = if ch == ':' {
-                    (true, self.next_char())
-                } else {
-                    (false, Some(ch))
-                };
+                let (null_is_unset, op) = if ch == ':' { (true, self.next_char()) } else { (false, Some(ch)) };
                 let modifier = match (null_is_unset, op) {
                     (true, Some(op)) => format!(":{op}"),
                     (true, None) => ":".to_string(),
@@ -578,8 +555,7 @@ impl<'a> State<'a> {
                     self.pos += 1;
                 }
                 let pattern = self.process_nested(Some('/'), true, ExpandError::MissingSlash)?;
-                let replacement =
-                    self.process_nested(Some('}'), true, ExpandError::MissingBrace)?;
+                let replacement = self.process_nested(Some('}'), true, ExpandError::MissingBrace)?;
                 let value = self.get_env(&name).unwrap_or_default();
                 let compiled = Pattern::compile(&pattern, true)?;
                 let text: Vec<char> = value.chars().collect();
@@ -618,11 +594,7 @@ impl<'a> State<'a> {
 }
 
 fn required(name: String, word: String, default: &str) -> ExpandError {
-    let message = if word.is_empty() {
-        default.to_string()
-    } else {
-        word
-    };
+    let message = if word.is_empty() { default.to_string() } else { word };
     ExpandError::Required { name, message }
 }
 
@@ -686,10 +658,7 @@ impl Pattern {
                                 Some(c) => format!("invalid escape '\\{c}'"),
                                 None => "invalid escape '\\' at the end of the pattern".into(),
                             };
-                            return Err(ExpandError::InvalidPattern {
-                                pattern: pattern.to_string(),
-                                reason,
-                            });
+                            return Err(ExpandError::InvalidPattern { pattern: pattern.to_string(), reason });
                         }
                     }
                 }
@@ -731,9 +700,7 @@ impl Pattern {
             Token::Star => {
                 let max = text[pos..].iter().take_while(|&&c| c != '\n').count();
                 if self.greedy {
-                    (0..=max)
-                        .rev()
-                        .find_map(|k| self.match_from(ti + 1, text, pos + k, memo))
+                    (0..=max).rev().find_map(|k| self.match_from(ti + 1, text, pos + k, memo))
                 } else {
                     (0..=max).find_map(|k| self.match_from(ti + 1, text, pos + k, memo))
                 }
@@ -791,11 +758,7 @@ fn reverse_pattern(pattern: &str) -> String {
     let mut units: Vec<&[char]> = Vec::with_capacity(chars.len());
     let mut i = 0;
     while i < chars.len() {
-        let len = if chars[i] == '\\' && i + 1 < chars.len() {
-            2
-        } else {
-            1
-        };
+        let len = if chars[i] == '\\' && i + 1 < chars.len() { 2 } else { 1 };
         units.push(&chars[i..i + len]);
         i += len;
     }
@@ -858,11 +821,7 @@ fn extract_reference(s: &str) -> Option<(&str, &str)> {
         Some(b) => (b, true),
         None => (s, false),
     };
-    let len: usize = body
-        .chars()
-        .take_while(|&c| is_letter(c) || is_digit(c) || c == '_')
-        .map(char::len_utf8)
-        .sum();
+    let len: usize = body.chars().take_while(|&c| is_letter(c) || is_digit(c) || c == '_').map(char::len_utf8).sum();
     if len == 0 {
         return None;
     }
@@ -879,20 +838,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     /// BuildKit's envVarTest environment.
     fn base_env() -> Vec<(String, String)> {
-        env(&[
-            ("PWD", "/home"),
-            ("SHELL", "bash"),
-            ("KOREAN", "한국어"),
-            ("NULL", ""),
-        ])
+        env(&[("PWD", "/home"), ("SHELL", "bash"), ("KOREAN", "한국어"), ("NULL", "")])
     }
 
     /// `Ok(expected)` or `Err(())` for "some error".
@@ -1031,10 +982,7 @@ mod tests {
         // The special names are looked up like any other.
         let vars = env(&[("1", "one"), ("@", "all")]);
         let lex = ShellLex::new('\\');
-        assert_eq!(
-            lex.process_word("$1-$@-${1}", &vars).unwrap(),
-            "one-all-one"
-        );
+        assert_eq!(lex.process_word("$1-$@-${1}", &vars).unwrap(), "one-all-one");
     }
 
     #[test]
@@ -1109,47 +1057,20 @@ mod tests {
             ("'abc", ExpandError::UnterminatedSingleQuote),
             ("\"abc", ExpandError::UnterminatedDoubleQuote),
             ("\"abc\\", ExpandError::UnterminatedDoubleQuote),
-            (
-                "${XXX?}",
-                ExpandError::Required {
-                    name: "XXX".into(),
-                    message: "is not allowed to be unset".into(),
-                },
-            ),
-            (
-                "${NULL:?}",
-                ExpandError::Required {
-                    name: "NULL".into(),
-                    message: "is not allowed to be empty".into(),
-                },
-            ),
+            ("${XXX?}", ExpandError::Required { name: "XXX".into(), message: "is not allowed to be unset".into() }),
+            ("${NULL:?}", ExpandError::Required { name: "NULL".into(), message: "is not allowed to be empty".into() }),
             (
                 "${XXX:?set XXX in $PWD}",
-                ExpandError::Required {
-                    name: "XXX".into(),
-                    message: "set XXX in /home".into(),
-                },
+                ExpandError::Required { name: "XXX".into(), message: "set XXX in /home".into() },
             ),
             (
                 "${NULL:?must not be empty}",
-                ExpandError::Required {
-                    name: "NULL".into(),
-                    message: "must not be empty".into(),
-                },
+                ExpandError::Required { name: "NULL".into(), message: "must not be empty".into() },
             ),
-            (
-                "${aaa:-${XXX?nope}}",
-                ExpandError::Required {
-                    name: "XXX".into(),
-                    message: "nope".into(),
-                },
-            ),
+            ("${aaa:-${XXX?nope}}", ExpandError::Required { name: "XXX".into(), message: "nope".into() }),
             (
                 "${FOO#\\x}",
-                ExpandError::InvalidPattern {
-                    pattern: "\\x".into(),
-                    reason: "invalid escape '\\x'".into(),
-                },
+                ExpandError::InvalidPattern { pattern: "\\x".into(), reason: "invalid escape '\\x'".into() },
             ),
         ];
         let mut failures = Vec::new();
@@ -1174,18 +1095,9 @@ mod tests {
         assert_eq!(msg("${}"), "syntax error: bad substitution");
         assert_eq!(msg("${x/a"), "syntax error: missing '/' in ${}");
         assert_eq!(msg("${x:=a}"), "unsupported modifier (:=) in substitution");
-        assert_eq!(
-            msg("'a"),
-            "unexpected end of statement while looking for matching single-quote"
-        );
-        assert_eq!(
-            msg("\"a"),
-            "unexpected end of statement while looking for matching double-quote"
-        );
-        assert_eq!(
-            msg("${ARG#a\\b}"),
-            "invalid pattern (a\\b) in substitution: invalid escape '\\b'"
-        );
+        assert_eq!(msg("'a"), "unexpected end of statement while looking for matching single-quote");
+        assert_eq!(msg("\"a"), "unexpected end of statement while looking for matching double-quote");
+        assert_eq!(msg("${ARG#a\\b}"), "invalid pattern (a\\b) in substitution: invalid escape '\\b'");
         // `${VAR?msg}` accepts an empty value.
         assert_eq!(lex.process_word("${VAR?msg}", &vars).unwrap(), "");
     }
@@ -1203,9 +1115,7 @@ mod tests {
             }
             let got = lex.process_word(input, &vars);
             if got.as_deref() != Ok(*expected) {
-                failures.push(format!(
-                    "{input:?} (FOO={foo:?}): expected {expected:?}, got {got:?}"
-                ));
+                failures.push(format!("{input:?} (FOO={foo:?}): expected {expected:?}, got {got:?}"));
             }
         }
         assert!(failures.is_empty(), "failures:\n{}", failures.join("\n"));
@@ -1214,11 +1124,7 @@ mod tests {
     #[test]
     fn prefix_and_suffix_removal() {
         let cases: &[PatternCase] = &[
-            (
-                "${FOO#()[]{\\}^$.\\*\\?|\\\\}",
-                Some("()[]{}^$.*?|\\x"),
-                "x",
-            ),
+            ("${FOO#()[]{\\}^$.\\*\\?|\\\\}", Some("()[]{}^$.*?|\\x"), "x"),
             ("${FOO%%\\**}", Some("xx**"), "xx"),
             ("${FOO#*x*y}", Some("xxyy"), "y"),
             ("${FOO#*}", Some("xxyy"), "xxyy"),
@@ -1269,31 +1175,11 @@ mod tests {
     #[test]
     fn replacement() {
         let cases: &[PatternCase] = &[
-            (
-                "${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}",
-                Some("/foo*/*/*.txt"),
-                "/foo.*/*.txt - /foo..*.txt",
-            ),
-            (
-                "${FOO/$TMP/} - ${FOO//$TMP/}",
-                Some("/tmp/tmp/bar.txt"),
-                "/tmp/bar.txt - /bar.txt",
-            ),
-            (
-                "${FOO/$Q/$R} - ${FOO//$Q/$R}",
-                Some("/a/foo/b/c.txt"),
-                "/foo/b/c.txt - /foo/c.txt",
-            ),
-            (
-                "${FOO/http:\\/\\//https:\\/\\/}",
-                Some("http://google.de"),
-                "https:\\/\\/google.de",
-            ),
-            (
-                "${FOO/http:\\/\\//https://}",
-                Some("http://google.de"),
-                "https://google.de",
-            ),
+            ("${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}", Some("/foo*/*/*.txt"), "/foo.*/*.txt - /foo..*.txt"),
+            ("${FOO/$TMP/} - ${FOO//$TMP/}", Some("/tmp/tmp/bar.txt"), "/tmp/bar.txt - /bar.txt"),
+            ("${FOO/$Q/$R} - ${FOO//$Q/$R}", Some("/a/foo/b/c.txt"), "/foo/b/c.txt - /foo/c.txt"),
+            ("${FOO/http:\\/\\//https:\\/\\/}", Some("http://google.de"), "https:\\/\\/google.de"),
+            ("${FOO/http:\\/\\//https://}", Some("http://google.de"), "https://google.de"),
             ("${FOO//\\//\\/}", Some("/tmp/foo.txt"), "\\/tmp\\/foo.txt"),
             ("${FOO/$EMPTY/ww}", Some("xxyy"), "wwxxyy"),
             ("${FOO//$EMPTY/-}", Some("xxyy"), "-x-x-y-y-"),
@@ -1340,10 +1226,7 @@ mod tests {
         );
         let lex = ShellLex::new('\\');
         let vars = env(&[("FOO", "a"), ("P", "\\x")]);
-        assert!(matches!(
-            lex.process_word("${FOO/$P/b}", &vars),
-            Err(ExpandError::InvalidPattern { .. })
-        ));
+        assert!(matches!(lex.process_word("${FOO/$P/b}", &vars), Err(ExpandError::InvalidPattern { .. })));
     }
 
     #[test]
@@ -1374,13 +1257,8 @@ mod tests {
     #[test]
     fn words_splitting() {
         let lex = ShellLex::new('\\');
-        let vars = env(&[
-            ("hi", "hi"),
-            ("space", "abc  def"),
-            ("leading", "  ab c"),
-            ("trailing", "ab c   "),
-            ("EMPTY", ""),
-        ]);
+        let vars =
+            env(&[("hi", "hi"), ("space", "abc  def"), ("leading", "  ab c"), ("trailing", "ab c   "), ("EMPTY", "")]);
         let cases: &[(&str, Result<&[&str], ()>)] = &[
             ("hello", Ok(&["hello"])),
             ("hello${hi}bye", Ok(&["hellohibye"])),
@@ -1446,29 +1324,15 @@ mod tests {
         let lex = ShellLex::new('\\');
         let set = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
         // BuildKit's release file name template.
-        const RELEASE: &str = concat!(
-            "something-${VERSION}.${TARGETOS}-${TARGETARCH}",
-            "${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz"
-        );
+        const RELEASE: &str =
+            concat!("something-${VERSION}.${TARGETOS}-${TARGETARCH}", "${TARGETVARIANT:+-${TARGETVARIANT}}.tar.gz");
         // (input, vars, result, matched, unmatched)
-        type MatchCase<'a> = (
-            &'a str,
-            &'a [(&'a str, &'a str)],
-            &'a str,
-            &'a [&'a str],
-            &'a [&'a str],
-        );
+        type MatchCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a [&'a str], &'a [&'a str]);
         let cases: &[MatchCase] = &[
             ("x", &[("DUMMY", "d")], "x", &[], &[]),
             ("x ${UNUSED}", &[("DUMMY", "d")], "x ", &[], &["UNUSED"]),
             ("x ${FOO}", &[("FOO", "y")], "x y", &["FOO"], &[]),
-            (
-                "${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}",
-                &[("FOO", "xxx"), ("BAR", "")],
-                "xxx  ccc",
-                &["BAR", "FOO"],
-                &["BAZ"],
-            ),
+            ("${FOO-aaa} ${BAR-bbb} ${BAZ-ccc}", &[("FOO", "xxx"), ("BAR", "")], "xxx  ccc", &["BAR", "FOO"], &["BAZ"]),
             (
                 "${FOO:-aaa} ${BAR:-bbb} ${BAZ:-ccc}",
                 &[("FOO", "xxx"), ("BAR", "")],
@@ -1476,38 +1340,14 @@ mod tests {
                 &["BAR", "FOO"],
                 &["BAZ"],
             ),
-            (
-                "${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}",
-                &[("FOO", "xxx"), ("BAR", "")],
-                "aaa bbb ",
-                &["BAR", "FOO"],
-                &["BAZ"],
-            ),
-            (
-                "${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}",
-                &[("FOO", "xxx"), ("BAR", "")],
-                "aaa  ",
-                &["BAR", "FOO"],
-                &["BAZ"],
-            ),
+            ("${FOO+aaa} ${BAR+bbb} ${BAZ+ccc}", &[("FOO", "xxx"), ("BAR", "")], "aaa bbb ", &["BAR", "FOO"], &["BAZ"]),
+            ("${FOO:+aaa} ${BAR:+bbb} ${BAZ:+ccc}", &[("FOO", "xxx"), ("BAR", "")], "aaa  ", &["BAR", "FOO"], &["BAZ"]),
             ("${FOO:-}", &[], "", &[], &["FOO"]),
             ("${FOO?aaa}", &[("FOO", "xxx")], "xxx", &["FOO"], &[]),
             ("${BAR?bbb}", &[("BAR", "")], "", &["BAR"], &[]),
             // The default is expanded even when unused.
-            (
-                "${FOO:-$BAR}",
-                &[("FOO", "x"), ("BAR", "y")],
-                "x",
-                &["BAR", "FOO"],
-                &[],
-            ),
-            (
-                "${FOO#$BAR}",
-                &[("FOO", "xxyy"), ("BAR", "x")],
-                "xyy",
-                &["BAR", "FOO"],
-                &[],
-            ),
+            ("${FOO:-$BAR}", &[("FOO", "x"), ("BAR", "y")], "x", &["BAR", "FOO"], &[]),
+            ("${FOO#$BAR}", &[("FOO", "xxyy"), ("BAR", "x")], "xyy", &["BAR", "FOO"], &[]),
             ("${FOO///}", &[], "", &[], &["FOO"]),
             (
                 "${FOO/$N/$R}",
@@ -1517,44 +1357,24 @@ mod tests {
                 &[],
             ),
             ("'$FOO' \\$BAR", &[("FOO", "x")], "$FOO $BAR", &[], &[]),
-            (
-                "\"$FOO\" $1 $@",
-                &[("FOO", "x")],
-                "x  ",
-                &["FOO"],
-                &["1", "@"],
-            ),
+            ("\"$FOO\" $1 $@", &[("FOO", "x")], "x  ", &["FOO"], &["1", "@"]),
             (
                 RELEASE,
-                &[
-                    ("VERSION", "v1.2.3"),
-                    ("TARGETOS", "linux"),
-                    ("TARGETARCH", "arm"),
-                    ("TARGETVARIANT", "v7"),
-                ],
+                &[("VERSION", "v1.2.3"), ("TARGETOS", "linux"), ("TARGETARCH", "arm"), ("TARGETVARIANT", "v7")],
                 "something-v1.2.3.linux-arm-v7.tar.gz",
                 &["TARGETARCH", "TARGETOS", "TARGETVARIANT", "VERSION"],
                 &[],
             ),
             (
                 RELEASE,
-                &[
-                    ("VERSION", "v1.2.3"),
-                    ("TARGETOS", "linux"),
-                    ("TARGETARCH", "arm64"),
-                    ("TARGETVARIANT", ""),
-                ],
+                &[("VERSION", "v1.2.3"), ("TARGETOS", "linux"), ("TARGETARCH", "arm64"), ("TARGETVARIANT", "")],
                 "something-v1.2.3.linux-arm64.tar.gz",
                 &["TARGETARCH", "TARGETOS", "TARGETVARIANT", "VERSION"],
                 &[],
             ),
             (
                 RELEASE,
-                &[
-                    ("VERSION", "v1.2.3"),
-                    ("TARGETOS", "linux"),
-                    ("TARGETARCH", "arm64"),
-                ],
+                &[("VERSION", "v1.2.3"), ("TARGETOS", "linux"), ("TARGETARCH", "arm64")],
                 "something-v1.2.3.linux-arm64.tar.gz",
                 &["TARGETARCH", "TARGETOS", "VERSION"],
                 &["TARGETVARIANT"],
@@ -1570,10 +1390,7 @@ mod tests {
             assert_eq!(word, *result);
             assert_eq!(m, set(matched));
         }
-        assert!(
-            lex.process_word_with_matches("${BAZ?ccc}", &Vec::<(String, String)>::new())
-                .is_err()
-        );
+        assert!(lex.process_word_with_matches("${BAZ?ccc}", &Vec::<(String, String)>::new()).is_err());
     }
 
     #[test]
@@ -1608,9 +1425,6 @@ mod tests {
         let value = "a".repeat(2000);
         let lex = ShellLex::new('\\');
         let vars = env(&[("V", &value)]);
-        assert_eq!(
-            lex.process_word("${V%%*a*a*a*a*a*b}", &vars).unwrap(),
-            value
-        );
+        assert_eq!(lex.process_word("${V%%*a*a*a*a*a*b}", &vars).unwrap(), value);
     }
 }

@@ -10,6 +10,4 @@ pub mod words;
 
 pub use error::{DockerfileError, Location};
 pub use parse::{Dockerfile, Warning};
-pub use plan::{
-    ConfigOp, CopyOp, CopySource, Healthcheck, Op, Plan, ResolvedFrom, RunCommand, RunOp, Step,
-};
+pub use plan::{ConfigOp, CopyOp, CopySource, Healthcheck, Op, Plan, ResolvedFrom, RunCommand, RunOp, Step};

@@ -94,26 +94,14 @@ pub enum Kind {
     User(String),
     Workdir(String),
     Shell(Vec<String>),
-    Copy {
-        add: bool,
-        flags: Vec<Flag>,
-        sources: Vec<RawSource>,
-        dest: String,
-    },
-    Run {
-        flags: Vec<Flag>,
-        command: RawCommand,
-        heredocs: Vec<RawSource>,
-    },
+    Copy { add: bool, flags: Vec<Flag>, sources: Vec<RawSource>, dest: String },
+    Run { flags: Vec<Flag>, command: RawCommand, heredocs: Vec<RawSource> },
     Cmd(RawCommand),
     Entrypoint(RawCommand),
     Expose(Vec<String>),
     Volume(Vec<String>),
     Stopsignal(String),
-    Healthcheck {
-        flags: Vec<Flag>,
-        command: Option<RawCommand>,
-    },
+    Healthcheck { flags: Vec<Flag>, command: Option<RawCommand> },
     Maintainer(String),
     Onbuild(String),
 }
@@ -164,11 +152,7 @@ fn directives_end(text: &str) -> usize {
 
 /// Parses `text`. `implicit_from_at` is the byte offset where an implicit FROM line was
 /// inserted, so reported lines can be mapped back to the user's file.
-fn parse_raw(
-    text: &str,
-    file: &str,
-    implicit_from_at: Option<usize>,
-) -> Result<Dockerfile, DockerfileError> {
+fn parse_raw(text: &str, file: &str, implicit_from_at: Option<usize>) -> Result<Dockerfile, DockerfileError> {
     let lines = LineIndex::new(text, implicit_from_at);
     let parsed = pd::parse(text).map_err(|e| {
         let mut line = e.line();
@@ -186,15 +170,12 @@ fn parse_raw(
             // The body of a here-document the parser did not recognise shows up as an "unknown
             // instruction"; point at the instruction that opened it instead.
             line = here - usize::from(implicit_from_at.is_some_and(|at| here > lines.line_of(at)));
-            message = "a here-document is supported only where it starts the command (`RUN <<EOF`, `COPY <<EOF /dest`)".into();
+            message = "a here-document is supported only where it starts the command (`RUN <<EOF`, `COPY <<EOF /dest`)"
+                .into();
         }
         DockerfileError::Syntax { at: Location { file: file.into(), line }, message }
     })?;
-    let escape = parsed
-        .parser_directives
-        .escape
-        .as_ref()
-        .map_or('\\', |d| d.value.value);
+    let escape = parsed.parser_directives.escape.as_ref().map_or('\\', |d| d.value.value);
 
     let mut global_args = Vec::new();
     let mut from: Option<From> = None;
@@ -207,10 +188,7 @@ fn parse_raw(
         let end = starts.get(i + 1).copied().unwrap_or(text.len());
         let is_implicit = implicit_from_at == Some(start);
         let line = lines.line_of(start);
-        let at = Location {
-            file: file.into(),
-            line,
-        };
+        let at = Location { file: file.into(), line };
         let source = instruction_text(&text[start..end], escape);
 
         if let pd::Instruction::From(f) = ins {
@@ -231,20 +209,12 @@ fn parse_raw(
                     supported: "none",
                 });
             }
-            from = Some(From {
-                line,
-                image: f.image.value.to_string(),
-                implicit: is_implicit,
-            });
+            from = Some(From { line, image: f.image.value.to_string(), implicit: is_implicit });
             continue;
         }
 
         let kind = convert(ins, text, escape, &at, &mut warnings)?;
-        let instruction = Instruction {
-            line,
-            text: source,
-            kind,
-        };
+        let instruction = Instruction { line, text: source, kind };
         if from.is_none() {
             global_args.push(instruction);
         } else {
@@ -254,21 +224,9 @@ fn parse_raw(
 
     let from = from.expect("parse-dockerfile guarantees a FROM");
     if from.implicit && instructions.is_empty() {
-        return Err(DockerfileError::Empty {
-            at: Location {
-                file: file.into(),
-                line: 0,
-            },
-        });
+        return Err(DockerfileError::Empty { at: Location { file: file.into(), line: 0 } });
     }
-    Ok(Dockerfile {
-        file: file.into(),
-        escape,
-        global_args,
-        from,
-        instructions,
-        warnings,
-    })
+    Ok(Dockerfile { file: file.into(), escape, global_args, from, instructions, warnings })
 }
 
 fn convert(
@@ -293,25 +251,9 @@ fn convert(
         pd::Instruction::Label(l) => Kind::Label(l.arguments.value.to_string()),
         pd::Instruction::User(u) => Kind::User(u.arguments.value.to_string()),
         pd::Instruction::Workdir(w) => Kind::Workdir(w.arguments.value.to_string()),
-        pd::Instruction::Shell(s) => {
-            Kind::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect())
-        }
-        pd::Instruction::Copy(c) => copy_kind(
-            false,
-            &c.options,
-            &c.src,
-            &c.dest,
-            &text[c.copy.span.end..],
-            at,
-        )?,
-        pd::Instruction::Add(c) => copy_kind(
-            true,
-            &c.options,
-            &c.src,
-            &c.dest,
-            &text[c.add.span.end..],
-            at,
-        )?,
+        pd::Instruction::Shell(s) => Kind::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect()),
+        pd::Instruction::Copy(c) => copy_kind(false, &c.options, &c.src, &c.dest, &text[c.copy.span.end..], at)?,
+        pd::Instruction::Add(c) => copy_kind(true, &c.options, &c.src, &c.dest, &text[c.add.span.end..], at)?,
         pd::Instruction::Run(r) => {
             let flags = flags(&r.options);
             if let Some(f) = flags.iter().find(|f| f.name != "network") {
@@ -326,17 +268,9 @@ fn convert(
                 .here_docs
                 .iter()
                 .zip(heredoc_names(&text[r.run.span.end..]))
-                .map(|(h, name)| RawSource::HereDoc {
-                    name,
-                    body: h.value.to_string(),
-                    expand: h.expand,
-                })
+                .map(|(h, name)| RawSource::HereDoc { name, body: h.value.to_string(), expand: h.expand })
                 .collect();
-            Kind::Run {
-                flags,
-                command: command(&r.arguments, escape),
-                heredocs,
-            }
+            Kind::Run { flags, command: command(&r.arguments, escape), heredocs }
         }
         pd::Instruction::Cmd(c) => {
             warn("CMD");
@@ -353,9 +287,7 @@ fn convert(
         pd::Instruction::Volume(v) => {
             warn("VOLUME");
             Kind::Volume(match &v.arguments {
-                pd::JsonOrStringArray::Json(j) => {
-                    j.value.iter().map(|a| a.value.to_string()).collect()
-                }
+                pd::JsonOrStringArray::Json(j) => j.value.iter().map(|a| a.value.to_string()).collect(),
                 pd::JsonOrStringArray::String(s) => s.iter().map(|a| a.value.to_string()).collect(),
             })
         }
@@ -369,10 +301,7 @@ fn convert(
                 pd::HealthcheckArguments::Cmd { arguments, .. } => Some(command(arguments, escape)),
                 _ => None,
             };
-            Kind::Healthcheck {
-                flags: flags(&h.options),
-                command,
-            }
+            Kind::Healthcheck { flags: flags(&h.options), command }
         }
         pd::Instruction::Maintainer(m) => {
             warn("MAINTAINER");
@@ -381,13 +310,7 @@ fn convert(
         pd::Instruction::Onbuild(o) => {
             warn("ONBUILD");
             let start = instruction_start(&o.instruction);
-            Kind::Onbuild(
-                instruction_text(&text[start..], escape)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            )
+            Kind::Onbuild(instruction_text(&text[start..], escape).lines().next().unwrap_or("").to_string())
         }
         pd::Instruction::From(_) => unreachable!("FROM is handled by the caller"),
         _ => {
@@ -412,10 +335,7 @@ fn copy_kind(
     for f in &flags {
         match f.name.as_str() {
             "from" => {
-                return Err(DockerfileError::CopyFrom {
-                    at: at.clone(),
-                    instruction,
-                });
+                return Err(DockerfileError::CopyFrom { at: at.clone(), instruction });
             }
             "chown" | "chmod" | "link" => {}
             other => {
@@ -441,29 +361,19 @@ fn copy_kind(
             _ => RawSource::Path(String::new()),
         })
         .collect();
-    Ok(Kind::Copy {
-        add,
-        flags,
-        sources,
-        dest: dest.value.to_string(),
-    })
+    Ok(Kind::Copy { add, flags, sources, dest: dest.value.to_string() })
 }
 
 fn flags(options: &[pd::Flag<'_>]) -> Vec<Flag> {
     options
         .iter()
-        .map(|f| Flag {
-            name: f.name.value.to_string(),
-            value: f.value.as_ref().map(|v| v.value.to_string()),
-        })
+        .map(|f| Flag { name: f.name.value.to_string(), value: f.value.as_ref().map(|v| v.value.to_string()) })
         .collect()
 }
 
 fn command(c: &pd::Command<'_>, escape: char) -> RawCommand {
     match c {
-        pd::Command::Exec(e) => {
-            RawCommand::Exec(e.value.iter().map(|a| a.value.to_string()).collect())
-        }
+        pd::Command::Exec(e) => RawCommand::Exec(e.value.iter().map(|a| a.value.to_string()).collect()),
         pd::Command::Shell(s) => RawCommand::Shell(join_continuations(s.value, escape)),
         _ => RawCommand::Exec(Vec::new()),
     }
@@ -479,10 +389,8 @@ fn heredoc_names(text: &str) -> Vec<String> {
         rest = &rest[i + 2..];
         let r = rest.strip_prefix('-').unwrap_or(rest);
         let r = r.trim_start_matches(['"', '\'']);
-        let name: String = r
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.')
-            .collect();
+        let name: String =
+            r.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.').collect();
         if !name.is_empty() {
             names.push(name);
         }
@@ -548,10 +456,7 @@ struct LineIndex {
 
 impl LineIndex {
     fn new(text: &str, inserted_at: Option<usize>) -> Self {
-        LineIndex {
-            newlines: text.match_indices('\n').map(|(i, _)| i).collect(),
-            inserted_at,
-        }
+        LineIndex { newlines: text.match_indices('\n').map(|(i, _)| i).collect(), inserted_at }
     }
 
     fn line_of(&self, offset: usize) -> usize {

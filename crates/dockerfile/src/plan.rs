@@ -57,10 +57,7 @@ pub struct Step {
 impl Step {
     /// `file:line`, for messages about this step.
     pub fn location(&self, file: &str) -> Location {
-        Location {
-            file: file.into(),
-            line: self.line,
-        }
+        Location { file: file.into(), line: self.line }
     }
 }
 
@@ -165,22 +162,11 @@ impl VarLookup for Scope<'_> {
 
 impl Dockerfile {
     /// The expanded FROM: global ARGs and build args only.
-    pub fn resolve_from(
-        &self,
-        build_args: &BTreeMap<String, String>,
-    ) -> Result<ResolvedFrom, DockerfileError> {
+    pub fn resolve_from(&self, build_args: &BTreeMap<String, String>) -> Result<ResolvedFrom, DockerfileError> {
         let lex = ShellLex::new(self.escape);
         let globals = self.global_arg_values(build_args)?;
         let at = self.at(self.from.line);
-        let image = expand_word(
-            &lex,
-            &self.from.image,
-            &Scope {
-                env: &[],
-                args: &globals,
-            },
-            &at,
-        )?;
+        let image = expand_word(&lex, &self.from.image, &Scope { env: &[], args: &globals }, &at)?;
         if image.trim().is_empty() {
             let missing = if self.from.image.contains("base_image") {
                 "; the build arg `base_image` is not set (pass --from)"
@@ -189,20 +175,13 @@ impl Dockerfile {
             };
             return Err(DockerfileError::Invalid {
                 at,
-                message: format!(
-                    "FROM {} expands to an empty image name{missing}",
-                    self.from.image
-                ),
+                message: format!("FROM {} expands to an empty image name{missing}", self.from.image),
             });
         }
         let extends_base = self.from.implicit
             || self.from.image == "${base_image}"
             || build_args.get("base_image").is_some_and(|b| *b == image);
-        Ok(ResolvedFrom {
-            line: self.from.line,
-            image,
-            extends_base,
-        })
+        Ok(ResolvedFrom { line: self.from.line, image, extends_base })
     }
 
     /// Plans the Dockerfile against an image whose config `Env` is `image_env`.
@@ -221,15 +200,11 @@ impl Dockerfile {
         for ins in &self.instructions {
             let at = self.at(ins.line);
             let op = {
-                let scope = Scope {
-                    env: &env,
-                    args: &args,
-                };
+                let scope = Scope { env: &env, args: &args };
                 let word = |w: &str| expand_word(&lex, w, &scope, &at);
                 match &ins.kind {
                     Kind::Arg(text) => {
-                        let pairs =
-                            parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))?;
+                        let pairs = parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))?;
                         let mut declared = Vec::new();
                         for p in pairs {
                             let default = p.value.as_deref().map(&word).transpose()?;
@@ -242,12 +217,7 @@ impl Dockerfile {
                         }
                         // Applied after the loop so `ARG a=1 b=$a` sees `a` like BuildKit does
                         // only from the next instruction on.
-                        let op = Op::Arg(
-                            declared
-                                .iter()
-                                .map(|(k, d, _)| (k.clone(), d.clone()))
-                                .collect(),
-                        );
+                        let op = Op::Arg(declared.iter().map(|(k, d, _)| (k.clone(), d.clone())).collect());
                         for (k, _, v) in declared {
                             match v {
                                 Some(v) => {
@@ -279,52 +249,32 @@ impl Dockerfile {
                     Kind::Workdir(w) => {
                         let dir = word(w)?;
                         if dir.is_empty() {
-                            return Err(
-                                self.invalid(ins, "WORKDIR expands to an empty path".into())
-                            );
+                            return Err(self.invalid(ins, "WORKDIR expands to an empty path".into()));
                         }
                         Op::Workdir(dir)
                     }
                     Kind::Shell(s) => {
                         if s.is_empty() {
-                            return Err(self.invalid(
-                                ins,
-                                "SHELL needs a JSON array, e.g. [\"/bin/sh\", \"-c\"]".into(),
-                            ));
+                            return Err(
+                                self.invalid(ins, "SHELL needs a JSON array, e.g. [\"/bin/sh\", \"-c\"]".into())
+                            );
                         }
                         Op::Shell(s.clone())
                     }
-                    Kind::Copy {
-                        add,
-                        flags,
-                        sources,
-                        dest,
-                    } => {
+                    Kind::Copy { add, flags, sources, dest } => {
                         Op::Copy(self.copy_op(ins, *add, flags, sources, dest, &lex, &scope, &at)?)
                     }
-                    Kind::Run {
-                        flags,
-                        command,
-                        heredocs,
-                    } => {
-                        let network = flags
-                            .iter()
-                            .find(|f| f.name == "network")
-                            .and_then(|f| f.value.clone());
+                    Kind::Run { flags, command, heredocs } => {
+                        let network = flags.iter().find(|f| f.name == "network").and_then(|f| f.value.clone());
                         if let Some(n) = &network
                             && !matches!(n.as_str(), "default" | "none" | "host")
                         {
-                            return Err(self.invalid(
-                                ins,
-                                format!("RUN --network={n}: expected default, none or host"),
-                            ));
+                            return Err(self.invalid(ins, format!("RUN --network={n}: expected default, none or host")));
                         }
                         let command = match (command, heredocs.as_slice()) {
                             (RawCommand::Exec(argv), []) => RunCommand::Exec(argv.clone()),
                             (RawCommand::Shell(cmd), []) => RunCommand::Shell(cmd.clone()),
-                            (RawCommand::Shell(cmd), [RawSource::HereDoc { body, .. }])
-                                if cmd.trim().is_empty() =>
-                            {
+                            (RawCommand::Shell(cmd), [RawSource::HereDoc { body, .. }]) if cmd.trim().is_empty() => {
                                 if body.starts_with("#!") {
                                     RunCommand::Script(body.clone())
                                 } else {
@@ -347,75 +297,46 @@ impl Dockerfile {
                                 args_env.push(((*p).to_string(), v.clone()));
                             }
                         }
-                        Op::Run(RunOp {
-                            command,
-                            args_env,
-                            network,
-                        })
+                        Op::Run(RunOp { command, args_env, network })
                     }
                     Kind::Cmd(c) => {
                         let (args, prepend_shell) = command_args(c);
-                        Op::Config(ConfigOp::Cmd {
-                            args,
-                            prepend_shell,
-                        })
+                        Op::Config(ConfigOp::Cmd { args, prepend_shell })
                     }
                     Kind::Entrypoint(c) => {
                         let (args, prepend_shell) = command_args(c);
-                        Op::Config(ConfigOp::Entrypoint {
-                            args,
-                            prepend_shell,
-                        })
+                        Op::Config(ConfigOp::Entrypoint { args, prepend_shell })
                     }
                     Kind::Expose(ports) => {
                         let mut out = Vec::new();
                         for p in ports {
                             let p = word(p)?;
-                            out.push(if p.contains('/') {
-                                p
-                            } else {
-                                format!("{p}/tcp")
-                            });
+                            out.push(if p.contains('/') { p } else { format!("{p}/tcp") });
                         }
                         Op::Config(ConfigOp::Expose(out))
                     }
-                    Kind::Volume(v) => Op::Config(ConfigOp::Volume(
-                        v.iter().map(|p| word(p)).collect::<Result<_, _>>()?,
-                    )),
+                    Kind::Volume(v) => {
+                        Op::Config(ConfigOp::Volume(v.iter().map(|p| word(p)).collect::<Result<_, _>>()?))
+                    }
                     Kind::Stopsignal(s) => Op::Config(ConfigOp::StopSignal(word(s)?)),
-                    Kind::Healthcheck { flags, command } => Op::Config(ConfigOp::Healthcheck(
-                        self.healthcheck(ins, flags, command.as_ref())?,
-                    )),
+                    Kind::Healthcheck { flags, command } => {
+                        Op::Config(ConfigOp::Healthcheck(self.healthcheck(ins, flags, command.as_ref())?))
+                    }
                     Kind::Maintainer(m) => Op::Config(ConfigOp::Maintainer(m.clone())),
                     Kind::Onbuild(o) => Op::Config(ConfigOp::Onbuild(o.clone())),
                 }
             };
-            steps.push(Step {
-                line: ins.line,
-                text: ins.text.clone(),
-                op,
-            });
+            steps.push(Step { line: ins.line, text: ins.text.clone(), op });
         }
-        Ok(Plan {
-            file: self.file.clone(),
-            from,
-            steps,
-            warnings: self.warnings.clone(),
-        })
+        Ok(Plan { file: self.file.clone(), from, steps, warnings: self.warnings.clone() })
     }
 
     fn at(&self, line: usize) -> Location {
-        Location {
-            file: self.file.clone(),
-            line,
-        }
+        Location { file: self.file.clone(), line }
     }
 
     fn invalid(&self, ins: &Instruction, message: String) -> DockerfileError {
-        DockerfileError::Invalid {
-            at: self.at(ins.line),
-            message,
-        }
+        DockerfileError::Invalid { at: self.at(ins.line), message }
     }
 
     /// Values of the ARGs before FROM: build arg, else the expanded default.
@@ -435,15 +356,7 @@ impl Dockerfile {
             let at = self.at(ins.line);
             for p in parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))? {
                 let default = match &p.value {
-                    Some(d) => Some(expand_word(
-                        &lex,
-                        d,
-                        &Scope {
-                            env: &[],
-                            args: &values,
-                        },
-                        &at,
-                    )?),
+                    Some(d) => Some(expand_word(&lex, d, &Scope { env: &[], args: &values }, &at)?),
                     None => None,
                 };
                 if let Some(v) = build_args.get(&p.key).cloned().or(default) {
@@ -468,9 +381,7 @@ impl Dockerfile {
                 let key = word(&p.key)?;
                 let value = word(p.value.as_deref().unwrap_or(""))?;
                 if key.is_empty() {
-                    return Err(
-                        self.invalid(ins, format!("{what} name `{}` expands to nothing", p.key))
-                    );
+                    return Err(self.invalid(ins, format!("{what} name `{}` expands to nothing", p.key)));
                 }
                 Ok((key, value))
             })
@@ -493,9 +404,7 @@ impl Dockerfile {
         let flag = |n: &str| -> Result<Option<String>, DockerfileError> {
             match flags.iter().find(|f| f.name == n) {
                 Some(Flag { value: Some(v), .. }) => Ok(Some(expand_word(lex, v, scope, at)?)),
-                Some(Flag { value: None, .. }) => {
-                    Err(self.invalid(ins, format!("{name} --{n} needs a value")))
-                }
+                Some(Flag { value: None, .. }) => Err(self.invalid(ins, format!("{name} --{n} needs a value"))),
                 None => Ok(None),
             }
         };
@@ -504,10 +413,7 @@ impl Dockerfile {
         if let Some(m) = &chmod
             && (m.is_empty() || m.len() > 4 || u32::from_str_radix(m, 8).is_err())
         {
-            return Err(self.invalid(
-                ins,
-                format!("{name} --chmod={m}: expected an octal mode such as 0755"),
-            ));
+            return Err(self.invalid(ins, format!("{name} --chmod={m}: expected an octal mode such as 0755")));
         }
         let mut out = Vec::with_capacity(sources.len());
         for s in sources {
@@ -516,29 +422,18 @@ impl Dockerfile {
                     let p = expand_word(lex, p, scope, at)?;
                     if p.starts_with("http://") || p.starts_with("https://") {
                         if !add {
-                            return Err(self
-                                .invalid(ins, format!("COPY cannot fetch a URL ({p}); use ADD")));
+                            return Err(self.invalid(ins, format!("COPY cannot fetch a URL ({p}); use ADD")));
                         }
                         CopySource::Url(p)
                     } else if p.starts_with("git@") {
-                        return Err(self.invalid(
-                            ins,
-                            format!("{name} of a git repository ({p}) is not supported"),
-                        ));
+                        return Err(self.invalid(ins, format!("{name} of a git repository ({p}) is not supported")));
                     } else {
                         CopySource::Path(p)
                     }
                 }
                 RawSource::HereDoc { name, body, expand } => {
-                    let content = if *expand {
-                        expand_heredoc(lex, body, scope, at)?
-                    } else {
-                        body.clone()
-                    };
-                    CopySource::Inline {
-                        name: name.clone(),
-                        content,
-                    }
+                    let content = if *expand { expand_heredoc(lex, body, scope, at)? } else { body.clone() };
+                    CopySource::Inline { name: name.clone(), content }
                 }
             });
         }
@@ -546,13 +441,7 @@ impl Dockerfile {
         if dest.is_empty() {
             return Err(self.invalid(ins, format!("{name} destination expands to an empty path")));
         }
-        Ok(CopyOp {
-            add,
-            sources: out,
-            dest,
-            chown,
-            chmod,
-        })
+        Ok(CopyOp { add, sources: out, dest, chown, chmod })
     }
 
     fn healthcheck(
@@ -565,9 +454,9 @@ impl Dockerfile {
             test: match command {
                 None => vec!["NONE".into()],
                 Some(RawCommand::Shell(s)) => vec!["CMD-SHELL".into(), s.clone()],
-                Some(RawCommand::Exec(argv)) => std::iter::once("CMD".to_string())
-                    .chain(argv.iter().cloned())
-                    .collect(),
+                Some(RawCommand::Exec(argv)) => {
+                    std::iter::once("CMD".to_string()).chain(argv.iter().cloned()).collect()
+                }
             },
             ..Default::default()
         };
@@ -575,13 +464,7 @@ impl Dockerfile {
             let v = f.value.as_deref().unwrap_or("");
             let dur = || {
                 parse_duration(v).ok_or_else(|| {
-                    self.invalid(
-                        ins,
-                        format!(
-                            "HEALTHCHECK --{}={v}: not a duration like 30s or 1m30s",
-                            f.name
-                        ),
-                    )
+                    self.invalid(ins, format!("HEALTHCHECK --{}={v}: not a duration like 30s or 1m30s", f.name))
                 })
             };
             match f.name.as_str() {
@@ -590,9 +473,9 @@ impl Dockerfile {
                 "start-period" => hc.start_period_ns = Some(dur()?),
                 "start-interval" => hc.start_interval_ns = Some(dur()?),
                 "retries" => {
-                    hc.retries = Some(v.parse().map_err(|_| {
-                        self.invalid(ins, format!("HEALTHCHECK --retries={v}: not a number"))
-                    })?)
+                    hc.retries = Some(
+                        v.parse().map_err(|_| self.invalid(ins, format!("HEALTHCHECK --retries={v}: not a number")))?,
+                    )
                 }
                 other => {
                     return Err(DockerfileError::UnsupportedFlag {
@@ -608,27 +491,16 @@ impl Dockerfile {
     }
 }
 
-fn expand_word(
-    lex: &ShellLex,
-    word: &str,
-    scope: &Scope<'_>,
-    at: &Location,
-) -> Result<String, DockerfileError> {
-    lex.process_word(word, scope)
-        .map_err(|source| DockerfileError::Expand {
-            at: at.clone(),
-            word: word.to_string(),
-            source,
-        })
+fn expand_word(lex: &ShellLex, word: &str, scope: &Scope<'_>, at: &Location) -> Result<String, DockerfileError> {
+    lex.process_word(word, scope).map_err(|source| DockerfileError::Expand {
+        at: at.clone(),
+        word: word.to_string(),
+        source,
+    })
 }
 
 /// Here-document bodies expand variables but keep quotes and whitespace, like a shell heredoc.
-fn expand_heredoc(
-    lex: &ShellLex,
-    body: &str,
-    scope: &Scope<'_>,
-    at: &Location,
-) -> Result<String, DockerfileError> {
+fn expand_heredoc(lex: &ShellLex, body: &str, scope: &Scope<'_>, at: &Location) -> Result<String, DockerfileError> {
     let mut out = String::with_capacity(body.len());
     for line in body.split_inclusive('\n') {
         let (content, nl) = match line.strip_suffix('\n') {
@@ -636,10 +508,7 @@ fn expand_heredoc(
             None => (line, ""),
         };
         // Quotes are protected from the word lexer so they survive; only `$` forms expand.
-        let protected = content
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\'', "\\'");
+        let protected = content.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "\\'");
         out.push_str(&expand_word(lex, &protected, scope, at)?);
         out.push_str(nl);
     }
@@ -664,17 +533,13 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         return None;
     }
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_len == 0 {
             return None;
         }
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,

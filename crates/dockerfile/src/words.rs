@@ -63,11 +63,7 @@ pub struct RawPair {
 }
 
 /// Parses `ENV`/`LABEL` arguments: `k=v k2="v 2"` or the legacy single pair `k some value`.
-pub fn parse_name_values(
-    text: &str,
-    escape: char,
-    instruction: &str,
-) -> Result<Vec<RawPair>, String> {
+pub fn parse_name_values(text: &str, escape: char, instruction: &str) -> Result<Vec<RawPair>, String> {
     let words = split_words(text, escape);
     let Some(first) = words.first() else {
         return Err(format!("{instruction} needs at least one argument"));
@@ -76,26 +72,16 @@ pub fn parse_name_values(
         // Legacy form `ENV key value with spaces`: the value is the rest of the line, verbatim.
         let rest = text.trim_start()[first.len()..].trim();
         if rest.is_empty() {
-            return Err(format!(
-                "{instruction} {first} needs a value (use {first}=value)"
-            ));
+            return Err(format!("{instruction} {first} needs a value (use {first}=value)"));
         }
-        return Ok(vec![RawPair {
-            key: first.clone(),
-            value: Some(rest.to_string()),
-        }]);
+        return Ok(vec![RawPair { key: first.clone(), value: Some(rest.to_string()) }]);
     }
     words
         .into_iter()
         .map(|w| match w.split_once('=') {
             Some(("", _)) => Err(format!("{instruction} has an empty name in `{w}`")),
-            Some((k, v)) => Ok(RawPair {
-                key: k.to_string(),
-                value: Some(v.to_string()),
-            }),
-            None => Err(format!(
-                "{instruction}: cannot find `=` in `{w}`; use the form name=value"
-            )),
+            Some((k, v)) => Ok(RawPair { key: k.to_string(), value: Some(v.to_string()) }),
+            None => Err(format!("{instruction}: cannot find `=` in `{w}`; use the form name=value")),
         })
         .collect()
 }
@@ -176,78 +162,30 @@ mod tests {
 
     #[test]
     fn split_words_keeps_quotes_for_expansion() {
-        assert_eq!(
-            split_words(r#"a=1 b="two words" c='x y'"#, '\\'),
-            vec!["a=1", r#"b="two words""#, "c='x y'"]
-        );
+        assert_eq!(split_words(r#"a=1 b="two words" c='x y'"#, '\\'), vec!["a=1", r#"b="two words""#, "c='x y'"]);
         assert_eq!(split_words(r"a=x\ y b", '\\'), vec![r"a=x\ y", "b"]);
         assert_eq!(split_words("  a   b  ", '\\'), vec!["a", "b"]);
-        assert_eq!(
-            split_words(r#"a="x \" y" b"#, '\\'),
-            vec![r#"a="x \" y""#, "b"]
-        );
+        assert_eq!(split_words(r#"a="x \" y" b"#, '\\'), vec![r#"a="x \" y""#, "b"]);
         assert!(split_words("   ", '\\').is_empty());
     }
 
     #[test]
     fn name_values_new_and_legacy_forms() {
         let p = parse_name_values(r#"A=1 B="two words""#, '\\', "ENV").unwrap();
-        assert_eq!(
-            p[0],
-            RawPair {
-                key: "A".into(),
-                value: Some("1".into())
-            }
-        );
-        assert_eq!(
-            p[1],
-            RawPair {
-                key: "B".into(),
-                value: Some(r#""two words""#.into())
-            }
-        );
+        assert_eq!(p[0], RawPair { key: "A".into(), value: Some("1".into()) });
+        assert_eq!(p[1], RawPair { key: "B".into(), value: Some(r#""two words""#.into()) });
         let legacy = parse_name_values("MY_VAR  hello   world", '\\', "ENV").unwrap();
-        assert_eq!(
-            legacy,
-            vec![RawPair {
-                key: "MY_VAR".into(),
-                value: Some("hello   world".into())
-            }]
-        );
-        assert!(
-            parse_name_values("A=1 B", '\\', "ENV")
-                .unwrap_err()
-                .contains("cannot find `=`")
-        );
-        assert!(
-            parse_name_values("=1", '\\', "LABEL")
-                .unwrap_err()
-                .contains("empty name")
-        );
-        assert!(
-            parse_name_values("ONLYKEY", '\\', "ENV")
-                .unwrap_err()
-                .contains("needs a value")
-        );
+        assert_eq!(legacy, vec![RawPair { key: "MY_VAR".into(), value: Some("hello   world".into()) }]);
+        assert!(parse_name_values("A=1 B", '\\', "ENV").unwrap_err().contains("cannot find `=`"));
+        assert!(parse_name_values("=1", '\\', "LABEL").unwrap_err().contains("empty name"));
+        assert!(parse_name_values("ONLYKEY", '\\', "ENV").unwrap_err().contains("needs a value"));
     }
 
     #[test]
     fn args_with_and_without_defaults() {
         let a = parse_args("base_image build_id=0", '\\').unwrap();
-        assert_eq!(
-            a[0],
-            RawPair {
-                key: "base_image".into(),
-                value: None
-            }
-        );
-        assert_eq!(
-            a[1],
-            RawPair {
-                key: "build_id".into(),
-                value: Some("0".into())
-            }
-        );
+        assert_eq!(a[0], RawPair { key: "base_image".into(), value: None });
+        assert_eq!(a[1], RawPair { key: "build_id".into(), value: Some("0".into()) });
         assert!(parse_args("1bad", '\\').is_err());
     }
 

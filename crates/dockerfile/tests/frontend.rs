@@ -6,32 +6,19 @@ use std::collections::BTreeMap;
 use ext_dockerfile::{ConfigOp, CopySource, Dockerfile, DockerfileError, Op, RunCommand};
 
 fn args(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 fn plan_ops(text: &str, build_args: &[(&str, &str)], env: &[(&str, &str)]) -> Vec<Op> {
     let df = Dockerfile::parse(text, "run.Dockerfile").unwrap_or_else(|e| panic!("{e}"));
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    df.plan(&args(build_args), &env)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .steps
-        .into_iter()
-        .map(|s| s.op)
-        .collect()
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    df.plan(&args(build_args), &env).unwrap_or_else(|e| panic!("{e}")).steps.into_iter().map(|s| s.op).collect()
 }
 
 fn err(text: &str, build_args: &[(&str, &str)]) -> DockerfileError {
     match Dockerfile::parse(text, "run.Dockerfile") {
         Err(e) => e,
-        Ok(df) => df
-            .plan(&args(build_args), &[])
-            .expect_err("expected an error"),
+        Ok(df) => df.plan(&args(build_args), &[]).expect_err("expected an error"),
     }
 }
 
@@ -55,40 +42,20 @@ fn expansion_table() {
         ("ENV A=${UNSET:-fallback}", &[], &[("A", "fallback")]),
         ("ARG V=set\nENV A=${V:+alt}", &[], &[("A", "alt")]),
         ("ENV A=${UNSET:+alt}", &[], &[("A", "")]),
-        (
-            "ENV A=\"two words\" B='$NOT'",
-            &[],
-            &[("A", "two words"), ("B", "$NOT")],
-        ),
+        ("ENV A=\"two words\" B='$NOT'", &[], &[("A", "two words"), ("B", "$NOT")]),
         ("ENV A=\\$ESCAPED", &[], &[("A", "$ESCAPED")]),
         ("ENV A=${PATH}:/extra", &[], &[("A", "/usr/bin:/extra")]),
         // ENV wins over ARG of the same name.
-        (
-            "ARG PATH=/arg\nENV A=$PATH",
-            &[("PATH", "/cli")],
-            &[("A", "/usr/bin")],
-        ),
+        ("ARG PATH=/arg\nENV A=$PATH", &[("PATH", "/cli")], &[("A", "/usr/bin")]),
         ("ENV X=1\nARG X=2\nENV A=$X", &[], &[("A", "1")]),
         // Undeclared build args are invisible.
-        (
-            "ENV A=${undeclared:-none}",
-            &[("undeclared", "v")],
-            &[("A", "none")],
-        ),
+        ("ENV A=${undeclared:-none}", &[("undeclared", "v")], &[("A", "none")]),
         // Legacy form.
-        (
-            "ENV GREETING hello big world",
-            &[],
-            &[("GREETING", "hello big world")],
-        ),
+        ("ENV GREETING hello big world", &[], &[("GREETING", "hello big world")]),
         // A later ENV sees an earlier one.
         ("ENV A=1\nENV B=${A}2", &[], &[("B", "12")]),
         // Continuations with an inner comment.
-        (
-            "ENV A=1 \\\n  # note\n  B=2",
-            &[],
-            &[("A", "1"), ("B", "2")],
-        ),
+        ("ENV A=1 \\\n  # note\n  B=2", &[], &[("A", "1"), ("B", "2")]),
     ];
     for (body, build, expected) in cases {
         let text = format!("FROM ${{base_image}}\n{body}\n");
@@ -96,10 +63,7 @@ fn expansion_table() {
         all.extend_from_slice(build);
         let ops = plan_ops(&text, &all, &[("PATH", "/usr/bin")]);
         let got = env_op(ops.last().unwrap());
-        let want: Vec<(String, String)> = expected
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let want: Vec<(String, String)> = expected.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(got, want, "case: {body:?}");
     }
 }
@@ -108,30 +72,19 @@ fn expansion_table() {
 fn global_args_only_reach_from_unless_redeclared() {
     let text = "ARG base_image\nARG GLOBAL=g\nFROM ${base_image}\nENV A=${GLOBAL:-unset}\nARG GLOBAL\nENV B=$GLOBAL\n";
     let ops = plan_ops(text, &[("base_image", "img")], &[]);
-    assert_eq!(
-        env_op(&ops[0]),
-        vec![("A".to_string(), "unset".to_string())]
-    );
+    assert_eq!(env_op(&ops[0]), vec![("A".to_string(), "unset".to_string())]);
     assert_eq!(env_op(&ops[2]), vec![("B".to_string(), "g".to_string())]);
 }
 
 #[test]
 fn from_resolution() {
     let df = Dockerfile::parse("ARG base_image\nFROM ${base_image}\nUSER 1000\n", "f").unwrap();
-    let from = df
-        .resolve_from(&args(&[("base_image", "oci:/img:tag")]))
-        .unwrap();
-    assert_eq!(
-        (from.image.as_str(), from.extends_base, from.line),
-        ("oci:/img:tag", true, 2)
-    );
+    let from = df.resolve_from(&args(&[("base_image", "oci:/img:tag")])).unwrap();
+    assert_eq!((from.image.as_str(), from.extends_base, from.line), ("oci:/img:tag", true, 2));
 
     let df = Dockerfile::parse("FROM other-image\nUSER 1000\n", "f").unwrap();
     let from = df.resolve_from(&args(&[("base_image", "x")])).unwrap();
-    assert!(
-        !from.extends_base,
-        "FROM another image switches the run image"
-    );
+    assert!(!from.extends_base, "FROM another image switches the run image");
 
     let df = Dockerfile::parse("ARG B=busybox\nFROM ${B:-x}\n", "f").unwrap();
     assert_eq!(df.resolve_from(&BTreeMap::new()).unwrap().image, "busybox");
@@ -142,62 +95,33 @@ fn from_resolution() {
     assert_eq!(df.escape, '`');
     assert_eq!(df.instructions[0].line, 2);
     assert_eq!(df.instructions[1].line, 3);
-    assert!(
-        df.resolve_from(&args(&[("base_image", "b")]))
-            .unwrap()
-            .extends_base
-    );
+    assert!(df.resolve_from(&args(&[("base_image", "b")])).unwrap().extends_base);
 }
 
 #[test]
 fn errors_name_file_line_and_reason() {
     let cases: &[(&str, usize, &str)] = &[
         ("FROM ${base_image}\nRUN x\nFROM other\n", 3, "multi-stage"),
-        (
-            "FROM ${base_image}\nCOPY --from=builder /a /b\n",
-            2,
-            "--from",
-        ),
+        ("FROM ${base_image}\nCOPY --from=builder /a /b\n", 2, "--from"),
         ("FROM ${base_image}\n\nBOGUS x\n", 3, "unknown instruction"),
         ("FROM ${base_image}\nCOPY --mystery a b\n", 2, "--mystery"),
-        (
-            "FROM ${base_image}\nRUN --mount=type=cache,target=/x true\n",
-            2,
-            "--mount",
-        ),
+        ("FROM ${base_image}\nRUN --mount=type=cache,target=/x true\n", 2, "--mount"),
         ("FROM ${base_image}\nENV A=1 B\n", 2, "cannot find `=`"),
-        (
-            "FROM ${base_image}\nENV A=\"${B:?must be set}\"\n",
-            2,
-            "must be set",
-        ),
+        ("FROM ${base_image}\nENV A=\"${B:?must be set}\"\n", 2, "must be set"),
         ("FROM ${base_image}\nENV A=\"unterminated\n", 2, ""),
         ("FROM ${base_image}\nCOPY --chmod=999 a b\n", 2, "octal"),
-        (
-            "FROM ${base_image}\nCOPY http://example.com/x /x\n",
-            2,
-            "use ADD",
-        ),
+        ("FROM ${base_image}\nCOPY http://example.com/x /x\n", 2, "use ADD"),
         ("FROM ${base_image}\nUSER ${nobody}\n", 2, "empty user"),
-        (
-            "ARG base_image\nFROM ${base_image}\nUSER 1\n",
-            2,
-            "base_image` is not set",
-        ),
+        ("ARG base_image\nFROM ${base_image}\nUSER 1\n", 2, "base_image` is not set"),
         ("COPY a b\nFROM x\n", 2, "FROM must come before"),
-        (
-            "FROM ${base_image}\nRUN cat <<EOF > /x\nhi\nEOF\n",
-            2,
-            "here-document",
-        ),
+        ("FROM ${base_image}\nRUN cat <<EOF > /x\nhi\nEOF\n", 2, "here-document"),
     ];
     for (text, line, needle) in cases {
-        let build: &[(&str, &str)] =
-            if text.contains("is not set") || text.starts_with("ARG base_image") {
-                &[]
-            } else {
-                &[("base_image", "b")]
-            };
+        let build: &[(&str, &str)] = if text.contains("is not set") || text.starts_with("ARG base_image") {
+            &[]
+        } else {
+            &[("base_image", "b")]
+        };
         let e = err(text, build);
         let msg = e.to_string();
         assert_eq!(e.location().line, *line, "{text:?}: {msg}");
@@ -211,10 +135,7 @@ fn errors_name_file_line_and_reason() {
 #[test]
 fn multi_stage_error_lists_allowed_set() {
     let msg = err("FROM a\nFROM b\n", &[]).to_string();
-    assert!(
-        msg.contains("ADD, ARG, COPY, ENV, LABEL, RUN, SHELL, USER, WORKDIR"),
-        "{msg}"
-    );
+    assert!(msg.contains("ADD, ARG, COPY, ENV, LABEL, RUN, SHELL, USER, WORKDIR"), "{msg}");
 }
 
 #[test]
@@ -226,69 +147,27 @@ fn config_instructions_warn_with_line() {
     .unwrap();
     let lines: Vec<usize> = df.warnings.iter().map(|w| w.at.line).collect();
     assert_eq!(lines, vec![2, 3, 5]);
-    assert!(
-        df.warnings[0]
-            .to_string()
-            .starts_with("x:2: CMD is not one of")
-    );
-    let ops: Vec<Op> = df
-        .plan(&args(&[("base_image", "b")]), &[])
-        .unwrap()
-        .steps
-        .into_iter()
-        .map(|s| s.op)
-        .collect();
-    assert_eq!(
-        ops[0],
-        Op::Config(ConfigOp::Cmd {
-            args: vec!["/app".into()],
-            prepend_shell: false
-        })
-    );
-    assert_eq!(
-        ops[1],
-        Op::Config(ConfigOp::Expose(vec!["8080/tcp".into(), "53/udp".into()]))
-    );
+    assert!(df.warnings[0].to_string().starts_with("x:2: CMD is not one of"));
+    let ops: Vec<Op> = df.plan(&args(&[("base_image", "b")]), &[]).unwrap().steps.into_iter().map(|s| s.op).collect();
+    assert_eq!(ops[0], Op::Config(ConfigOp::Cmd { args: vec!["/app".into()], prepend_shell: false }));
+    assert_eq!(ops[1], Op::Config(ConfigOp::Expose(vec!["8080/tcp".into(), "53/udp".into()])));
 }
 
 #[test]
 fn run_is_not_expanded_and_gets_args_as_env() {
     let text = "FROM ${base_image}\nARG build_id=0\nARG user_id\nRUN echo ${build_id} \\\n  # comment\n  && echo $user_id\nRUN [\"echo\", \"$HOME\"]\nRUN <<EOF\n#!/bin/sh\necho script\nEOF\n";
-    let ops = plan_ops(
-        text,
-        &[
-            ("base_image", "b"),
-            ("user_id", "1000"),
-            ("HTTP_PROXY", "http://proxy"),
-        ],
-        &[],
-    );
-    let Op::Run(run) = &ops[2] else {
-        panic!("{:?}", ops[2])
-    };
-    assert_eq!(
-        run.command,
-        RunCommand::Shell("echo ${build_id}   && echo $user_id".into())
-    );
+    let ops = plan_ops(text, &[("base_image", "b"), ("user_id", "1000"), ("HTTP_PROXY", "http://proxy")], &[]);
+    let Op::Run(run) = &ops[2] else { panic!("{:?}", ops[2]) };
+    assert_eq!(run.command, RunCommand::Shell("echo ${build_id}   && echo $user_id".into()));
     let env: BTreeMap<_, _> = run.args_env.iter().cloned().collect();
     assert_eq!(env.get("build_id").map(String::as_str), Some("0"));
     assert_eq!(env.get("user_id").map(String::as_str), Some("1000"));
-    assert_eq!(
-        env.get("HTTP_PROXY").map(String::as_str),
-        Some("http://proxy"),
-        "predefined proxy args pass through"
-    );
+    assert_eq!(env.get("HTTP_PROXY").map(String::as_str), Some("http://proxy"), "predefined proxy args pass through");
     assert!(!env.contains_key("base_image"), "undeclared args stay out");
     let Op::Run(exec) = &ops[3] else { panic!() };
-    assert_eq!(
-        exec.command,
-        RunCommand::Exec(vec!["echo".into(), "$HOME".into()])
-    );
+    assert_eq!(exec.command, RunCommand::Exec(vec!["echo".into(), "$HOME".into()]));
     let Op::Run(script) = &ops[4] else { panic!() };
-    assert_eq!(
-        script.command,
-        RunCommand::Script("#!/bin/sh\necho script\n".into())
-    );
+    assert_eq!(script.command, RunCommand::Script("#!/bin/sh\necho script\n".into()));
 }
 
 #[test]
@@ -298,45 +177,25 @@ fn copy_sources_flags_and_heredocs() {
     let Op::Copy(c) = &ops[1] else { panic!() };
     assert_eq!(c.chown.as_deref(), Some("1000:1000"));
     assert_eq!(c.chmod.as_deref(), Some("0750"));
-    assert_eq!(
-        c.sources,
-        vec![
-            CopySource::Path("src/*.txt".into()),
-            CopySource::Path("bin".into())
-        ]
-    );
+    assert_eq!(c.sources, vec![CopySource::Path("src/*.txt".into()), CopySource::Path("bin".into())]);
     assert_eq!(c.dest, "/dst/");
     let Op::Copy(h) = &ops[2] else { panic!() };
-    assert_eq!(
-        h.sources,
-        vec![CopySource::Inline {
-            name: "EOT".into(),
-            content: "hello 1000 \"quoted\"\n".into()
-        }]
-    );
+    assert_eq!(h.sources, vec![CopySource::Inline { name: "EOT".into(), content: "hello 1000 \"quoted\"\n".into() }]);
     let Op::Copy(raw) = &ops[3] else { panic!() };
-    assert_eq!(
-        raw.sources,
-        vec![CopySource::Inline {
-            name: "RAW".into(),
-            content: "$owner\n".into()
-        }]
-    );
+    assert_eq!(raw.sources, vec![CopySource::Inline { name: "RAW".into(), content: "$owner\n".into() }]);
     let Op::Copy(add) = &ops[4] else { panic!() };
     assert!(add.add);
-    assert_eq!(
-        add.sources,
-        vec![CopySource::Url("https://example.com/a.tgz".into())]
-    );
+    assert_eq!(add.sources, vec![CopySource::Url("https://example.com/a.tgz".into())]);
 }
 
 #[test]
 fn history_text_joins_continuations() {
-    let df = Dockerfile::parse("FROM ${base_image}\nRUN apt-get update \\\n    && apt-get install -y curl\n\n# trailing comment\nUSER 1000\n", "f").unwrap();
-    assert_eq!(
-        df.instructions[0].text,
-        "RUN apt-get update     && apt-get install -y curl"
-    );
+    let df = Dockerfile::parse(
+        "FROM ${base_image}\nRUN apt-get update \\\n    && apt-get install -y curl\n\n# trailing comment\nUSER 1000\n",
+        "f",
+    )
+    .unwrap();
+    assert_eq!(df.instructions[0].text, "RUN apt-get update     && apt-get install -y curl");
     assert_eq!(df.instructions[1].text, "USER 1000");
 }
 
@@ -348,9 +207,7 @@ fn lowercase_and_healthcheck() {
         &[],
     );
     assert_eq!(ops[0], Op::Workdir("/app".into()));
-    let Op::Config(ConfigOp::Healthcheck(hc)) = &ops[1] else {
-        panic!()
-    };
+    let Op::Config(ConfigOp::Healthcheck(hc)) = &ops[1] else { panic!() };
     assert_eq!(hc.test, vec!["CMD-SHELL", "curl -f http://localhost/"]);
     assert_eq!(hc.interval_ns, Some(30_000_000_000));
     assert_eq!(hc.retries, Some(3));

@@ -1,1 +1,17 @@
-//! placeholder
+//! The executor: applies Dockerfile plans to a base image and produces new layers, config and
+//! history. COPY/ADD layers are written straight from the build context without unpacking the
+//! base image; config instructions only touch the config.
+
+pub mod context;
+pub mod copy;
+pub mod dockerignore;
+pub mod error;
+pub mod output;
+pub mod session;
+pub mod tree;
+pub mod users;
+
+pub use context::BuildContext;
+pub use error::{ExecError, Result};
+pub use output::{WrittenImage, WrittenLayer};
+pub use session::{ExtendedImage, Provenance, Session, SessionOptions, StepReport};

@@ -1,1 +1,67 @@
-fn main() {}
+//! `ext-extend`: the command-line front of the ext-extend crates. It parses flags, sets up
+//! logging, calls the libraries and maps their errors to exit codes (2: bad input, 1: other).
+
+mod build;
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(cli.log_level.as_deref(), cli.quiet);
+    let result = match cli.command {
+        cli::Command::Build(args) => build::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn init_logging(level: Option<&str>, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXT_EXTEND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.unwrap_or(default)));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
+}
+
+/// An error with the exit code it deserves.
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub code: u8,
+}
+
+impl Failure {
+    /// Bad input: usage, Dockerfile, context, references.
+    pub fn input(error: impl Into<anyhow::Error>) -> Failure {
+        Failure { error: error.into(), code: 2 }
+    }
+
+    /// Anything else (I/O, a damaged store, a failed registry).
+    pub fn other(error: impl Into<anyhow::Error>) -> Failure {
+        Failure { error: error.into(), code: 1 }
+    }
+}
+
+impl From<ext_executor::ExecError> for Failure {
+    fn from(e: ext_executor::ExecError) -> Self {
+        if e.is_user_error() { Failure::input(e) } else { Failure::other(e) }
+    }
+}
+
+impl From<ext_oci::OciError> for Failure {
+    fn from(e: ext_oci::OciError) -> Self {
+        if e.is_user_error() { Failure::input(e) } else { Failure::other(e) }
+    }
+}

@@ -69,9 +69,7 @@ impl ImageConfig {
         if !top.get("config").is_some_and(Value::is_object) {
             top.insert("config".into(), Value::Object(Map::new()));
         }
-        top.get_mut("config")
-            .and_then(Value::as_object_mut)
-            .expect("just inserted")
+        top.get_mut("config").and_then(Value::as_object_mut).expect("just inserted")
     }
 
     fn str_field(&self, name: &str) -> Option<&str> {
@@ -80,11 +78,7 @@ impl ImageConfig {
 
     fn strings_field(&self, name: &str) -> Option<Vec<String>> {
         let arr = self.container()?.get(name)?.as_array()?;
-        Some(
-            arr.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect(),
-        )
+        Some(arr.iter().filter_map(|v| v.as_str().map(String::from)).collect())
     }
 
     /// Sets `config.<name>`; `Value::Null` removes it.
@@ -98,17 +92,11 @@ impl ImageConfig {
     }
 
     pub fn os(&self) -> &str {
-        self.root
-            .get("os")
-            .and_then(Value::as_str)
-            .unwrap_or("linux")
+        self.root.get("os").and_then(Value::as_str).unwrap_or("linux")
     }
 
     pub fn architecture(&self) -> &str {
-        self.root
-            .get("architecture")
-            .and_then(Value::as_str)
-            .unwrap_or("")
+        self.root.get("architecture").and_then(Value::as_str).unwrap_or("")
     }
 
     pub fn variant(&self) -> Option<&str> {
@@ -134,10 +122,7 @@ impl ImageConfig {
             Some(slot) => slot.1 = value.to_string(),
             None => env.push((key.to_string(), value.to_string())),
         }
-        let list: Vec<Value> = env
-            .into_iter()
-            .map(|(k, v)| Value::String(format!("{k}={v}")))
-            .collect();
+        let list: Vec<Value> = env.into_iter().map(|(k, v)| Value::String(format!("{k}={v}"))).collect();
         self.set_field("Env", Value::Array(list));
     }
 
@@ -159,9 +144,7 @@ impl ImageConfig {
 
     /// Docker's `Shell` (default `["/bin/sh", "-c"]` when unset).
     pub fn shell(&self) -> Vec<String> {
-        self.strings_field("Shell")
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+        self.strings_field("Shell").filter(|s| !s.is_empty()).unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
     pub fn set_shell(&mut self, shell: &[String]) {
@@ -172,11 +155,7 @@ impl ImageConfig {
         self.container()
             .and_then(|c| c.get("Labels"))
             .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect()
-            })
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
             .unwrap_or_default()
     }
 
@@ -197,10 +176,7 @@ impl ImageConfig {
         if !c.get(field).is_some_and(Value::is_object) {
             c.insert(field.into(), Value::Object(Map::new()));
         }
-        let set = c
-            .get_mut(field)
-            .and_then(Value::as_object_mut)
-            .expect("just inserted");
+        let set = c.get_mut(field).and_then(Value::as_object_mut).expect("just inserted");
         for k in keys {
             set.insert(k.clone(), json!({}));
         }
@@ -217,20 +193,12 @@ impl ImageConfig {
         self.root
             .pointer("/rootfs/diff_ids")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(String::from))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default()
     }
 
     pub fn history(&self) -> Vec<Value> {
-        self.root
-            .get("history")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
+        self.root.get("history").and_then(Value::as_array).cloned().unwrap_or_default()
     }
 
     pub fn set_history(&mut self, history: Vec<Value>) {
@@ -243,10 +211,7 @@ impl ImageConfig {
         if !top.get("rootfs").is_some_and(Value::is_object) {
             top.insert("rootfs".into(), json!({"type": "layers", "diff_ids": []}));
         }
-        let rootfs = top
-            .get_mut("rootfs")
-            .and_then(Value::as_object_mut)
-            .expect("just inserted");
+        let rootfs = top.get_mut("rootfs").and_then(Value::as_object_mut).expect("just inserted");
         if !rootfs.get("diff_ids").is_some_and(Value::is_array) {
             rootfs.insert("diff_ids".into(), json!([]));
         }
@@ -255,13 +220,7 @@ impl ImageConfig {
             .and_then(Value::as_array_mut)
             .expect("just inserted")
             .push(Value::String(diff_id.to_string()));
-        self.push_history(
-            created,
-            HistoryEntry {
-                empty_layer: false,
-                ..entry
-            },
-        );
+        self.push_history(created, HistoryEntry { empty_layer: false, ..entry });
     }
 
     /// Adds a history entry (`empty_layer` ones record config-only instructions).
@@ -279,15 +238,15 @@ impl ImageConfig {
         if !top.get("history").is_some_and(Value::is_array) {
             top.insert("history".into(), json!([]));
         }
-        top.get_mut("history")
-            .and_then(Value::as_array_mut)
-            .expect("just inserted")
-            .push(Value::Object(h));
+        top.get_mut("history").and_then(Value::as_array_mut).expect("just inserted").push(Value::Object(h));
+    }
+
+    pub fn set_author(&mut self, author: &str) {
+        self.top().insert("author".into(), Value::String(author.into()));
     }
 
     pub fn set_created(&mut self, created: &str) {
-        self.top()
-            .insert("created".into(), Value::String(created.into()));
+        self.top().insert("created".into(), Value::String(created.into()));
     }
 }
 
@@ -320,11 +279,7 @@ mod tests {
             c.set_label(k, "v");
         }
         let s = String::from_utf8(c.to_canonical_bytes()).unwrap();
-        let (a, m, z) = (
-            s.find("alpha").unwrap(),
-            s.find("mid").unwrap(),
-            s.find("zeta").unwrap(),
-        );
+        let (a, m, z) = (s.find("alpha").unwrap(), s.find("mid").unwrap(), s.find("zeta").unwrap());
         assert!(a < m && m < z, "labels not sorted: {s}");
         assert!(s.find("\"architecture\"").unwrap() < s.find("\"rootfs\"").unwrap());
         // Same edits, same bytes.
@@ -339,22 +294,8 @@ mod tests {
     fn layers_and_history_stay_consistent() {
         let mut c = ImageConfig::empty("linux", "amd64");
         let d = Digest::of(b"layer");
-        c.push_history(
-            "t",
-            HistoryEntry {
-                created_by: "ENV a=b".into(),
-                empty_layer: true,
-                ..Default::default()
-            },
-        );
-        c.push_layer(
-            &d,
-            "t",
-            HistoryEntry {
-                created_by: "COPY a /".into(),
-                ..Default::default()
-            },
-        );
+        c.push_history("t", HistoryEntry { created_by: "ENV a=b".into(), empty_layer: true, ..Default::default() });
+        c.push_layer(&d, "t", HistoryEntry { created_by: "COPY a /".into(), ..Default::default() });
         assert_eq!(c.diff_ids(), vec![d.to_string()]);
         let h = c.history();
         assert_eq!(h.len(), 2);

@@ -40,14 +40,8 @@ impl Digest {
 impl FromStr for Digest {
     type Err = OciError;
     fn from_str(s: &str) -> Result<Self, OciError> {
-        let hex = s
-            .strip_prefix("sha256:")
-            .ok_or_else(|| OciError::BadDigest(s.into()))?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        let hex = s.strip_prefix("sha256:").ok_or_else(|| OciError::BadDigest(s.into()))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(OciError::BadDigest(s.into()));
         }
         Ok(Digest(s.into()))
@@ -68,8 +62,7 @@ impl fmt::Debug for Digest {
 
 impl From<&Digest> for oci_spec::image::Digest {
     fn from(d: &Digest) -> Self {
-        d.0.parse()
-            .expect("a Digest is always a valid sha256 digest")
+        d.0.parse().expect("a Digest is always a valid sha256 digest")
     }
 }
 
@@ -89,11 +82,7 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
+        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
     }
 
     pub fn written(&self) -> u64 {
@@ -135,14 +124,7 @@ pub struct VerifyingReader<R> {
 
 impl<R: Read> VerifyingReader<R> {
     pub fn new(inner: R, expected: Digest, expected_size: Option<u64>) -> Self {
-        VerifyingReader {
-            inner,
-            hasher: Sha256::new(),
-            read: 0,
-            expected,
-            expected_size,
-            verified: false,
-        }
+        VerifyingReader { inner, hasher: Sha256::new(), read: 0, expected, expected_size, verified: false }
     }
 
     /// Reads to the end (so the check runs even if the consumer stopped early, e.g. at the tar
@@ -162,18 +144,12 @@ impl<R: Read> VerifyingReader<R> {
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                BlobCheckFailure::Size {
-                    expected: size,
-                    actual: self.read,
-                },
+                BlobCheckFailure::Size { expected: size, actual: self.read },
             ));
         }
         let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
         if actual != self.expected {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                BlobCheckFailure::Digest { actual },
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, BlobCheckFailure::Digest { actual }));
         }
         Ok(())
     }
@@ -193,10 +169,7 @@ impl<R: Read> Read for VerifyingReader<R> {
         {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                BlobCheckFailure::Size {
-                    expected: size,
-                    actual: self.read,
-                },
+                BlobCheckFailure::Size { expected: size, actual: self.read },
             ));
         }
         Ok(n)
@@ -216,8 +189,7 @@ pub enum BlobCheckFailure {
 impl BlobCheckFailure {
     /// Finds a check failure inside an I/O error chain (e.g. wrapped by the gzip decoder).
     pub fn find(e: &io::Error) -> Option<&BlobCheckFailure> {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<BlobCheckFailure>())
+        e.get_ref().and_then(|inner| inner.downcast_ref::<BlobCheckFailure>())
     }
 }
 
@@ -228,18 +200,11 @@ mod tests {
     #[test]
     fn digest_parse_and_format() {
         let d = Digest::of(b"hello");
-        assert_eq!(
-            d.as_str(),
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
+        assert_eq!(d.as_str(), "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
         assert_eq!(d.as_str().parse::<Digest>().unwrap(), d);
         assert!("sha256:xyz".parse::<Digest>().is_err());
         assert!("md5:00".parse::<Digest>().is_err());
-        assert!(
-            format!("sha256:{}", "A".repeat(64))
-                .parse::<Digest>()
-                .is_err()
-        );
+        assert!(format!("sha256:{}", "A".repeat(64)).parse::<Digest>().is_err());
     }
 
     #[test]
@@ -247,37 +212,18 @@ mod tests {
         let data = b"some blob".to_vec();
         let good = Digest::of(&data);
         let mut out = Vec::new();
-        VerifyingReader::new(&data[..], good.clone(), Some(data.len() as u64))
-            .read_to_end(&mut out)
-            .unwrap();
+        VerifyingReader::new(&data[..], good.clone(), Some(data.len() as u64)).read_to_end(&mut out).unwrap();
         assert_eq!(out, data);
 
         let bad = Digest::of(b"other");
-        let err = VerifyingReader::new(&data[..], bad, None)
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
-        assert!(
-            matches!(BlobCheckFailure::find(&err), Some(BlobCheckFailure::Digest { actual }) if *actual == good)
-        );
+        let err = VerifyingReader::new(&data[..], bad, None).read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(matches!(BlobCheckFailure::find(&err), Some(BlobCheckFailure::Digest { actual }) if *actual == good));
 
-        let err = VerifyingReader::new(&data[..], good.clone(), Some(3))
-            .read_to_end(&mut Vec::new())
-            .unwrap_err();
-        assert!(matches!(
-            BlobCheckFailure::find(&err),
-            Some(BlobCheckFailure::Size { expected: 3, .. })
-        ));
+        let err = VerifyingReader::new(&data[..], good.clone(), Some(3)).read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(matches!(BlobCheckFailure::find(&err), Some(BlobCheckFailure::Size { expected: 3, .. })));
 
-        let err = VerifyingReader::new(&data[..], good, Some(100))
-            .finish()
-            .unwrap_err();
-        assert!(matches!(
-            BlobCheckFailure::find(&err),
-            Some(BlobCheckFailure::Size {
-                expected: 100,
-                actual: 9
-            })
-        ));
+        let err = VerifyingReader::new(&data[..], good, Some(100)).finish().unwrap_err();
+        assert!(matches!(BlobCheckFailure::find(&err), Some(BlobCheckFailure::Size { expected: 100, actual: 9 })));
     }
 
     #[test]

@@ -17,52 +17,25 @@ pub enum OciError {
     NotALayout { path: PathBuf, reason: String },
 
     #[error("{path}: malformed {what}: {reason}")]
-    Malformed {
-        path: PathBuf,
-        what: &'static str,
-        reason: String,
-    },
+    Malformed { path: PathBuf, what: &'static str, reason: String },
 
     #[error("blob {digest} is missing from {store}")]
     MissingBlob { digest: Digest, store: PathBuf },
 
     #[error("blob {digest} in {store} is corrupt: its content hashes to {actual}")]
-    DigestMismatch {
-        digest: Digest,
-        actual: Digest,
-        store: PathBuf,
-    },
+    DigestMismatch { digest: Digest, actual: Digest, store: PathBuf },
 
     #[error("blob {digest} in {store} has {actual} bytes, but its descriptor says {expected}")]
-    SizeMismatch {
-        digest: Digest,
-        expected: u64,
-        actual: u64,
-        store: PathBuf,
-    },
+    SizeMismatch { digest: Digest, expected: u64, actual: u64, store: PathBuf },
 
     #[error("{layout}: no image tagged `{tag}` (tags: {available})")]
-    TagNotFound {
-        layout: PathBuf,
-        tag: String,
-        available: String,
-    },
+    TagNotFound { layout: PathBuf, tag: String, available: String },
 
-    #[error(
-        "{layout}: holds {count} images and no tag was given; pick one with oci:DIR:TAG (tags: {available})"
-    )]
-    AmbiguousImage {
-        layout: PathBuf,
-        count: usize,
-        available: String,
-    },
+    #[error("{layout}: holds {count} images and no tag was given; pick one with oci:DIR:TAG (tags: {available})")]
+    AmbiguousImage { layout: PathBuf, count: usize, available: String },
 
     #[error("{image}: no manifest for platform {platform} (available: {available})")]
-    PlatformNotFound {
-        image: String,
-        platform: String,
-        available: String,
-    },
+    PlatformNotFound { image: String, platform: String, available: String },
 
     #[error("invalid image reference `{reference}`: {reason}")]
     BadReference { reference: String, reason: String },

@@ -69,12 +69,7 @@ pub fn rfc3339(secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,10 +82,7 @@ pub struct LayerOptions {
 
 impl Default for LayerOptions {
     fn default() -> Self {
-        LayerOptions {
-            compression_level: 1,
-            mtime: MtimePolicy::Fixed(NORMALIZED_MTIME),
-        }
+        LayerOptions { compression_level: 1, mtime: MtimePolicy::Fixed(NORMALIZED_MTIME) }
     }
 }
 
@@ -110,14 +102,7 @@ pub struct EntryMeta {
 
 impl EntryMeta {
     pub fn new(path: impl Into<String>, mode: u32) -> Self {
-        EntryMeta {
-            path: path.into(),
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime: 0,
-            xattrs: Vec::new(),
-        }
+        EntryMeta { path: path.into(), mode, uid: 0, gid: 0, mtime: 0, xattrs: Vec::new() }
     }
 }
 
@@ -159,38 +144,23 @@ impl LayerWriter {
     /// Starts a layer whose blob will land in `dir` (a `blobs/sha256`-style directory).
     pub fn create(dir: &Path, opts: LayerOptions) -> io::Result<LayerWriter> {
         std::fs::create_dir_all(dir)?;
-        let tmp = tempfile::Builder::new()
-            .prefix(".layer-")
-            .tempfile_in(dir)?;
+        let tmp = tempfile::Builder::new().prefix(".layer-").tempfile_in(dir)?;
         let (file, path) = tmp.into_parts();
-        let gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .operating_system(255)
-            .write(
-                HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
-                Compression::new(opts.compression_level),
-            );
+        let gz = flate2::GzBuilder::new().mtime(0).operating_system(255).write(
+            HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
+            Compression::new(opts.compression_level),
+        );
         let mut tar = tar::Builder::new(HashingWriter::new(gz));
         tar.mode(tar::HeaderMode::Complete);
         tar.follow_symlinks(false);
-        Ok(LayerWriter {
-            tar,
-            dir: dir.to_path_buf(),
-            tmp: Some(path),
-            opts,
-            entries: 0,
-        })
+        Ok(LayerWriter { tar, dir: dir.to_path_buf(), tmp: Some(path), opts, entries: 0 })
     }
 
     fn header(&mut self, meta: &EntryMeta, kind: tar::EntryType) -> io::Result<tar::Header> {
         if !meta.xattrs.is_empty() {
-            let records: Vec<(String, &[u8])> = meta
-                .xattrs
-                .iter()
-                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
-                .collect();
-            self.tar
-                .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
+            let records: Vec<(String, &[u8])> =
+                meta.xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+            self.tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
         }
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
@@ -205,26 +175,16 @@ impl LayerWriter {
 
     pub fn append_dir(&mut self, meta: &EntryMeta) -> io::Result<()> {
         let mut h = self.header(meta, tar::EntryType::Directory)?;
-        self.tar
-            .append_data(&mut h, tar_path(&meta.path), io::empty())
+        self.tar.append_data(&mut h, tar_path(&meta.path), io::empty())
     }
 
     /// Appends a regular file of exactly `size` bytes read from `data`; a short read (the file
     /// shrank while we read it) is an error rather than a corrupt archive.
-    pub fn append_file(
-        &mut self,
-        meta: &EntryMeta,
-        size: u64,
-        data: &mut dyn Read,
-    ) -> io::Result<()> {
+    pub fn append_file(&mut self, meta: &EntryMeta, size: u64, data: &mut dyn Read) -> io::Result<()> {
         let mut h = self.header(meta, tar::EntryType::Regular)?;
         h.set_size(size);
-        let mut exact = ExactReader {
-            inner: data.take(size),
-            remaining: size,
-        };
-        self.tar
-            .append_data(&mut h, tar_path(&meta.path), &mut exact)
+        let mut exact = ExactReader { inner: data.take(size), remaining: size };
+        self.tar.append_data(&mut h, tar_path(&meta.path), &mut exact)
     }
 
     pub fn append_symlink(&mut self, meta: &EntryMeta, target: &str) -> io::Result<()> {
@@ -235,17 +195,10 @@ impl LayerWriter {
     /// A hard link to `target`, an earlier entry of this layer or a file of a lower layer.
     pub fn append_hardlink(&mut self, meta: &EntryMeta, target: &str) -> io::Result<()> {
         let mut h = self.header(meta, tar::EntryType::Link)?;
-        self.tar
-            .append_link(&mut h, tar_path(&meta.path), tar_path(target))
+        self.tar.append_link(&mut h, tar_path(&meta.path), tar_path(target))
     }
 
-    pub fn append_device(
-        &mut self,
-        meta: &EntryMeta,
-        kind: DeviceKind,
-        major: u32,
-        minor: u32,
-    ) -> io::Result<()> {
+    pub fn append_device(&mut self, meta: &EntryMeta, kind: DeviceKind, major: u32, minor: u32) -> io::Result<()> {
         let entry_type = match kind {
             DeviceKind::Char => tar::EntryType::Char,
             DeviceKind::Block => tar::EntryType::Block,
@@ -254,18 +207,13 @@ impl LayerWriter {
         let mut h = self.header(meta, entry_type)?;
         h.set_device_major(major)?;
         h.set_device_minor(minor)?;
-        self.tar
-            .append_data(&mut h, tar_path(&meta.path), io::empty())
+        self.tar.append_data(&mut h, tar_path(&meta.path), io::empty())
     }
 
     /// Marks `path` deleted (OCI whiteout `.wh.<name>`).
     pub fn append_whiteout(&mut self, path: &str) -> io::Result<()> {
         let (dir, name) = split_parent(path);
-        let wh = if dir.is_empty() {
-            format!(".wh.{name}")
-        } else {
-            format!("{dir}/.wh.{name}")
-        };
+        let wh = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
         let mut h = self.header(&EntryMeta::new(wh.clone(), 0), tar::EntryType::Regular)?;
         self.tar.append_data(&mut h, wh, io::empty())
     }
@@ -273,11 +221,7 @@ impl LayerWriter {
     /// Marks directory `dir` opaque: lower layers' children are hidden.
     pub fn append_opaque(&mut self, dir: &str) -> io::Result<()> {
         let dir = dir.trim_matches('/');
-        let wh = if dir.is_empty() {
-            ".wh..wh..opq".to_string()
-        } else {
-            format!("{dir}/.wh..wh..opq")
-        };
+        let wh = if dir.is_empty() { ".wh..wh..opq".to_string() } else { format!("{dir}/.wh..wh..opq") };
         let mut h = self.header(&EntryMeta::new(wh.clone(), 0), tar::EntryType::Regular)?;
         self.tar.append_data(&mut h, wh, io::empty())
     }
@@ -296,11 +240,7 @@ impl LayerWriter {
         let file = buf.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         let path = self.dir.join(digest.hex());
-        self.tmp
-            .take()
-            .expect("finish runs once")
-            .persist(&path)
-            .map_err(|e| e.error)?;
+        self.tmp.take().expect("finish runs once").persist(&path).map_err(|e| e.error)?;
         Ok(LayerBlob {
             digest,
             diff_id,
@@ -337,10 +277,7 @@ impl<R: Read> Read for ExactReader<R> {
         if n == 0 && self.remaining > 0 && !buf.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!(
-                    "file shrank while being read ({} bytes missing)",
-                    self.remaining
-                ),
+                format!("file shrank while being read ({} bytes missing)", self.remaining),
             ));
         }
         self.remaining -= n as u64;
@@ -356,10 +293,7 @@ pub fn decompress(reader: impl Read + 'static) -> io::Result<Box<dyn Read>> {
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buf)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "zstd-compressed layers are not supported yet",
-        ))
+        Err(io::Error::new(io::ErrorKind::Unsupported, "zstd-compressed layers are not supported yet"))
     } else {
         Ok(Box::new(buf))
     }
@@ -381,12 +315,9 @@ mod tests {
         f.xattrs.push(("user.test".into(), b"v".to_vec()));
         w.append_file(&f, 5, &mut &b"hello"[..]).unwrap();
         let long = format!("etc/{}", "x".repeat(150));
-        w.append_symlink(&EntryMeta::new(long.clone(), 0o777), &"t".repeat(120))
-            .unwrap();
-        w.append_hardlink(&EntryMeta::new("etc/hl", 0o4755), "etc/hello")
-            .unwrap();
-        w.append_device(&EntryMeta::new("dev/null", 0o666), DeviceKind::Char, 1, 3)
-            .unwrap();
+        w.append_symlink(&EntryMeta::new(long.clone(), 0o777), &"t".repeat(120)).unwrap();
+        w.append_hardlink(&EntryMeta::new("etc/hl", 0o4755), "etc/hello").unwrap();
+        w.append_device(&EntryMeta::new("dev/null", 0o666), DeviceKind::Char, 1, 3).unwrap();
         w.append_whiteout("etc/gone").unwrap();
         w.append_opaque("var").unwrap();
         w.finish().unwrap()
@@ -405,10 +336,7 @@ mod tests {
         assert_eq!(bytes.len() as u64, a.size);
 
         let mut tar_bytes = Vec::new();
-        decompress(std::io::Cursor::new(bytes))
-            .unwrap()
-            .read_to_end(&mut tar_bytes)
-            .unwrap();
+        decompress(std::io::Cursor::new(bytes)).unwrap().read_to_end(&mut tar_bytes).unwrap();
         assert_eq!(Digest::of(&tar_bytes), a.diff_id);
         let mut ar = tar::Archive::new(&tar_bytes[..]);
         let mut seen = Vec::new();
@@ -421,21 +349,14 @@ mod tests {
             if path == "etc/hello" {
                 assert_eq!(h.mode().unwrap(), 0o4755);
                 assert_eq!(h.uid().unwrap(), 1000);
-                let pax: Vec<_> = e
-                    .pax_extensions()
-                    .unwrap()
-                    .unwrap()
-                    .map(|x| x.unwrap().key().unwrap().to_string())
-                    .collect();
+                let pax: Vec<_> =
+                    e.pax_extensions().unwrap().unwrap().map(|x| x.unwrap().key().unwrap().to_string()).collect();
                 assert_eq!(pax, vec!["SCHILY.xattr.user.test"]);
             }
             seen.push(path);
         }
         assert_eq!(seen[0], "etc");
-        assert!(
-            seen.iter().any(|p| p.len() > 150),
-            "long name kept: {seen:?}"
-        );
+        assert!(seen.iter().any(|p| p.len() > 150), "long name kept: {seen:?}");
         assert!(seen.contains(&"etc/.wh.gone".to_string()));
         assert!(seen.contains(&"var/.wh..wh..opq".to_string()));
     }
@@ -445,27 +366,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let old = write_sample(
             dir.path(),
-            LayerOptions {
-                mtime: MtimePolicy::Clamp(1_650_000_000),
-                ..Default::default()
-            },
+            LayerOptions { mtime: MtimePolicy::Clamp(1_650_000_000), ..Default::default() },
             1_600_000_000,
         );
         let new = write_sample(
             dir.path(),
-            LayerOptions {
-                mtime: MtimePolicy::Clamp(1_650_000_000),
-                ..Default::default()
-            },
+            LayerOptions { mtime: MtimePolicy::Clamp(1_650_000_000), ..Default::default() },
             1_700_000_000,
         );
         assert_ne!(old.diff_id, new.diff_id);
         let again = write_sample(
             dir.path(),
-            LayerOptions {
-                mtime: MtimePolicy::Clamp(1_650_000_000),
-                ..Default::default()
-            },
+            LayerOptions { mtime: MtimePolicy::Clamp(1_650_000_000), ..Default::default() },
             1_800_000_000,
         );
         assert_eq!(new.diff_id, again.diff_id, "both clamped to the epoch");
@@ -475,9 +387,7 @@ mod tests {
     fn short_file_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = LayerWriter::create(dir.path(), LayerOptions::default()).unwrap();
-        let err = w
-            .append_file(&EntryMeta::new("f", 0o644), 10, &mut &b"abc"[..])
-            .unwrap_err();
+        let err = w.append_file(&EntryMeta::new("f", 0o644), 10, &mut &b"abc"[..]).unwrap_err();
         assert!(err.to_string().contains("shrank"), "{err}");
     }
 

@@ -52,27 +52,13 @@ impl BlobStore {
     }
 
     /// Opens a blob for streaming; the reader fails at the end if the content does not match.
-    pub fn open(
-        &self,
-        digest: &Digest,
-        size: Option<u64>,
-    ) -> Result<VerifyingReader<BufReader<File>>> {
+    pub fn open(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<BufReader<File>>> {
         let path = self.blob_path(digest);
         let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => OciError::MissingBlob {
-                digest: digest.clone(),
-                store: self.root.clone(),
-            },
-            _ => OciError::Io {
-                path: path.clone(),
-                source: e,
-            },
+            std::io::ErrorKind::NotFound => OciError::MissingBlob { digest: digest.clone(), store: self.root.clone() },
+            _ => OciError::Io { path: path.clone(), source: e },
         })?;
-        Ok(VerifyingReader::new(
-            BufReader::with_capacity(256 * 1024, file),
-            digest.clone(),
-            size,
-        ))
+        Ok(VerifyingReader::new(BufReader::with_capacity(256 * 1024, file), digest.clone(), size))
     }
 
     /// Reads a small JSON blob completely, verified.
@@ -88,31 +74,29 @@ impl BlobStore {
         }
         let mut out = Vec::new();
         let reader = self.open(digest, size)?;
-        reader
-            .take(MAX_JSON_BLOB + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| self.read_error(digest, e))?;
+        reader.take(MAX_JSON_BLOB + 1).read_to_end(&mut out).map_err(|e| self.read_error(digest, e))?;
         Ok(out)
+    }
+
+    /// Hashes a whole blob and checks it against its digest and size.
+    pub fn verify(&self, digest: &Digest, size: Option<u64>) -> Result<()> {
+        let reader = self.open(digest, size)?;
+        reader.finish().map_err(|e| self.read_error(digest, e))
     }
 
     /// Turns an I/O error from a [`VerifyingReader`] into an error that names the blob.
     pub fn read_error(&self, digest: &Digest, e: std::io::Error) -> OciError {
         match BlobCheckFailure::find(&e) {
-            Some(BlobCheckFailure::Digest { actual }) => OciError::DigestMismatch {
-                digest: digest.clone(),
-                actual: actual.clone(),
-                store: self.root.clone(),
-            },
+            Some(BlobCheckFailure::Digest { actual }) => {
+                OciError::DigestMismatch { digest: digest.clone(), actual: actual.clone(), store: self.root.clone() }
+            }
             Some(BlobCheckFailure::Size { expected, actual }) => OciError::SizeMismatch {
                 digest: digest.clone(),
                 expected: *expected,
                 actual: *actual,
                 store: self.root.clone(),
             },
-            None => OciError::Io {
-                path: self.blob_path(digest),
-                source: e,
-            },
+            None => OciError::Io { path: self.blob_path(digest), source: e },
         }
     }
 }
@@ -136,10 +120,7 @@ impl Image {
 
     /// Layer digests in order.
     pub fn layer_digests(&self) -> Result<Vec<Digest>> {
-        self.layers()
-            .iter()
-            .map(|l| Digest::try_from(l.digest()))
-            .collect()
+        self.layers().iter().map(|l| Digest::try_from(l.digest())).collect()
     }
 }
 
@@ -161,19 +142,14 @@ impl OciLayout {
             what: "oci-layout",
             reason: e.to_string(),
         })?;
-        if v.get("imageLayoutVersion")
-            .and_then(Value::as_str)
-            .is_none()
-        {
+        if v.get("imageLayoutVersion").and_then(Value::as_str).is_none() {
             return Err(OciError::Malformed {
                 path: marker,
                 what: "oci-layout",
                 reason: "no imageLayoutVersion".into(),
             });
         }
-        Ok(OciLayout {
-            store: BlobStore::new(dir),
-        })
+        Ok(OciLayout { store: BlobStore::new(dir) })
     }
 
     pub fn dir(&self) -> &Path {
@@ -196,12 +172,7 @@ impl OciLayout {
 
     /// Tags (`org.opencontainers.image.ref.name`) of the images in index.json.
     pub fn tags(&self) -> Result<Vec<String>> {
-        Ok(self
-            .index()?
-            .manifests()
-            .iter()
-            .filter_map(|d| ref_name(d).map(String::from))
-            .collect())
+        Ok(self.index()?.manifests().iter().filter_map(|d| ref_name(d).map(String::from)).collect())
     }
 
     /// Finds the image tagged `tag` (or the only image) for `platform`.
@@ -210,21 +181,14 @@ impl OciLayout {
         let manifests = index.manifests();
         let tags = || {
             let t: Vec<&str> = manifests.iter().filter_map(ref_name).collect();
-            if t.is_empty() {
-                "none".to_string()
-            } else {
-                t.join(", ")
-            }
+            if t.is_empty() { "none".to_string() } else { t.join(", ") }
         };
         let desc = match tag {
-            Some(tag) => manifests
-                .iter()
-                .find(|d| ref_name(d) == Some(tag))
-                .ok_or_else(|| OciError::TagNotFound {
-                    layout: self.dir().to_path_buf(),
-                    tag: tag.into(),
-                    available: tags(),
-                })?,
+            Some(tag) => manifests.iter().find(|d| ref_name(d) == Some(tag)).ok_or_else(|| OciError::TagNotFound {
+                layout: self.dir().to_path_buf(),
+                tag: tag.into(),
+                available: tags(),
+            })?,
             None => match manifests.as_slice() {
                 [only] => only,
                 [] => {
@@ -233,14 +197,9 @@ impl OciLayout {
                         reason: "index.json lists no images".into(),
                     });
                 }
-                many => many
-                    .iter()
-                    .find(|d| ref_name(d) == Some("latest"))
-                    .ok_or_else(|| OciError::AmbiguousImage {
-                        layout: self.dir().to_path_buf(),
-                        count: many.len(),
-                        available: tags(),
-                    })?,
+                many => many.iter().find(|d| ref_name(d) == Some("latest")).ok_or_else(|| {
+                    OciError::AmbiguousImage { layout: self.dir().to_path_buf(), count: many.len(), available: tags() }
+                })?,
             },
         };
         let name = match tag {
@@ -253,19 +212,11 @@ impl OciLayout {
 
 /// The tag annotation of an index entry.
 pub fn ref_name(d: &Descriptor) -> Option<&str> {
-    d.annotations()
-        .as_ref()?
-        .get(media::REF_NAME)
-        .map(String::as_str)
+    d.annotations().as_ref()?.get(media::REF_NAME).map(String::as_str)
 }
 
 /// Follows an index entry to a single-platform image, reading and verifying each JSON blob.
-pub fn resolve_descriptor(
-    store: &BlobStore,
-    desc: &Descriptor,
-    platform: &Platform,
-    name: &str,
-) -> Result<Image> {
+pub fn resolve_descriptor(store: &BlobStore, desc: &Descriptor, platform: &Platform, name: &str) -> Result<Image> {
     let mut desc = desc.clone();
     // Nested indexes are legal; a few levels is plenty and stops cycles.
     for _ in 0..4 {
@@ -279,19 +230,14 @@ pub fn resolve_descriptor(
             || doc_type.as_deref().is_some_and(media::is_index)
             || (!media::is_manifest(&media_type) && looks_like_index(&bytes));
         if is_index {
-            let index: ImageIndex =
-                serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
-                    path: store.blob_path(&digest),
-                    what: "image index",
-                    reason: e.to_string(),
-                })?;
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
+                path: store.blob_path(&digest),
+                what: "image index",
+                reason: e.to_string(),
+            })?;
             let found = index.manifests().iter().find(|m| {
                 m.platform().as_ref().is_some_and(|p| {
-                    platform.matches(
-                        &p.os().to_string(),
-                        &p.architecture().to_string(),
-                        p.variant().as_deref(),
-                    )
+                    platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
                 })
             });
             match found {
@@ -309,30 +255,24 @@ pub fn resolve_descriptor(
                     return Err(OciError::PlatformNotFound {
                         image: name.into(),
                         platform: platform.to_string(),
-                        available: if available.is_empty() {
-                            "none".into()
-                        } else {
-                            available.join(", ")
-                        },
+                        available: if available.is_empty() { "none".into() } else { available.join(", ") },
                     });
                 }
             }
             continue;
         }
-        let manifest: ImageManifest =
-            serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
-                path: store.blob_path(&digest),
-                what: "image manifest",
-                reason: e.to_string(),
-            })?;
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
+            path: store.blob_path(&digest),
+            what: "image manifest",
+            reason: e.to_string(),
+        })?;
         let config_digest = Digest::try_from(manifest.config().digest())?;
         let config_bytes = store.read_verified(&config_digest, Some(manifest.config().size()))?;
-        let config =
-            ImageConfig::from_slice(&config_bytes).map_err(|reason| OciError::Malformed {
-                path: store.blob_path(&config_digest),
-                what: "image config",
-                reason,
-            })?;
+        let config = ImageConfig::from_slice(&config_bytes).map_err(|reason| OciError::Malformed {
+            path: store.blob_path(&config_digest),
+            what: "image config",
+            reason,
+        })?;
         if !platform.matches(config.os(), config.architecture(), config.variant()) {
             return Err(OciError::PlatformNotFound {
                 image: name.into(),
@@ -357,8 +297,7 @@ pub fn resolve_descriptor(
 }
 
 fn looks_like_index(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<Value>(bytes)
-        .is_ok_and(|v| v.get("manifests").is_some() && v.get("layers").is_none())
+    serde_json::from_slice::<Value>(bytes).is_ok_and(|v| v.get("manifests").is_some() && v.get("layers").is_none())
 }
 
 /// Serializes any serde value with sorted keys (oci-spec's annotations are HashMaps).
@@ -391,10 +330,7 @@ impl LayoutWriter {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
-                return Err(OciError::Io {
-                    path: target.into(),
-                    source: e,
-                });
+                return Err(OciError::Io { path: target.into(), source: e });
             }
         };
         let parent = match target.parent() {
@@ -408,11 +344,7 @@ impl LayoutWriter {
             .map_err(OciError::io(&parent))?;
         let blobs = staging.path().join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
-        Ok(LayoutWriter {
-            target: target.to_path_buf(),
-            staging,
-            exists,
-        })
+        Ok(LayoutWriter { target: target.to_path_buf(), staging, exists })
     }
 
     pub fn target(&self) -> &Path {
@@ -437,17 +369,12 @@ impl LayoutWriter {
         }
         let src = source.blob_path(digest);
         if !src.is_file() {
-            return Err(OciError::MissingBlob {
-                digest: digest.clone(),
-                store: source.root().into(),
-            });
+            return Err(OciError::MissingBlob { digest: digest.clone(), store: source.root().into() });
         }
         if fs::hard_link(&src, &dest).is_err() {
             let tmp = dest.with_extension("tmp");
             fs::copy(&src, &tmp).map_err(OciError::io(&src))?;
-            File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(OciError::io(&tmp))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(OciError::io(&tmp))?;
             fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
         }
         Ok(())
@@ -470,11 +397,7 @@ impl LayoutWriter {
         let digest = this.add_blob_bytes(manifest)?;
         let mut annotations = std::collections::HashMap::new();
         annotations.insert(media::REF_NAME.to_string(), tag.to_string());
-        let mut desc = Descriptor::new(
-            oci_spec::image::MediaType::from(media_type),
-            manifest.len() as u64,
-            &digest,
-        );
+        let mut desc = Descriptor::new(oci_spec::image::MediaType::from(media_type), manifest.len() as u64, &digest);
         desc.set_annotations(Some(annotations));
 
         if this.exists {
@@ -491,26 +414,18 @@ impl LayoutWriter {
             sync_dir(&blobs)?;
             let index_path = this.target.join("index.json");
             let bytes = fs::read(&index_path).map_err(OciError::io(&index_path))?;
-            let mut index: Value =
-                serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
-                    path: index_path.clone(),
-                    what: "index.json",
-                    reason: e.to_string(),
-                })?;
-            let list = index
-                .get_mut("manifests")
-                .and_then(Value::as_array_mut)
-                .ok_or_else(|| OciError::Malformed {
-                    path: index_path.clone(),
-                    what: "index.json",
-                    reason: "no manifests array".into(),
-                })?;
+            let mut index: Value = serde_json::from_slice(&bytes).map_err(|e| OciError::Malformed {
+                path: index_path.clone(),
+                what: "index.json",
+                reason: e.to_string(),
+            })?;
+            let list = index.get_mut("manifests").and_then(Value::as_array_mut).ok_or_else(|| OciError::Malformed {
+                path: index_path.clone(),
+                what: "index.json",
+                reason: "no manifests array".into(),
+            })?;
             list.retain(|m| {
-                m.pointer(&format!(
-                    "/annotations/{}",
-                    media::REF_NAME.replace('/', "~1")
-                ))
-                .and_then(Value::as_str)
+                m.pointer(&format!("/annotations/{}", media::REF_NAME.replace('/', "~1"))).and_then(Value::as_str)
                     != Some(tag)
             });
             list.push(serde_json::to_value(&desc).expect("descriptors serialize"));
@@ -520,31 +435,17 @@ impl LayoutWriter {
             sync_dir(&this.target)?;
         } else {
             let root = this.staging.path();
-            write_synced(
-                &root.join("oci-layout"),
-                br#"{"imageLayoutVersion":"1.0.0"}"#,
-            )?;
-            let index =
-                json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [desc]});
-            write_synced(
-                &root.join("index.json"),
-                &serde_json::to_vec(&index).expect("JSON serializes"),
-            )?;
+            write_synced(&root.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+            let index = json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX, "manifests": [desc]});
+            write_synced(&root.join("index.json"), &serde_json::to_vec(&index).expect("JSON serializes"))?;
             sync_dir(&root.join("blobs").join("sha256"))?;
             let staged = this.staging.keep();
             fs::rename(&staged, &this.target).map_err(|e| {
                 let _ = fs::remove_dir_all(&staged);
-                OciError::Io {
-                    path: this.target.clone(),
-                    source: e,
-                }
+                OciError::Io { path: this.target.clone(), source: e }
             })?;
             if let Some(parent) = this.target.parent() {
-                sync_dir(if parent.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    parent
-                })?;
+                sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { parent })?;
             }
         }
         Ok(desc)
@@ -553,13 +454,9 @@ impl LayoutWriter {
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path).map_err(OciError::io(path))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(OciError::io(path))
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(OciError::io(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(OciError::io(dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(OciError::io(dir))
 }

@@ -25,11 +25,7 @@ impl Platform {
             "arm" => "arm",
             other => other,
         };
-        Platform {
-            os: std::env::consts::OS.into(),
-            architecture: architecture.into(),
-            variant: None,
-        }
+        Platform { os: std::env::consts::OS.into(), architecture: architecture.into(), variant: None }
     }
 
     /// Whether an index entry's platform satisfies this one. A requested variant must match;
@@ -50,17 +46,11 @@ impl FromStr for Platform {
     fn from_str(s: &str) -> Result<Self, OciError> {
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: (*os).into(),
-                architecture: (*arch).into(),
-                variant: None,
-            }),
+            [os, arch] if !os.is_empty() && !arch.is_empty() => {
+                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: None })
+            }
             [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Platform {
-                    os: (*os).into(),
-                    architecture: (*arch).into(),
-                    variant: Some((*variant).into()),
-                })
+                Ok(Platform { os: (*os).into(), architecture: (*arch).into(), variant: Some((*variant).into()) })
             }
             _ => Err(OciError::BadPlatform(s.into())),
         }

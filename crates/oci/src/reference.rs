@@ -52,10 +52,7 @@ impl FromStr for ImageRef {
     type Err = OciError;
 
     fn from_str(s: &str) -> Result<Self, OciError> {
-        let bad = |reason: &str| OciError::BadReference {
-            reference: s.into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| OciError::BadReference { reference: s.into(), reason: reason.into() };
         if let Some(rest) = s.strip_prefix("oci:") {
             if rest.is_empty() {
                 return Err(bad("missing directory after oci:"));
@@ -68,22 +65,14 @@ impl FromStr for ImageRef {
             if let Some(t) = tag
                 && !valid_tag(t)
             {
-                return Err(bad(
-                    "a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -",
-                ));
+                return Err(bad("a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -"));
             }
-            return Ok(ImageRef::Layout(LayoutRef {
-                dir: PathBuf::from(dir),
-                tag: tag.map(String::from),
-            }));
+            return Ok(ImageRef::Layout(LayoutRef { dir: PathBuf::from(dir), tag: tag.map(String::from) }));
         }
         if let Some(rest) = s.strip_prefix("docker://") {
-            let (registry, path) = rest
-                .split_once('/')
-                .ok_or_else(|| bad("expected docker://HOST[:PORT]/REPO[:TAG]"))?;
-            if registry.is_empty()
-                || !(registry.contains('.') || registry.contains(':') || registry == "localhost")
-            {
+            let (registry, path) =
+                rest.split_once('/').ok_or_else(|| bad("expected docker://HOST[:PORT]/REPO[:TAG]"))?;
+            if registry.is_empty() || !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
                 return Err(bad(
                     "the registry host must be explicit, e.g. docker://registry.example.com/repo or docker://127.0.0.1:5000/repo",
                 ));
@@ -99,21 +88,15 @@ impl FromStr for ImageRef {
             if repository.is_empty()
                 || !repository.split('/').all(|c| {
                     !c.is_empty()
-                        && c.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                        })
+                        && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 })
             {
-                return Err(bad(
-                    "a repository is lowercase path components of [a-z0-9._-]",
-                ));
+                return Err(bad("a repository is lowercase path components of [a-z0-9._-]"));
             }
             if let Some(t) = tag
                 && !valid_tag(t)
             {
-                return Err(bad(
-                    "a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -",
-                ));
+                return Err(bad("a tag is 1-128 characters of [A-Za-z0-9_.-], not starting with . or -"));
             }
             return Ok(ImageRef::Registry(RegistryRef {
                 registry: registry.into(),
@@ -122,9 +105,7 @@ impl FromStr for ImageRef {
                 digest,
             }));
         }
-        Err(bad(
-            "expected oci:DIR[:TAG] or docker://HOST[:PORT]/REPO[:TAG|@DIGEST]",
-        ))
+        Err(bad("expected oci:DIR[:TAG] or docker://HOST[:PORT]/REPO[:TAG|@DIGEST]"))
     }
 }
 
@@ -132,8 +113,7 @@ fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && !t.starts_with(['.', '-'])
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 impl fmt::Display for ImageRef {
@@ -165,17 +145,11 @@ mod tests {
     fn layout_refs() {
         assert_eq!(
             "oci:/tmp/run:latest".parse::<ImageRef>().unwrap(),
-            ImageRef::Layout(LayoutRef {
-                dir: "/tmp/run".into(),
-                tag: Some("latest".into())
-            })
+            ImageRef::Layout(LayoutRef { dir: "/tmp/run".into(), tag: Some("latest".into()) })
         );
         assert_eq!(
             "oci:out".parse::<ImageRef>().unwrap(),
-            ImageRef::Layout(LayoutRef {
-                dir: "out".into(),
-                tag: None
-            })
+            ImageRef::Layout(LayoutRef { dir: "out".into(), tag: None })
         );
         assert!("oci:".parse::<ImageRef>().is_err());
         assert!("oci:/x:bad tag".parse::<ImageRef>().is_err());
@@ -184,9 +158,7 @@ mod tests {
 
     #[test]
     fn registry_refs() {
-        let r = "docker://127.0.0.1:5000/test/busybox:v1"
-            .parse::<ImageRef>()
-            .unwrap();
+        let r = "docker://127.0.0.1:5000/test/busybox:v1".parse::<ImageRef>().unwrap();
         let ImageRef::Registry(r) = r else { panic!() };
         assert_eq!(
             (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
@@ -195,19 +167,11 @@ mod tests {
         assert_eq!(r.host(), "127.0.0.1");
         assert_eq!(r.reference(), "v1");
         let d = format!("sha256:{}", "a".repeat(64));
-        let r = format!("docker://localhost/x@{d}")
-            .parse::<ImageRef>()
-            .unwrap();
+        let r = format!("docker://localhost/x@{d}").parse::<ImageRef>().unwrap();
         let ImageRef::Registry(r) = r else { panic!() };
         assert_eq!(r.reference(), d);
         assert!("docker://busybox".parse::<ImageRef>().is_err());
         assert!("docker://reg.io/UPPER".parse::<ImageRef>().is_err());
-        assert_eq!(
-            "docker://reg.io/a/b:t"
-                .parse::<ImageRef>()
-                .unwrap()
-                .to_string(),
-            "docker://reg.io/a/b:t"
-        );
+        assert_eq!("docker://reg.io/a/b:t".parse::<ImageRef>().unwrap().to_string(), "docker://reg.io/a/b:t");
     }
 }

@@ -68,12 +68,7 @@ pub enum ResolveError {
     UnsafePath { path: PathBuf, reason: UnsafeReason },
 
     #[error("path `{path}` goes through symlink `{symlink}` -> `{target}`, which {kind}")]
-    SymlinkEscape {
-        path: PathBuf,
-        symlink: PathBuf,
-        target: PathBuf,
-        kind: EscapeKind,
-    },
+    SymlinkEscape { path: PathBuf, symlink: PathBuf, target: PathBuf, kind: EscapeKind },
 
     #[error("path `{path}`: `{component}` is not a directory")]
     NotADirectory { path: PathBuf, component: PathBuf },
@@ -93,57 +88,28 @@ pub enum ResolveError {
 pub enum UnpackError {
     /// The entry name (or hard-link target) is absolute or contains `..`.
     #[error("layer {layer}: entry `{entry}` is refused: {reason}")]
-    UnsafePath {
-        layer: String,
-        entry: PathBuf,
-        reason: UnsafeReason,
-    },
+    UnsafePath { layer: String, entry: PathBuf, reason: UnsafeReason },
 
     /// A parent component of the entry (or of its hard-link target) is a symlink that leads
     /// outside the root. `symlink` is relative to the root.
-    #[error(
-        "layer {layer}: entry `{entry}` goes through symlink `{symlink}` -> `{target}`, which {kind}"
-    )]
-    SymlinkEscape {
-        layer: String,
-        entry: PathBuf,
-        symlink: PathBuf,
-        target: PathBuf,
-        kind: EscapeKind,
-    },
+    #[error("layer {layer}: entry `{entry}` goes through symlink `{symlink}` -> `{target}`, which {kind}")]
+    SymlinkEscape { layer: String, entry: PathBuf, symlink: PathBuf, target: PathBuf, kind: EscapeKind },
 
     /// A parent component of the entry exists and is not a directory.
     #[error("layer {layer}: entry `{entry}`: parent `{component}` is not a directory")]
-    NotADirectory {
-        layer: String,
-        entry: PathBuf,
-        component: PathBuf,
-    },
+    NotADirectory { layer: String, entry: PathBuf, component: PathBuf },
 
     /// The hard-link target is missing, is a directory, or cannot be linked.
     #[error("layer {layer}: entry `{entry}`: hard link to `{target}` refused: {reason}")]
-    BadHardLink {
-        layer: String,
-        entry: PathBuf,
-        target: PathBuf,
-        reason: String,
-    },
+    BadHardLink { layer: String, entry: PathBuf, target: PathBuf, reason: String },
 
     /// A tar entry type the unpacker does not know how to apply.
     #[error("layer {layer}: entry `{entry}` has unsupported tar entry type {kind:?}")]
-    UnsupportedEntry {
-        layer: String,
-        entry: PathBuf,
-        kind: u8,
-    },
+    UnsupportedEntry { layer: String, entry: PathBuf, kind: u8 },
 
     /// A header field that cannot be applied (e.g. uid beyond `u32`).
     #[error("layer {layer}: entry `{entry}`: invalid header: {reason}")]
-    BadHeader {
-        layer: String,
-        entry: PathBuf,
-        reason: String,
-    },
+    BadHeader { layer: String, entry: PathBuf, reason: String },
 
     /// Setting an extended attribute failed (failures that only lose optional information,
     /// like `user.*` on a filesystem without user xattrs, are logged instead).
@@ -191,35 +157,12 @@ impl UnpackError {
         let layer = layer.to_owned();
         let entry = entry.to_path_buf();
         match err {
-            ResolveError::UnsafePath { reason, .. } => UnpackError::UnsafePath {
-                layer,
-                entry,
-                reason,
-            },
-            ResolveError::SymlinkEscape {
-                symlink,
-                target,
-                kind,
-                ..
-            } => UnpackError::SymlinkEscape {
-                layer,
-                entry,
-                symlink,
-                target,
-                kind,
-            },
-            ResolveError::NotADirectory { component, .. } => UnpackError::NotADirectory {
-                layer,
-                entry,
-                component,
-            },
-            ResolveError::Io { op, at, source, .. } => UnpackError::Io {
-                layer,
-                entry,
-                op,
-                path: at,
-                source,
-            },
+            ResolveError::UnsafePath { reason, .. } => UnpackError::UnsafePath { layer, entry, reason },
+            ResolveError::SymlinkEscape { symlink, target, kind, .. } => {
+                UnpackError::SymlinkEscape { layer, entry, symlink, target, kind }
+            }
+            ResolveError::NotADirectory { component, .. } => UnpackError::NotADirectory { layer, entry, component },
+            ResolveError::Io { op, at, source, .. } => UnpackError::Io { layer, entry, op, path: at, source },
         }
     }
 }

@@ -35,11 +35,7 @@ pub fn normalize_relative(path: &Path) -> Result<PathBuf, UnsafeReason> {
             Component::RootDir | Component::Prefix(_) => absolute = true,
             Component::CurDir => {}
             Component::ParentDir => {
-                return Err(if absolute {
-                    UnsafeReason::Absolute
-                } else {
-                    UnsafeReason::ParentDir
-                });
+                return Err(if absolute { UnsafeReason::Absolute } else { UnsafeReason::ParentDir });
             }
             Component::Normal(name) => {
                 if absolute {
@@ -61,19 +57,9 @@ pub fn normalize_relative(path: &Path) -> Result<PathBuf, UnsafeReason> {
 /// escapes and loops are errors. A missing final component (or missing tail) is not an
 /// error: the returned path simply does not exist yet.
 pub fn resolve_in_root(root: &Path, rel: &Path) -> Result<PathBuf, ResolveError> {
-    let clean = normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath {
-        path: rel.to_path_buf(),
-        reason,
-    })?;
-    let walked = walk(
-        root,
-        rel,
-        clean.iter(),
-        WalkOptions {
-            create_missing: false,
-            last_may_be_file: true,
-        },
-    )?;
+    let clean =
+        normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath { path: rel.to_path_buf(), reason })?;
+    let walked = walk(root, rel, clean.iter(), WalkOptions { create_missing: false, last_may_be_file: true })?;
     Ok(root.join(walked.rel))
 }
 
@@ -82,10 +68,7 @@ pub fn resolve_in_root(root: &Path, rel: &Path) -> Result<PathBuf, ResolveError>
 ///
 /// A missing parent is not created and not an error; the returned directory then does not
 /// exist.
-pub fn resolve_parent_in_root(
-    root: &Path,
-    rel: &Path,
-) -> Result<(PathBuf, OsString), ResolveError> {
+pub fn resolve_parent_in_root(root: &Path, rel: &Path) -> Result<(PathBuf, OsString), ResolveError> {
     let (parent, name) = resolve_parent_rel(root, rel, false)?;
     Ok((root.join(parent.rel), name))
 }
@@ -97,48 +80,21 @@ pub(crate) fn resolve_parent_rel(
     rel: &Path,
     create_missing: bool,
 ) -> Result<(Walked, OsString), ResolveError> {
-    let clean = normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath {
-        path: rel.to_path_buf(),
-        reason,
-    })?;
+    let clean =
+        normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath { path: rel.to_path_buf(), reason })?;
     let Some(name) = clean.file_name().map(OsStr::to_os_string) else {
-        return Err(ResolveError::UnsafePath {
-            path: rel.to_path_buf(),
-            reason: UnsafeReason::NoFinalComponent,
-        });
+        return Err(ResolveError::UnsafePath { path: rel.to_path_buf(), reason: UnsafeReason::NoFinalComponent });
     };
     let parent = clean.parent().unwrap_or(Path::new(""));
-    let walked = walk(
-        root,
-        rel,
-        parent.iter(),
-        WalkOptions {
-            create_missing,
-            last_may_be_file: false,
-        },
-    )?;
+    let walked = walk(root, rel, parent.iter(), WalkOptions { create_missing, last_may_be_file: false })?;
     Ok((walked, name))
 }
 
 /// Resolves a directory path entirely (all components followed), optionally creating it.
-pub(crate) fn resolve_dir_rel(
-    root: &Path,
-    rel: &Path,
-    create_missing: bool,
-) -> Result<Walked, ResolveError> {
-    let clean = normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath {
-        path: rel.to_path_buf(),
-        reason,
-    })?;
-    walk(
-        root,
-        rel,
-        clean.iter(),
-        WalkOptions {
-            create_missing,
-            last_may_be_file: false,
-        },
-    )
+pub(crate) fn resolve_dir_rel(root: &Path, rel: &Path, create_missing: bool) -> Result<Walked, ResolveError> {
+    let clean =
+        normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath { path: rel.to_path_buf(), reason })?;
+    walk(root, rel, clean.iter(), WalkOptions { create_missing, last_may_be_file: false })
 }
 
 /// True when every component of `rel` below `root` is an existing real directory (no
@@ -186,12 +142,7 @@ fn walk<'a>(
     comps: impl Iterator<Item = &'a OsStr>,
     opts: WalkOptions,
 ) -> Result<Walked, ResolveError> {
-    let mut pending: VecDeque<Pending> = comps
-        .map(|c| Pending {
-            name: c.to_os_string(),
-            via: None,
-        })
-        .collect();
+    let mut pending: VecDeque<Pending> = comps.map(|c| Pending { name: c.to_os_string(), via: None }).collect();
     // (symlink path relative to root, its target)
     let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     let mut followed = 0u32;
@@ -219,22 +170,13 @@ fn walk<'a>(
                     },
                     // Callers normalize their input, so a bare `..` only reaches here if a
                     // caller forgot; refuse rather than trust it.
-                    None => ResolveError::UnsafePath {
-                        path: display.to_path_buf(),
-                        reason: UnsafeReason::ParentDir,
-                    },
+                    None => ResolveError::UnsafePath { path: display.to_path_buf(), reason: UnsafeReason::ParentDir },
                 });
             }
             continue;
         }
-        if !matches!(
-            Path::new(&name).components().next(),
-            Some(Component::Normal(_))
-        ) {
-            return Err(ResolveError::UnsafePath {
-                path: display.to_path_buf(),
-                reason: UnsafeReason::ParentDir,
-            });
+        if !matches!(Path::new(&name).components().next(), Some(Component::Normal(_))) {
+            return Err(ResolveError::UnsafePath { path: display.to_path_buf(), reason: UnsafeReason::ParentDir });
         }
 
         let next = cur.join(&name);
@@ -260,11 +202,7 @@ fn walk<'a>(
                     });
                 }
                 if target.as_os_str().is_empty() {
-                    return Err(io_err(
-                        "follow symlink",
-                        &next,
-                        io::Error::from(io::ErrorKind::NotFound),
-                    ));
+                    return Err(io_err("follow symlink", &next, io::Error::from(io::ErrorKind::NotFound)));
                 }
                 let idx = links.len();
                 // Path::iter drops interior `.` but keeps `..`, which is what we need: `..`
@@ -272,10 +210,7 @@ fn walk<'a>(
                 let expanded: Vec<OsString> = target.iter().map(OsStr::to_os_string).collect();
                 links.push((next, target));
                 for c in expanded.into_iter().rev() {
-                    pending.push_front(Pending {
-                        name: c,
-                        via: Some(idx),
-                    });
+                    pending.push_front(Pending { name: c, via: Some(idx) });
                 }
             }
             Ok(md) if md.file_type().is_dir() => cur = next,
@@ -283,18 +218,12 @@ fn walk<'a>(
                 if pending.is_empty() && opts.last_may_be_file {
                     cur = next;
                 } else {
-                    return Err(ResolveError::NotADirectory {
-                        path: display.to_path_buf(),
-                        component: next,
-                    });
+                    return Err(ResolveError::NotADirectory { path: display.to_path_buf(), component: next });
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if opts.create_missing {
-                    fs::DirBuilder::new()
-                        .mode(0o755)
-                        .create(&full)
-                        .map_err(|e| io_err("mkdir", &next, e))?;
+                    fs::DirBuilder::new().mode(0o755).create(&full).map_err(|e| io_err("mkdir", &next, e))?;
                     // mkdir is subject to the umask; the image expects exactly 0755.
                     fs::set_permissions(&full, fs::Permissions::from_mode(0o755))
                         .map_err(|e| io_err("chmod", &next, e))?;
@@ -306,29 +235,19 @@ fn walk<'a>(
                     cur = next;
                     for Pending { name, .. } in pending.drain(..) {
                         if name == ".." {
-                            return Err(io_err(
-                                "resolve",
-                                &cur,
-                                io::Error::from(io::ErrorKind::NotFound),
-                            ));
+                            return Err(io_err("resolve", &cur, io::Error::from(io::ErrorKind::NotFound)));
                         }
                         if name != "." && !name.is_empty() {
                             cur.push(name);
                         }
                     }
-                    return Ok(Walked {
-                        rel: cur,
-                        exists: false,
-                    });
+                    return Ok(Walked { rel: cur, exists: false });
                 }
             }
             Err(e) => return Err(io_err("lstat", &next, e)),
         }
     }
-    Ok(Walked {
-        rel: cur,
-        exists: true,
-    })
+    Ok(Walked { rel: cur, exists: true })
 }
 
 #[cfg(test)]
@@ -347,21 +266,12 @@ mod tests {
 
     #[test]
     fn normalize() {
-        assert_eq!(
-            normalize_relative(Path::new("./a/./b/")).unwrap(),
-            Path::new("a/b")
-        );
+        assert_eq!(normalize_relative(Path::new("./a/./b/")).unwrap(), Path::new("a/b"));
         assert_eq!(normalize_relative(Path::new("/")).unwrap(), Path::new(""));
         assert_eq!(normalize_relative(Path::new("./")).unwrap(), Path::new(""));
         assert_eq!(normalize_relative(Path::new("")).unwrap(), Path::new(""));
-        assert_eq!(
-            normalize_relative(Path::new("a/../b")),
-            Err(UnsafeReason::ParentDir)
-        );
-        assert_eq!(
-            normalize_relative(Path::new("/etc")),
-            Err(UnsafeReason::Absolute)
-        );
+        assert_eq!(normalize_relative(Path::new("a/../b")), Err(UnsafeReason::ParentDir));
+        assert_eq!(normalize_relative(Path::new("/etc")), Err(UnsafeReason::Absolute));
     }
 
     #[test]
@@ -369,14 +279,8 @@ mod tests {
         let (_d, root) = setup();
         symlink("usr/lib", root.join("lib")).unwrap();
         symlink("../etc/passwd", root.join("usr/pw")).unwrap();
-        assert_eq!(
-            resolve_in_root(&root, Path::new("lib/x.so")).unwrap(),
-            root.join("usr/lib/x.so")
-        );
-        assert_eq!(
-            resolve_in_root(&root, Path::new("usr/pw")).unwrap(),
-            root.join("etc/passwd")
-        );
+        assert_eq!(resolve_in_root(&root, Path::new("lib/x.so")).unwrap(), root.join("usr/lib/x.so"));
+        assert_eq!(resolve_in_root(&root, Path::new("usr/pw")).unwrap(), root.join("etc/passwd"));
         let (parent, name) = resolve_parent_in_root(&root, Path::new("usr/pw")).unwrap();
         assert_eq!(parent, root.join("usr"));
         assert_eq!(name, "pw");
@@ -402,40 +306,25 @@ mod tests {
         assert_eq!(kind("a/x").0, EscapeKind::Loop);
         assert!(matches!(
             resolve_in_root(&root, Path::new("../x")),
-            Err(ResolveError::UnsafePath {
-                reason: UnsafeReason::ParentDir,
-                ..
-            })
+            Err(ResolveError::UnsafePath { reason: UnsafeReason::ParentDir, .. })
         ));
         assert!(matches!(
             resolve_in_root(&root, Path::new("/etc/passwd")),
-            Err(ResolveError::UnsafePath {
-                reason: UnsafeReason::Absolute,
-                ..
-            })
+            Err(ResolveError::UnsafePath { reason: UnsafeReason::Absolute, .. })
         ));
     }
 
     #[test]
     fn missing_tail_and_not_a_dir() {
         let (_d, root) = setup();
-        assert_eq!(
-            resolve_in_root(&root, Path::new("nope/deeper")).unwrap(),
-            root.join("nope/deeper")
-        );
-        assert!(matches!(
-            resolve_in_root(&root, Path::new("etc/passwd/x")),
-            Err(ResolveError::NotADirectory { .. })
-        ));
+        assert_eq!(resolve_in_root(&root, Path::new("nope/deeper")).unwrap(), root.join("nope/deeper"));
+        assert!(matches!(resolve_in_root(&root, Path::new("etc/passwd/x")), Err(ResolveError::NotADirectory { .. })));
     }
 
     #[test]
     fn symlink_dotdot_inside_root_is_fine() {
         let (_d, root) = setup();
         symlink("../../etc", root.join("usr/lib/e")).unwrap();
-        assert_eq!(
-            resolve_in_root(&root, Path::new("usr/lib/e/passwd")).unwrap(),
-            root.join("etc/passwd")
-        );
+        assert_eq!(resolve_in_root(&root, Path::new("usr/lib/e/passwd")).unwrap(), root.join("etc/passwd"));
     }
 }

@@ -20,9 +20,7 @@ use tar::EntryType;
 use tracing::{debug, warn};
 
 use crate::error::{ResolveError, UnpackError, UnsafeReason};
-use crate::safe_path::{
-    Walked, is_plain_dir_path, normalize_relative, resolve_dir_rel, resolve_parent_rel,
-};
+use crate::safe_path::{Walked, is_plain_dir_path, normalize_relative, resolve_dir_rel, resolve_parent_rel};
 
 /// Prefix of an OCI whiteout file name.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -68,11 +66,7 @@ pub struct UnpackStats {
 /// entry names and hard-link targets with `..` or an absolute path are refused, and a
 /// symlink in the directory part of a name is followed only if it stays inside `root`.
 /// The first error aborts the unpacking; the tree is then partially updated.
-pub fn unpack_layer<R: Read>(
-    root: &Path,
-    layer: R,
-    opts: &UnpackOptions,
-) -> Result<UnpackStats, UnpackError> {
+pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
     let mut unpacker = Unpacker {
         root,
         opts,
@@ -146,35 +140,15 @@ impl Unpacker<'_> {
         UnpackError::from_resolve(&self.opts.layer_name, entry, err)
     }
 
-    fn io_err(
-        &self,
-        entry: &Path,
-        op: &'static str,
-        path: &Path,
-        source: io::Error,
-    ) -> UnpackError {
-        UnpackError::Io {
-            layer: self.layer(),
-            entry: entry.to_path_buf(),
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+    fn io_err(&self, entry: &Path, op: &'static str, path: &Path, source: io::Error) -> UnpackError {
+        UnpackError::Io { layer: self.layer(), entry: entry.to_path_buf(), op, path: path.to_path_buf(), source }
     }
 
     fn bad_header(&self, entry: &Path, reason: impl Into<String>) -> UnpackError {
-        UnpackError::BadHeader {
-            layer: self.layer(),
-            entry: entry.to_path_buf(),
-            reason: reason.into(),
-        }
+        UnpackError::BadHeader { layer: self.layer(), entry: entry.to_path_buf(), reason: reason.into() }
     }
 
-    fn entry<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &Path,
-    ) -> Result<(), UnpackError> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<(), UnpackError> {
         let kind = entry.header().entry_type();
         // Global PAX headers carry defaults we do not need; a GNU volume label names no file.
         if kind.is_pax_global_extensions() || kind.as_byte() == b'V' {
@@ -210,14 +184,12 @@ impl Unpacker<'_> {
         }
 
         let meta = self.read_meta(entry, raw)?;
-        let (parent, name) =
-            resolve_parent_rel(self.root, &rel, true).map_err(|e| self.resolve_err(raw, e))?;
+        let (parent, name) = resolve_parent_rel(self.root, &rel, true).map_err(|e| self.resolve_err(raw, e))?;
         let dest_rel = parent.rel.join(&name);
         let dest = self.root.join(&dest_rel);
 
         // Old (pre-POSIX) tars mark directories only by a trailing slash on a regular entry.
-        let old_style_dir =
-            kind == EntryType::Regular && raw.as_os_str().as_bytes().ends_with(b"/");
+        let old_style_dir = kind == EntryType::Regular && raw.as_os_str().as_bytes().ends_with(b"/");
         match kind {
             EntryType::Directory => self.make_dir(raw, &dest_rel, &dest, meta)?,
             _ if old_style_dir => self.make_dir(raw, &dest_rel, &dest, meta)?,
@@ -245,11 +217,7 @@ impl Unpacker<'_> {
                 } else {
                     let major = entry.header().device_major().ok().flatten().unwrap_or(0);
                     let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
-                    let sflag = if kind == EntryType::Char {
-                        SFlag::S_IFCHR
-                    } else {
-                        SFlag::S_IFBLK
-                    };
+                    let sflag = if kind == EntryType::Char { SFlag::S_IFCHR } else { SFlag::S_IFBLK };
                     (sflag, makedev(major.into(), minor.into()))
                 };
                 self.make_node(raw, &dest_rel, &dest, sflag, dev, meta)?
@@ -267,44 +235,25 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn read_meta<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        raw: &Path,
-    ) -> Result<Meta, UnpackError> {
+    fn read_meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, raw: &Path) -> Result<Meta, UnpackError> {
         let header = entry.header();
-        let mode = header
-            .mode()
-            .map_err(|e| self.bad_header(raw, format!("mode: {e}")))?
-            & 0o7777;
+        let mode = header.mode().map_err(|e| self.bad_header(raw, format!("mode: {e}")))? & 0o7777;
         // `tar` already folds PAX uid/gid records into the header.
-        let uid = header
-            .uid()
-            .map_err(|e| self.bad_header(raw, format!("uid: {e}")))?;
-        let gid = header
-            .gid()
-            .map_err(|e| self.bad_header(raw, format!("gid: {e}")))?;
-        let uid = u32::try_from(uid)
-            .map_err(|_| self.bad_header(raw, format!("uid {uid} out of range")))?;
-        let gid = u32::try_from(gid)
-            .map_err(|_| self.bad_header(raw, format!("gid {gid} out of range")))?;
+        let uid = header.uid().map_err(|e| self.bad_header(raw, format!("uid: {e}")))?;
+        let gid = header.gid().map_err(|e| self.bad_header(raw, format!("gid: {e}")))?;
+        let uid = u32::try_from(uid).map_err(|_| self.bad_header(raw, format!("uid {uid} out of range")))?;
+        let gid = u32::try_from(gid).map_err(|_| self.bad_header(raw, format!("gid {gid} out of range")))?;
         let header_mtime = header.mtime().unwrap_or(0);
-        let mut mtime =
-            FileTime::from_unix_time(i64::try_from(header_mtime).unwrap_or(i64::MAX), 0);
+        let mut mtime = FileTime::from_unix_time(i64::try_from(header_mtime).unwrap_or(i64::MAX), 0);
 
         let mut xattrs = Vec::new();
-        let pax = entry
-            .pax_extensions()
-            .map_err(|e| self.bad_header(raw, format!("PAX records: {e}")))?;
+        let pax = entry.pax_extensions().map_err(|e| self.bad_header(raw, format!("PAX records: {e}")))?;
         if let Some(pax) = pax {
             for ext in pax {
                 let ext = ext.map_err(|e| self.bad_header(raw, format!("PAX record: {e}")))?;
                 let key = ext.key_bytes();
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((
-                        OsString::from_vec(name.to_vec()),
-                        ext.value_bytes().to_vec(),
-                    ));
+                    xattrs.push((OsString::from_vec(name.to_vec()), ext.value_bytes().to_vec()));
                 } else if key == b"mtime" {
                     // The PAX record keeps sub-second precision the header field lacks.
                     if let Some(t) = parse_pax_time(ext.value_bytes()) {
@@ -313,25 +262,13 @@ impl Unpacker<'_> {
                 }
             }
         }
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            mtime,
-            xattrs,
-        })
+        Ok(Meta { mode, uid, gid, mtime, xattrs })
     }
 
     /// Removes whatever is at `dest` so the entry can be created fresh; writing through an
     /// existing symlink or into an existing file of another type is how layers escape.
     /// Returns true if an existing real directory was kept (`keep_dir`).
-    fn clear(
-        &self,
-        raw: &Path,
-        dest_rel: &Path,
-        dest: &Path,
-        keep_dir: bool,
-    ) -> Result<bool, UnpackError> {
+    fn clear(&self, raw: &Path, dest_rel: &Path, dest: &Path, keep_dir: bool) -> Result<bool, UnpackError> {
         match fs::symlink_metadata(dest) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(self.io_err(raw, "lstat", dest_rel, e)),
@@ -340,8 +277,7 @@ impl Unpacker<'_> {
                     return Ok(true);
                 }
                 // std's remove_dir_all does not follow symlinks inside the tree.
-                fs::remove_dir_all(dest)
-                    .map_err(|e| self.io_err(raw, "remove directory", dest_rel, e))?;
+                fs::remove_dir_all(dest).map_err(|e| self.io_err(raw, "remove directory", dest_rel, e))?;
                 Ok(false)
             }
             Ok(_) => {
@@ -377,8 +313,7 @@ impl Unpacker<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(self.io_err(raw, "read layer data for", dest_rel, e)),
             };
-            file.write_all(&self.buf[..n])
-                .map_err(|e| self.io_err(raw, "write", dest_rel, e))?;
+            file.write_all(&self.buf[..n]).map_err(|e| self.io_err(raw, "write", dest_rel, e))?;
             written += n as u64;
         }
         if written != expected {
@@ -406,18 +341,9 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    fn make_dir(
-        &mut self,
-        raw: &Path,
-        dest_rel: &Path,
-        dest: &Path,
-        meta: Meta,
-    ) -> Result<(), UnpackError> {
+    fn make_dir(&mut self, raw: &Path, dest_rel: &Path, dest: &Path, meta: Meta) -> Result<(), UnpackError> {
         if !self.clear(raw, dest_rel, dest, true)? {
-            fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dest)
-                .map_err(|e| self.io_err(raw, "mkdir", dest_rel, e))?;
+            fs::DirBuilder::new().mode(0o700).create(dest).map_err(|e| self.io_err(raw, "mkdir", dest_rel, e))?;
         }
         std::os::unix::fs::lchown(dest, Some(meta.uid), Some(meta.gid))
             .map_err(|e| self.io_err(raw, "chown", dest_rel, e))?;
@@ -442,8 +368,7 @@ impl Unpacker<'_> {
         self.clear(raw, dest_rel, dest, false)?;
         // The target is stored verbatim; it is only dangerous when followed, and every
         // follow goes through safe_path.
-        std::os::unix::fs::symlink(target, dest)
-            .map_err(|e| self.io_err(raw, "symlink", dest_rel, e))?;
+        std::os::unix::fs::symlink(target, dest).map_err(|e| self.io_err(raw, "symlink", dest_rel, e))?;
         std::os::unix::fs::lchown(dest, Some(meta.uid), Some(meta.gid))
             .map_err(|e| self.io_err(raw, "chown", dest_rel, e))?;
         self.set_xattrs(raw, dest_rel, XattrTarget::Path(dest), &meta.xattrs)?;
@@ -462,13 +387,8 @@ impl Unpacker<'_> {
         meta: Meta,
     ) -> Result<(), UnpackError> {
         self.clear(raw, dest_rel, dest, false)?;
-        mknod(
-            dest,
-            sflag,
-            Mode::from_bits_truncate(meta.mode & 0o777),
-            dev,
-        )
-        .map_err(|e| self.io_err(raw, "mknod", dest_rel, e.into()))?;
+        mknod(dest, sflag, Mode::from_bits_truncate(meta.mode & 0o777), dev)
+            .map_err(|e| self.io_err(raw, "mknod", dest_rel, e.into()))?;
         std::os::unix::fs::lchown(dest, Some(meta.uid), Some(meta.gid))
             .map_err(|e| self.io_err(raw, "chown", dest_rel, e))?;
         // mknod applies the umask and ignores special bits; `dest` is the node we just made,
@@ -483,23 +403,16 @@ impl Unpacker<'_> {
 
     /// Hard links carry no metadata of their own: the inode's metadata came with the entry
     /// that created it, and re-applying it here would be redundant at best.
-    fn make_hardlink(
-        &mut self,
-        raw: &Path,
-        dest_rel: &Path,
-        dest: &Path,
-        target: &Path,
-    ) -> Result<(), UnpackError> {
-        let target_clean =
-            normalize_relative(target).map_err(|reason| UnpackError::UnsafePath {
-                layer: self.layer(),
-                entry: raw.to_path_buf(),
-                reason: match reason {
-                    UnsafeReason::Absolute => UnsafeReason::LinkAbsolute,
-                    UnsafeReason::ParentDir => UnsafeReason::LinkParentDir,
-                    other => other,
-                },
-            })?;
+    fn make_hardlink(&mut self, raw: &Path, dest_rel: &Path, dest: &Path, target: &Path) -> Result<(), UnpackError> {
+        let target_clean = normalize_relative(target).map_err(|reason| UnpackError::UnsafePath {
+            layer: self.layer(),
+            entry: raw.to_path_buf(),
+            reason: match reason {
+                UnsafeReason::Absolute => UnsafeReason::LinkAbsolute,
+                UnsafeReason::ParentDir => UnsafeReason::LinkParentDir,
+                other => other,
+            },
+        })?;
         let bad = |reason: &str| UnpackError::BadHardLink {
             layer: self.layer(),
             entry: raw.to_path_buf(),
@@ -511,8 +424,8 @@ impl Unpacker<'_> {
         }
         // The final component is not followed: linking to a symlink links the symlink itself,
         // exactly what link(2) without AT_SYMLINK_FOLLOW does.
-        let (parent, name) = resolve_parent_rel(self.root, &target_clean, false)
-            .map_err(|e| self.resolve_err(raw, e))?;
+        let (parent, name) =
+            resolve_parent_rel(self.root, &target_clean, false).map_err(|e| self.resolve_err(raw, e))?;
         if !parent.exists {
             return Err(bad("the target does not exist"));
         }
@@ -583,12 +496,7 @@ impl Unpacker<'_> {
     }
 
     /// Resolves the directory holding a whiteout. `None` when there is nothing to delete.
-    fn whiteout_dir(
-        &self,
-        raw: &Path,
-        dir: &Path,
-        create: bool,
-    ) -> Result<Option<Walked>, UnpackError> {
+    fn whiteout_dir(&self, raw: &Path, dir: &Path, create: bool) -> Result<Option<Walked>, UnpackError> {
         match resolve_dir_rel(self.root, dir, create) {
             Ok(w) if w.exists => Ok(Some(w)),
             Ok(_) => Ok(None),
@@ -661,9 +569,7 @@ impl Unpacker<'_> {
                 let child = child.map_err(|e| self.io_err(raw, "read directory", &dir, e))?;
                 let child_rel = dir.join(child.file_name());
                 // DirEntry::file_type does not follow symlinks.
-                let ft = child
-                    .file_type()
-                    .map_err(|e| self.io_err(raw, "lstat", &child_rel, e))?;
+                let ft = child.file_type().map_err(|e| self.io_err(raw, "lstat", &child_rel, e))?;
                 if self.keep.contains(&child_rel) {
                     if ft.is_dir() {
                         stack.push(child_rel);
@@ -672,11 +578,9 @@ impl Unpacker<'_> {
                 }
                 let child_abs = self.root.join(&child_rel);
                 if ft.is_dir() {
-                    fs::remove_dir_all(&child_abs)
-                        .map_err(|e| self.io_err(raw, "remove directory", &child_rel, e))?;
+                    fs::remove_dir_all(&child_abs).map_err(|e| self.io_err(raw, "remove directory", &child_rel, e))?;
                 } else {
-                    fs::remove_file(&child_abs)
-                        .map_err(|e| self.io_err(raw, "unlink", &child_rel, e))?;
+                    fs::remove_file(&child_abs).map_err(|e| self.io_err(raw, "unlink", &child_rel, e))?;
                 }
             }
         }
@@ -743,15 +647,9 @@ mod tests {
 
     #[test]
     fn pax_time() {
-        assert_eq!(
-            parse_pax_time(b"1700000000.5"),
-            Some(FileTime::from_unix_time(1_700_000_000, 500_000_000))
-        );
+        assert_eq!(parse_pax_time(b"1700000000.5"), Some(FileTime::from_unix_time(1_700_000_000, 500_000_000)));
         assert_eq!(parse_pax_time(b"12"), Some(FileTime::from_unix_time(12, 0)));
-        assert_eq!(
-            parse_pax_time(b"1.1234567891"),
-            Some(FileTime::from_unix_time(1, 123_456_789))
-        );
+        assert_eq!(parse_pax_time(b"1.1234567891"), Some(FileTime::from_unix_time(1, 123_456_789)));
         assert_eq!(parse_pax_time(b"-1.5"), None);
         assert_eq!(parse_pax_time(b"x"), None);
     }

@@ -8,9 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ext_rootfs::{
-    EscapeKind, UnpackError, UnpackOptions, UnpackStats, UnsafeReason, WhiteoutMode, unpack_layer,
-};
+use ext_rootfs::{EscapeKind, UnpackError, UnpackOptions, UnpackStats, UnsafeReason, WhiteoutMode, unpack_layer};
 use tar::{Builder, EntryType, Header};
 
 const MTIME: u64 = 1_600_000_000;
@@ -97,9 +95,7 @@ impl Layer {
     }
 
     fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
-        self.b
-            .append_pax_extensions(records.iter().copied())
-            .unwrap();
+        self.b.append_pax_extensions(records.iter().copied()).unwrap();
         self
     }
 
@@ -123,10 +119,7 @@ impl Layer {
 }
 
 fn unpack_mode(root: &Path, layer: &[u8], mode: WhiteoutMode) -> Result<UnpackStats, UnpackError> {
-    let opts = UnpackOptions {
-        whiteouts: mode,
-        layer_name: LAYER.to_owned(),
-    };
+    let opts = UnpackOptions { whiteouts: mode, layer_name: LAYER.to_owned() };
     unpack_layer(root, layer, &opts)
 }
 
@@ -151,11 +144,7 @@ impl Fixture {
         fs::set_permissions(outside.join("b"), fs::Permissions::from_mode(0o751)).unwrap();
         fs::write(outside.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
         fs::write(outside.join("file"), "precious\n").unwrap();
-        Fixture {
-            base,
-            root,
-            outside,
-        }
+        Fixture { base, root, outside }
     }
 
     fn outside_str(&self) -> String {
@@ -214,36 +203,18 @@ fn basic_entry_types() {
         .hardlink("./etc/hard", "./etc/hosts")
         .file("deep/missing/parents/f", b"x");
     if is_root() {
-        layer =
-            layer
-                .node("dev/null", EntryType::Char, 1, 3)
-                .node("dev/loop0", EntryType::Block, 7, 0);
+        layer = layer.node("dev/null", EntryType::Char, 1, 3).node("dev/loop0", EntryType::Block, 7, 0);
     }
     let layer = layer.node("run/fifo", EntryType::Fifo, 0, 0).bytes();
     let stats = unpack(&fx.root, &layer).unwrap();
     let r = &fx.root;
 
-    assert_eq!(
-        fs::read(r.join("etc/hosts")).unwrap(),
-        b"127.0.0.1 localhost\n"
-    );
-    assert_eq!(
-        fs::read_link(r.join("etc/link")).unwrap(),
-        Path::new("hosts")
-    );
+    assert_eq!(fs::read(r.join("etc/hosts")).unwrap(), b"127.0.0.1 localhost\n");
+    assert_eq!(fs::read_link(r.join("etc/link")).unwrap(), Path::new("hosts"));
     let hard = r.join("etc/hard").symlink_metadata().unwrap();
     assert_eq!(hard.nlink(), 2);
-    assert_eq!(
-        hard.ino(),
-        r.join("etc/hosts").symlink_metadata().unwrap().ino()
-    );
-    assert!(
-        r.join("run/fifo")
-            .symlink_metadata()
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
+    assert_eq!(hard.ino(), r.join("etc/hosts").symlink_metadata().unwrap().ino());
+    assert!(r.join("run/fifo").symlink_metadata().unwrap().file_type().is_fifo());
     // Implicit parents are 0755.
     let parent = r.join("deep/missing").symlink_metadata().unwrap();
     assert!(parent.is_dir());
@@ -372,9 +343,8 @@ fn xattrs() {
         .pax(&[("SCHILY.xattr.user.onlink", b"x")])
         .symlink("l", "f");
     if is_root() {
-        layer = layer
-            .pax(&[("SCHILY.xattr.security.capability", &cap[..])])
-            .file_h("ping", b"elf", |h| h.set_mode(0o755));
+        layer =
+            layer.pax(&[("SCHILY.xattr.security.capability", &cap[..])]).file_h("ping", b"elf", |h| h.set_mode(0o755));
     }
     unpack(&fx.root, &layer.bytes()).unwrap();
 
@@ -383,28 +353,13 @@ fn xattrs() {
     if xattr::set(&probe, "user.probe", b"1").is_err() {
         eprintln!("note: filesystem lacks user xattrs, skipping user.* checks");
     } else {
-        assert_eq!(
-            xattr::get(fx.root.join("f"), "user.test")
-                .unwrap()
-                .as_deref(),
-            Some(&b"hello"[..])
-        );
-        assert_eq!(
-            xattr::get(fx.root.join("d"), "user.dir")
-                .unwrap()
-                .as_deref(),
-            Some(&b"d"[..])
-        );
+        assert_eq!(xattr::get(fx.root.join("f"), "user.test").unwrap().as_deref(), Some(&b"hello"[..]));
+        assert_eq!(xattr::get(fx.root.join("d"), "user.dir").unwrap().as_deref(), Some(&b"d"[..]));
     }
     fs::remove_file(&probe).unwrap();
 
     if is_root() {
-        assert_eq!(
-            xattr::get(fx.root.join("ping"), "security.capability")
-                .unwrap()
-                .as_deref(),
-            Some(&cap[..])
-        );
+        assert_eq!(xattr::get(fx.root.join("ping"), "security.capability").unwrap().as_deref(), Some(&cap[..]));
     } else {
         skip_note("security.capability");
     }
@@ -452,10 +407,7 @@ fn whiteouts_apply_mode() {
     assert!(!exists("a/dir1"));
     assert!(exists("a/keep"));
     assert!(!exists("a/.wh.file1"));
-    assert!(
-        !exists("gone"),
-        "whiteout in Apply mode must not create parents"
-    );
+    assert!(!exists("gone"), "whiteout in Apply mode must not create parents");
     assert!(!exists("opq/old1"));
     assert!(!exists("opq/sub/old2"));
     assert!(exists("opq/new"));
@@ -484,12 +436,7 @@ fn whiteouts_overlay_mode() {
     let wh = fx.root.join("etc/motd").symlink_metadata().unwrap();
     assert!(wh.file_type().is_char_device());
     assert_eq!(wh.rdev(), 0);
-    assert_eq!(
-        xattr::get(fx.root.join("var/cache"), "trusted.overlay.opaque")
-            .unwrap()
-            .as_deref(),
-        Some(&b"y"[..])
-    );
+    assert_eq!(xattr::get(fx.root.join("var/cache"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
     assert!(fx.root.join("var/cache/fresh").exists());
     assert!(!fx.root.join("etc/.wh.motd").exists());
 }
@@ -582,10 +529,7 @@ fn long_names() {
     assert_eq!(fs::read(fx.root.join(&long)).unwrap(), b"gnu");
     assert_eq!(fs::read(fx.root.join(&pax_name)).unwrap(), b"pax");
     assert!(!fx.root.join("dummy").exists());
-    assert_eq!(
-        fs::read_link(fx.root.join("short-link")).unwrap(),
-        Path::new(&link_target)
-    );
+    assert_eq!(fs::read_link(fx.root.join("short-link")).unwrap(), Path::new(&link_target));
 }
 
 #[test]
@@ -602,26 +546,14 @@ fn relative_symlink_in_parent_is_followed_inside_root() {
         .bytes();
     unpack(&fx.root, &layer).unwrap();
     assert_eq!(fs::read(fx.root.join("usr/lib/x.so")).unwrap(), b"elf");
-    assert!(
-        fx.root
-            .join("lib")
-            .symlink_metadata()
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
+    assert!(fx.root.join("lib").symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(fs::read(fx.root.join("usr/y")).unwrap(), b"y");
 }
 
 #[test]
 fn hardlink_to_symlink_and_self() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .symlink("l", "/etc/shadow")
-        .hardlink("l2", "l")
-        .file("f", b"f")
-        .hardlink("f", "f")
-        .bytes();
+    let layer = Layer::new().symlink("l", "/etc/shadow").hardlink("l2", "l").file("f", b"f").hardlink("f", "f").bytes();
     unpack(&fx.root, &layer).unwrap();
     let l2 = fx.root.join("l2").symlink_metadata().unwrap();
     assert!(l2.file_type().is_symlink());
@@ -633,10 +565,7 @@ fn hardlink_to_symlink_and_self() {
 fn unsupported_hardlink_targets() {
     let fx = Fixture::new();
     let layer = Layer::new().dir("d", 0o755).hardlink("x", "d").bytes();
-    assert!(matches!(
-        unpack(&fx.root, &layer),
-        Err(UnpackError::BadHardLink { .. })
-    ));
+    assert!(matches!(unpack(&fx.root, &layer), Err(UnpackError::BadHardLink { .. })));
     let layer = Layer::new().hardlink("x", "missing").bytes();
     let err = unpack(&fx.root, &layer).unwrap_err();
     assert!(matches!(err, UnpackError::BadHardLink { .. }), "{err}");
@@ -655,10 +584,7 @@ fn assert_hostile(fx: &Fixture, layers: &[Vec<u8>], check: impl FnOnce(&UnpackEr
     }
     let err = unpack(&fx.root, last).expect_err("hostile layer must be refused");
     eprintln!("refused as expected: {err}");
-    assert!(
-        err.to_string().contains(LAYER),
-        "error must name the layer: {err}"
-    );
+    assert!(err.to_string().contains(LAYER), "error must name the layer: {err}");
     check(&err);
     assert_eq!(before, fx.snapshot(), "something outside the root changed");
 }
@@ -672,12 +598,7 @@ fn unsafe_reason(err: &UnpackError) -> UnsafeReason {
 
 fn escape(err: &UnpackError) -> (EscapeKind, PathBuf, PathBuf) {
     match err {
-        UnpackError::SymlinkEscape {
-            kind,
-            symlink,
-            entry,
-            ..
-        } => (*kind, symlink.clone(), entry.clone()),
+        UnpackError::SymlinkEscape { kind, symlink, entry, .. } => (*kind, symlink.clone(), entry.clone()),
         other => panic!("expected SymlinkEscape, got {other:?}"),
     }
 }
@@ -685,61 +606,39 @@ fn escape(err: &UnpackError) -> (EscapeKind, PathBuf, PathBuf) {
 #[test]
 fn hostile_dotdot_name() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .raw(b"../escape", EntryType::Regular, None, b"pwned")
-        .bytes();
+    let layer = Layer::new().raw(b"../escape", EntryType::Regular, None, b"pwned").bytes();
     assert_hostile(&fx, &[layer], |e| {
         assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir);
         assert!(e.to_string().contains("`../escape`"), "{e}");
     });
-    let layer = Layer::new()
-        .raw(b"../outside/file", EntryType::Regular, None, b"pwned")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir)
-    });
+    let layer = Layer::new().raw(b"../outside/file", EntryType::Regular, None, b"pwned").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir));
 }
 
 #[test]
 fn hostile_absolute_name() {
     let fx = Fixture::new();
     let layer = Layer::new().file("/abs/path", b"pwned").bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::Absolute)
-    });
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::Absolute));
     let target = format!("{}/file", fx.outside_str());
     let layer = Layer::new().file(&target, b"pwned").bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::Absolute)
-    });
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::Absolute));
 }
 
 #[test]
 fn hostile_interior_dotdot() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .raw(b"a/../../x", EntryType::Regular, None, b"pwned")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir)
-    });
+    let layer = Layer::new().raw(b"a/../../x", EntryType::Regular, None, b"pwned").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir));
     // Same through a PAX path record, which `tar` passes through unchecked.
-    let layer = Layer::new()
-        .pax(&[("path", b"a/../../outside/file")])
-        .file("harmless", b"pwned")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir)
-    });
+    let layer = Layer::new().pax(&[("path", b"a/../../outside/file")]).file("harmless", b"pwned").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir));
 }
 
 #[test]
 fn hostile_absolute_symlink_parent() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .symlink("evil", &fx.outside_str())
-        .file("evil/passwd", b"pwned")
-        .bytes();
+    let layer = Layer::new().symlink("evil", &fx.outside_str()).file("evil/passwd", b"pwned").bytes();
     assert_hostile(&fx, &[layer], |e| {
         let (kind, symlink, entry) = escape(e);
         assert_eq!(kind, EscapeKind::Absolute);
@@ -756,13 +655,8 @@ fn hostile_symlink_to_etc() {
     // anything real, and we check it was not created.
     let fx = Fixture::new();
     let probe = "ext-rootfs-test-must-not-exist";
-    let layer = Layer::new()
-        .symlink("evil", "/etc")
-        .file(&format!("evil/{probe}"), b"pwned")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(escape(e).0, EscapeKind::Absolute)
-    });
+    let layer = Layer::new().symlink("evil", "/etc").file(&format!("evil/{probe}"), b"pwned").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::Absolute));
     assert!(!Path::new("/etc").join(probe).exists());
 }
 
@@ -771,32 +665,21 @@ fn hostile_symlink_from_earlier_layer() {
     let fx = Fixture::new();
     let l1 = Layer::new().symlink("evil", &fx.outside_str()).bytes();
     let l2 = Layer::new().file("evil/passwd", b"pwned").bytes();
-    assert_hostile(&fx, &[l1, l2], |e| {
-        assert_eq!(escape(e).0, EscapeKind::Absolute)
-    });
+    assert_hostile(&fx, &[l1, l2], |e| assert_eq!(escape(e).0, EscapeKind::Absolute));
 }
 
 #[test]
 fn hostile_climbing_symlink() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .symlink("up", "../../..")
-        .file("up/x", b"pwned")
-        .bytes();
+    let layer = Layer::new().symlink("up", "../../..").file("up/x", b"pwned").bytes();
     assert_hostile(&fx, &[layer], |e| {
         let (kind, symlink, _) = escape(e);
         assert_eq!(kind, EscapeKind::ClimbsAbove);
         assert_eq!(symlink, Path::new("up"));
     });
     // One level up is enough to reach the sentinel.
-    let layer = Layer::new()
-        .dir("d", 0o755)
-        .symlink("d/up", "../../outside")
-        .file("d/up/file", b"pwned")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(escape(e).0, EscapeKind::ClimbsAbove)
-    });
+    let layer = Layer::new().dir("d", 0o755).symlink("d/up", "../../outside").file("d/up/file", b"pwned").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::ClimbsAbove));
 }
 
 #[test]
@@ -820,16 +703,9 @@ fn hostile_relative_chain() {
 #[test]
 fn hostile_symlink_loop() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .symlink("loop1", "loop2")
-        .symlink("loop2", "loop1")
-        .file("loop1/x", b"pwned")
-        .bytes();
+    let layer = Layer::new().symlink("loop1", "loop2").symlink("loop2", "loop1").file("loop1/x", b"pwned").bytes();
     assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::Loop));
-    let layer = Layer::new()
-        .symlink("self", "self/x")
-        .file("self/y", b"pwned")
-        .bytes();
+    let layer = Layer::new().symlink("self", "self/x").file("self/y", b"pwned").bytes();
     assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::Loop));
 }
 
@@ -837,25 +713,14 @@ fn hostile_symlink_loop() {
 fn hostile_hardlinks() {
     let fx = Fixture::new();
     let layer = Layer::new().hardlink("pw", "../../etc/passwd").bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::LinkParentDir)
-    });
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::LinkParentDir));
     let layer = Layer::new().hardlink("pw", "../outside/passwd").bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::LinkParentDir)
-    });
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::LinkParentDir));
     let layer = Layer::new().hardlink("pw", "/etc/passwd").bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::LinkAbsolute)
-    });
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::LinkAbsolute));
     // Through a symlinked directory that leaves the root.
-    let layer = Layer::new()
-        .symlink("out", &fx.outside_str())
-        .hardlink("pw", "out/passwd")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(escape(e).0, EscapeKind::Absolute)
-    });
+    let layer = Layer::new().symlink("out", &fx.outside_str()).hardlink("pw", "out/passwd").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::Absolute));
     assert!(!fx.root.join("pw").exists());
 }
 
@@ -901,34 +766,16 @@ fn deferred_dir_metadata_not_applied_through_later_symlink() {
 #[test]
 fn hostile_whiteouts() {
     let fx = Fixture::new();
-    let layer = Layer::new()
-        .raw(b"../outside/.wh.file", EntryType::Regular, None, b"")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir)
-    });
-    let layer = Layer::new()
-        .symlink("evil", fx.outside.to_str().unwrap())
-        .file("evil/.wh.file", b"")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(escape(e).0, EscapeKind::Absolute)
-    });
-    let layer = Layer::new()
-        .symlink("evil2", fx.outside.to_str().unwrap())
-        .file("evil2/.wh..wh..opq", b"")
-        .bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(escape(e).0, EscapeKind::Absolute)
-    });
+    let layer = Layer::new().raw(b"../outside/.wh.file", EntryType::Regular, None, b"").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::ParentDir));
+    let layer = Layer::new().symlink("evil", fx.outside.to_str().unwrap()).file("evil/.wh.file", b"").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::Absolute));
+    let layer = Layer::new().symlink("evil2", fx.outside.to_str().unwrap()).file("evil2/.wh..wh..opq", b"").bytes();
+    assert_hostile(&fx, &[layer], |e| assert_eq!(escape(e).0, EscapeKind::Absolute));
     let layer = Layer::new().file("x/.wh...", b"").bytes();
-    assert_hostile(&fx, &[layer], |e| {
-        assert_eq!(unsafe_reason(e), UnsafeReason::BadWhiteout)
-    });
+    assert_hostile(&fx, &[layer], |e| assert_eq!(unsafe_reason(e), UnsafeReason::BadWhiteout));
     // Whiteout of a symlink to the outside removes the symlink, not its target.
-    let l1 = Layer::new()
-        .symlink("s", fx.outside.to_str().unwrap())
-        .bytes();
+    let l1 = Layer::new().symlink("s", fx.outside.to_str().unwrap()).bytes();
     let l2 = Layer::new().file(".wh.s", b"").bytes();
     let before = fx.snapshot();
     unpack(&fx.root, &l1).unwrap();

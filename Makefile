@@ -1,0 +1,29 @@
+# ext-extend. `make demo` runs the bundled sample; `make test` runs every test (what CI runs).
+CARGO ?= cargo
+
+.PHONY: all build demo test deps lint fmt clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+demo:
+	scripts/demo.sh
+
+deps:
+	scripts/install-deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test: deps lint
+	$(CARGO) test --workspace --locked
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf target/demo

@@ -1,0 +1,306 @@
+//! The build context: a directory (normally an extension layer) indexed once in memory - paths
+//! and metadata, never file contents, which are streamed from disk when a layer is written.
+//!
+//! Every lookup stays inside the context: `..` that would climb out and symlinks that point
+//! outside are errors, never followed.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::dockerignore::DockerIgnore;
+use crate::error::{ExecError, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File {
+        size: u64,
+    },
+    Dir,
+    Symlink {
+        target: String,
+    },
+    /// Devices, FIFOs and sockets are not copied from a context (Docker skips sockets and
+    /// copies the rest; we refuse them so nothing surprising enters a layer).
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextEntry {
+    /// Relative path, `/`-separated; the root itself is "".
+    pub path: String,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+}
+
+#[derive(Debug)]
+pub struct BuildContext {
+    root: PathBuf,
+    entries: BTreeMap<String, ContextEntry>,
+}
+
+const MAX_SYMLINK_HOPS: usize = 40;
+
+impl BuildContext {
+    /// Indexes `root`, honouring its `.dockerignore`.
+    pub fn open(root: &Path) -> Result<BuildContext> {
+        let err = |message: String| ExecError::Context { dir: root.to_path_buf(), message };
+        let meta = fs::metadata(root).map_err(|e| err(format!("cannot open: {e}")))?;
+        if !meta.is_dir() {
+            return Err(err("not a directory".into()));
+        }
+        let ignore = match fs::read_to_string(root.join(".dockerignore")) {
+            Ok(text) => DockerIgnore::parse(&text).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
+            Err(e) => return Err(err(format!(".dockerignore: {e}"))),
+        };
+        let can_prune = !ignore.has_exclusions();
+        let mut entries = BTreeMap::new();
+        let mut walk = walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name().into_iter();
+        while let Some(item) = walk.next() {
+            let item = item.map_err(|e| err(e.to_string()))?;
+            let rel = item
+                .path()
+                .strip_prefix(root)
+                .expect("walkdir stays under its root")
+                .to_str()
+                .ok_or_else(|| err(format!("{}: path is not UTF-8", item.path().display())))?
+                .to_string();
+            if !rel.is_empty() && ignore.is_ignored(&rel) {
+                if item.file_type().is_dir() && can_prune {
+                    walk.skip_current_dir();
+                }
+                continue;
+            }
+            let md = item.metadata().map_err(|e| err(e.to_string()))?;
+            let kind = if md.is_dir() {
+                EntryKind::Dir
+            } else if md.is_file() {
+                EntryKind::File { size: md.len() }
+            } else if md.file_type().is_symlink() {
+                let target = fs::read_link(item.path()).map_err(|e| err(e.to_string()))?;
+                EntryKind::Symlink { target: target.to_string_lossy().into_owned() }
+            } else {
+                EntryKind::Other
+            };
+            entries.insert(
+                rel.clone(),
+                ContextEntry {
+                    path: rel,
+                    kind,
+                    mode: md.mode() & 0o7777,
+                    uid: md.uid(),
+                    gid: md.gid(),
+                    mtime: md.mtime(),
+                    dev: md.dev(),
+                    ino: md.ino(),
+                    nlink: md.nlink(),
+                },
+            );
+        }
+        Ok(BuildContext { root: root.to_path_buf(), entries })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() <= 1
+    }
+
+    /// The on-disk path of an indexed entry (for streaming its content).
+    pub fn disk_path(&self, entry: &ContextEntry) -> PathBuf {
+        self.root.join(&entry.path)
+    }
+
+    pub fn get(&self, path: &str) -> Option<&ContextEntry> {
+        self.entries.get(path)
+    }
+
+    /// Entries strictly below directory `dir`, in path order.
+    pub fn children_of<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a ContextEntry> + 'a {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .filter(move |(k, _)| !k.is_empty() && k.as_str() != dir)
+            .map(|(_, v)| v)
+    }
+
+    /// Resolves a COPY source (a path or a glob, relative to the context) to entries, following
+    /// symlinks on the way (the source itself included) as Docker does, but only inside the
+    /// context.
+    pub fn resolve_source(&self, source: &str) -> Result<Vec<&ContextEntry>> {
+        let cleaned = clean_relative(source).ok_or_else(|| ExecError::Context {
+            dir: self.root.clone(),
+            message: format!("`{source}` is outside the build context"),
+        })?;
+        if has_glob(&cleaned) {
+            let glob = globset::GlobBuilder::new(&cleaned)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .map_err(|e| ExecError::Context { dir: self.root.clone(), message: format!("`{source}`: {e}") })?
+                .compile_matcher();
+            let mut out = Vec::new();
+            for e in self.entries.values() {
+                if !e.path.is_empty() && glob.is_match(&e.path) {
+                    out.push(self.follow(&e.path, source)?);
+                }
+            }
+            return Ok(out);
+        }
+        match self.lookup(&cleaned, source)? {
+            Some(e) => Ok(vec![e]),
+            None => Ok(vec![]),
+        }
+    }
+
+    /// Looks up a cleaned relative path, following symlinks in every component.
+    fn lookup(&self, cleaned: &str, source: &str) -> Result<Option<&ContextEntry>> {
+        let mut resolved = String::new();
+        let mut hops = 0;
+        let mut pending: Vec<String> = cleaned.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+        while let Some(component) = pending.pop() {
+            let candidate = join(&resolved, &component);
+            let Some(entry) = self.entries.get(&candidate) else { return Ok(None) };
+            if let EntryKind::Symlink { target } = &entry.kind {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(self.escape_error(source, &candidate, target, "too many levels of symlinks"));
+                }
+                if target.starts_with('/') {
+                    return Err(self.escape_error(source, &candidate, target, "points to an absolute path"));
+                }
+                let base = parent(&candidate);
+                let joined = join(base, target);
+                let Some(clean) = clean_relative(&joined) else {
+                    return Err(self.escape_error(source, &candidate, target, "points outside the build context"));
+                };
+                for c in clean.split('/').filter(|c| !c.is_empty()).rev() {
+                    pending.push(c.to_string());
+                }
+                resolved.clear();
+                continue;
+            }
+            resolved = candidate;
+        }
+        Ok(self.entries.get(&resolved))
+    }
+
+    fn follow<'a>(&'a self, path: &str, source: &str) -> Result<&'a ContextEntry> {
+        Ok(self.lookup(path, source)?.expect("a matched entry resolves"))
+    }
+
+    fn escape_error(&self, source: &str, link: &str, target: &str, why: &str) -> ExecError {
+        ExecError::Context {
+            dir: self.root.clone(),
+            message: format!("`{source}`: symlink `{link}` -> `{target}` {why}"),
+        }
+    }
+
+    /// Checks a symlink found inside a copied directory: Docker copies it as a link, and we
+    /// refuse links that point out of the context so a layer never depends on the build host.
+    pub fn check_inner_symlink(&self, link: &str, target: &str) -> Result<()> {
+        if target.starts_with('/') {
+            // An absolute link is resolved inside the image at run time, not on this host.
+            return Ok(());
+        }
+        if clean_relative(&join(parent(link), target)).is_none() {
+            return Err(self.escape_error(link, link, target, "points outside the build context"));
+        }
+        Ok(())
+    }
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() { b.to_string() } else { format!("{a}/{b}") }
+}
+
+fn parent(p: &str) -> &str {
+    p.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// Cleans a context-relative path lexically; `None` if `..` would leave the root. A leading `/`
+/// means the context root, as in Docker.
+pub fn clean_relative(p: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn ctx() -> (tempfile::TempDir, BuildContext) {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("src/sub")).unwrap();
+        fs::write(r.join("src/a.txt"), "a").unwrap();
+        fs::write(r.join("src/b.txt"), "b").unwrap();
+        fs::write(r.join("src/sub/c.txt"), "c").unwrap();
+        fs::write(r.join("ignored.log"), "x").unwrap();
+        fs::write(r.join(".dockerignore"), "*.log\n").unwrap();
+        symlink("src/a.txt", r.join("link")).unwrap();
+        symlink("src", r.join("srclink")).unwrap();
+        symlink("../../etc/passwd", r.join("escape")).unwrap();
+        symlink("/etc/passwd", r.join("absolute")).unwrap();
+        let c = BuildContext::open(r).unwrap();
+        (d, c)
+    }
+
+    fn paths(v: Vec<&ContextEntry>) -> Vec<String> {
+        v.into_iter().map(|e| e.path.clone()).collect()
+    }
+
+    #[test]
+    fn lookups_and_globs() {
+        let (_d, c) = ctx();
+        assert!(c.get("ignored.log").is_none(), ".dockerignore honoured");
+        assert_eq!(paths(c.resolve_source("src/*.txt").unwrap()), vec!["src/a.txt", "src/b.txt"]);
+        assert_eq!(paths(c.resolve_source("./src/../src/a.txt").unwrap()), vec!["src/a.txt"]);
+        assert_eq!(paths(c.resolve_source("/src/a.txt").unwrap()), vec!["src/a.txt"]);
+        assert_eq!(paths(c.resolve_source("link").unwrap()), vec!["src/a.txt"]);
+        assert_eq!(paths(c.resolve_source("srclink/sub/c.txt").unwrap()), vec!["src/sub/c.txt"]);
+        assert!(c.resolve_source("missing").unwrap().is_empty());
+        let kids: Vec<String> = c.children_of("src").map(|e| e.path.clone()).collect();
+        assert_eq!(kids, vec!["src/a.txt", "src/b.txt", "src/sub", "src/sub/c.txt"]);
+    }
+
+    #[test]
+    fn escapes_are_errors() {
+        let (_d, c) = ctx();
+        for bad in ["../x", "src/../../x", "escape", "absolute"] {
+            let e = c.resolve_source(bad).unwrap_err().to_string();
+            assert!(e.contains("outside") || e.contains("absolute"), "{bad}: {e}");
+        }
+        assert!(c.check_inner_symlink("src/l", "../../../x").is_err());
+        assert!(c.check_inner_symlink("src/l", "../link").is_ok());
+    }
+}

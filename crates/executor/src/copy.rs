@@ -1,0 +1,463 @@
+//! COPY and ADD: Docker's copy semantics, computed against the build context and the image's
+//! metadata tree, written as exactly one layer straight from the context (the base image is
+//! never unpacked for this).
+//!
+//! Rules implemented (Docker/BuildKit): relative destinations are relative to WORKDIR; a
+//! destination ending in `/`, an existing directory, or several sources mean "copy into this
+//! directory"; a directory source copies its contents; globs match within one path component;
+//! new files are owned by 0:0 unless `--chown`; `--chmod` sets the mode of what is copied;
+//! missing parent directories are created (0755, owned like the files); existing ones are left
+//! alone (they are not written into the layer, so their metadata cannot change); symlinks in
+//! the destination path are followed inside the image root; hard links within one COPY stay
+//! hard links; ADD extracts local tar archives (plain or gzip) and refuses URLs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ext_dockerfile::{CopyOp, CopySource, Location};
+use ext_oci::{EntryMeta, LayerWriter};
+
+use crate::context::{BuildContext, ContextEntry, EntryKind};
+use crate::error::{ExecError, Result};
+use crate::tree::{ImageTree, Node, NodeKind, join};
+use crate::users::Ids;
+
+#[derive(Debug, Clone)]
+enum Content {
+    Dir,
+    File { path: PathBuf },
+    Inline(Vec<u8>),
+    Symlink(String),
+    Hardlink(String),
+}
+
+#[derive(Debug, Clone)]
+struct Planned {
+    meta: EntryMeta,
+    content: Content,
+}
+
+/// The entries one COPY/ADD adds, keyed and ordered by image path (parents first).
+#[derive(Debug, Default)]
+pub struct CopyPlan {
+    entries: BTreeMap<String, Planned>,
+}
+
+pub struct CopyInput<'a> {
+    pub op: &'a CopyOp,
+    pub at: &'a Location,
+    /// Absolute WORKDIR in effect.
+    pub workdir: &'a str,
+    pub context: &'a BuildContext,
+    pub tree: &'a ImageTree,
+    /// `--chown`, resolved.
+    pub owner: Option<Ids>,
+    /// Where ADD may extract archives.
+    pub scratch: &'a Path,
+}
+
+/// One resolved source: an entry of some context (the build context, or an extracted archive).
+struct Item<'a> {
+    context: &'a BuildContext,
+    entry: &'a ContextEntry,
+    /// Archive contents keep their owners (unless `--chown`).
+    keep_owner: bool,
+}
+
+impl CopyPlan {
+    pub fn new(input: &CopyInput<'_>) -> Result<CopyPlan> {
+        let op = input.op;
+        let name = if op.add { "ADD" } else { "COPY" };
+        let step = |m: String| ExecError::step(input.at, m);
+
+        let dest_abs =
+            if op.dest.starts_with('/') { op.dest.clone() } else { format!("{}/{}", input.workdir, op.dest) };
+        let dest_clean = clean_clamped(&dest_abs);
+        let dir_syntax = op.dest.ends_with('/') || op.dest.ends_with("/.") || op.dest == "." || op.dest.ends_with("..");
+
+        // Archives are extracted into contexts of their own, which must outlive the items.
+        let mut archives: Vec<BuildContext> = Vec::new();
+        let mut inline: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut matched: Vec<(usize, &ContextEntry)> = Vec::new(); // (archive index + 1 or 0, entry)
+        for src in &op.sources {
+            match src {
+                CopySource::Url(url) => {
+                    return Err(step(format!(
+                        "ADD {url}: downloading needs the network, which ext-extend does not use; fetch it in bin/generate into the extension layer and COPY it from there"
+                    )));
+                }
+                CopySource::Inline { name, content } => inline.push((name.clone(), content.clone().into_bytes())),
+                CopySource::Path(p) => {
+                    let found = input.context.resolve_source(p).map_err(|e| match e {
+                        ExecError::Context { message, .. } => step(format!("{name} source {message}")),
+                        other => other,
+                    })?;
+                    if found.is_empty() {
+                        return Err(step(format!(
+                            "{name} source `{p}` not found in the build context {}",
+                            input.context.root().display()
+                        )));
+                    }
+                    for e in found {
+                        if op.add && matches!(e.kind, EntryKind::File { .. }) {
+                            let disk = input.context.disk_path(e);
+                            if let Some(ctx) = extract_archive(&disk, input.scratch, archives.len(), input.at)? {
+                                archives.push(ctx);
+                                matched.push((archives.len(), e));
+                                continue;
+                            }
+                        }
+                        matched.push((0, e));
+                    }
+                }
+            }
+        }
+        let items: Vec<Item<'_>> = matched
+            .iter()
+            .map(|&(a, e)| match a {
+                0 => Item { context: input.context, entry: e, keep_owner: false },
+                n => {
+                    let ctx = &archives[n - 1];
+                    Item { context: ctx, entry: ctx.get("").expect("an archive context has a root"), keep_owner: true }
+                }
+            })
+            .collect();
+
+        let count = items.len() + inline.len();
+        let dest_resolved = input.tree.resolve(&dest_clean, true);
+        let into_dir = dir_syntax || count > 1 || input.tree.is_dir(&dest_resolved);
+        if count > 1 && !dir_syntax && !input.tree.is_dir(&dest_resolved) {
+            return Err(step(format!(
+                "{name} with more than one source needs a directory destination ending in `/` (got `{}`)",
+                op.dest
+            )));
+        }
+        // The file a single non-directory source becomes: parents resolved, last name kept.
+        let dest_file = {
+            let (parent, leaf) = split(&dest_clean);
+            join(&input.tree.resolve(parent, true), leaf)
+        };
+
+        let mut plan = CopyPlan::default();
+        let mut links: HashMap<(u64, u64), String> = HashMap::new();
+        let chmod = op.chmod.as_deref().map(|m| u32::from_str_radix(m, 8).expect("validated by the planner"));
+        let owner_of = |e: &ContextEntry, keep: bool| -> (u64, u64) {
+            match (input.owner, keep) {
+                (Some(ids), _) => (ids.uid.into(), ids.gid.into()),
+                (None, true) => (e.uid.into(), e.gid.into()),
+                (None, false) => (0, 0),
+            }
+        };
+
+        for item in &items {
+            let e = item.entry;
+            match &e.kind {
+                EntryKind::Dir => {
+                    let (uid, gid) = owner_of(e, item.keep_owner);
+                    if !input.tree.is_dir(&dest_resolved) && !dest_resolved.is_empty() {
+                        plan.add(&dest_resolved, meta_of(&dest_resolved, e, chmod, uid, gid), Content::Dir);
+                    }
+                    let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };
+                    for child in item.context.children_of(&e.path) {
+                        let target = join(&dest_resolved, &child.path[base_len..]);
+                        plan.add_entry(
+                            item.context,
+                            child,
+                            &target,
+                            chmod,
+                            owner_of(child, item.keep_owner),
+                            &mut links,
+                            input.at,
+                        )?;
+                    }
+                }
+                _ => {
+                    let target = if into_dir { join(&dest_resolved, leaf_name(&e.path)) } else { dest_file.clone() };
+                    plan.add_entry(
+                        item.context,
+                        e,
+                        &target,
+                        chmod,
+                        owner_of(e, item.keep_owner),
+                        &mut links,
+                        input.at,
+                    )?;
+                }
+            }
+        }
+        for (name, content) in inline {
+            let target = if into_dir { join(&dest_resolved, &name) } else { dest_file.clone() };
+            let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
+            let meta =
+                EntryMeta { path: target.clone(), mode: chmod.unwrap_or(0o644), uid, gid, mtime: 0, xattrs: vec![] };
+            plan.add(&target, meta, Content::Inline(content));
+        }
+        if plan.entries.is_empty() && dest_resolved.is_empty() {
+            return Ok(plan);
+        }
+        plan.add_missing_parents(input, if into_dir { &dest_resolved } else { &dest_file })?;
+        Ok(plan)
+    }
+
+    fn add(&mut self, path: &str, meta: EntryMeta, content: Content) {
+        self.entries.insert(path.to_string(), Planned { meta, content });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_entry(
+        &mut self,
+        ctx: &BuildContext,
+        e: &ContextEntry,
+        target: &str,
+        chmod: Option<u32>,
+        (uid, gid): (u64, u64),
+        links: &mut HashMap<(u64, u64), String>,
+        at: &Location,
+    ) -> Result<()> {
+        if target.is_empty() {
+            return Err(ExecError::step(at, format!("cannot copy `{}` onto the image root", e.path)));
+        }
+        let mut meta = meta_of(target, e, chmod, uid, gid);
+        let content = match &e.kind {
+            EntryKind::Dir => Content::Dir,
+            EntryKind::Symlink { target: t } => {
+                ctx.check_inner_symlink(&e.path, t).map_err(|err| ExecError::step(at, err.to_string()))?;
+                meta.mode = 0o777;
+                Content::Symlink(t.clone())
+            }
+            EntryKind::File { .. } => {
+                meta.xattrs = read_xattrs(&ctx.disk_path(e));
+                if e.nlink > 1 {
+                    match links.get(&(e.dev, e.ino)) {
+                        Some(first) if self.entries.contains_key(first) => Content::Hardlink(first.clone()),
+                        _ => {
+                            links.insert((e.dev, e.ino), target.to_string());
+                            Content::File { path: ctx.disk_path(e) }
+                        }
+                    }
+                } else {
+                    Content::File { path: ctx.disk_path(e) }
+                }
+            }
+            EntryKind::Other => {
+                return Err(ExecError::step(
+                    at,
+                    format!(
+                        "`{}` in the build context is a device, FIFO or socket; only files, directories and symlinks can be copied",
+                        e.path
+                    ),
+                ));
+            }
+        };
+        self.add(target, meta, content);
+        Ok(())
+    }
+
+    /// Adds the destination's missing ancestors; errors if one of them is a file in the image.
+    fn add_missing_parents(&mut self, input: &CopyInput<'_>, dest: &str) -> Result<()> {
+        let mut needed: Vec<String> = Vec::new();
+        let paths: Vec<String> = self.entries.keys().cloned().chain(std::iter::once(dest.to_string())).collect();
+        for path in &paths {
+            let mut ancestor = split(path).0;
+            while !ancestor.is_empty() {
+                if self.entries.contains_key(ancestor) || needed.iter().any(|n| n == ancestor) {
+                    break;
+                }
+                match input.tree.get(ancestor) {
+                    Some(Node { kind: NodeKind::Dir, .. }) => break,
+                    Some(_) => {
+                        return Err(ExecError::step(
+                            input.at,
+                            format!("cannot copy to `/{path}`: `/{ancestor}` is not a directory in the image"),
+                        ));
+                    }
+                    None => needed.push(ancestor.to_string()),
+                }
+                ancestor = split(ancestor).0;
+            }
+        }
+        let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
+        for dir in needed {
+            let meta = EntryMeta { path: dir.clone(), mode: 0o755, uid, gid, mtime: 0, xattrs: vec![] };
+            self.add(&dir, meta, Content::Dir);
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the entries, parents before children; file contents stream from disk.
+    pub fn write(&self, writer: &mut LayerWriter) -> Result<u64> {
+        let mut bytes = 0;
+        for planned in self.entries.values() {
+            let meta = &planned.meta;
+            let io_err = |p: &Path| ExecError::io(p.to_path_buf());
+            match &planned.content {
+                Content::Dir => writer.append_dir(meta).map_err(io_err(Path::new(&meta.path)))?,
+                Content::Symlink(t) => writer.append_symlink(meta, t).map_err(io_err(Path::new(&meta.path)))?,
+                Content::Hardlink(t) => writer.append_hardlink(meta, t).map_err(io_err(Path::new(&meta.path)))?,
+                Content::Inline(data) => {
+                    writer
+                        .append_file(meta, data.len() as u64, &mut &data[..])
+                        .map_err(io_err(Path::new(&meta.path)))?;
+                    bytes += data.len() as u64;
+                }
+                Content::File { path } => {
+                    let mut f =
+                        File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
+                    let size = f.metadata().map_err(io_err(path))?.size();
+                    writer.append_file(meta, size, &mut f).map_err(io_err(path))?;
+                    bytes += size;
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Updates the image tree with what this layer adds.
+    pub fn apply_to(&self, tree: &mut ImageTree) -> Result<()> {
+        for (path, p) in &self.entries {
+            let kind = match &p.content {
+                Content::Dir => NodeKind::Dir,
+                Content::Symlink(t) => NodeKind::Symlink(t.clone()),
+                _ => NodeKind::File,
+            };
+            if ImageTree::is_captured(path) {
+                let content = match &p.content {
+                    Content::Inline(d) => d.clone(),
+                    Content::File { path: disk } => std::fs::read(disk).map_err(ExecError::io(disk))?,
+                    _ => Vec::new(),
+                };
+                tree.capture(path, content);
+            }
+            tree.insert(path.clone(), Node { kind, mode: p.meta.mode, uid: p.meta.uid, gid: p.meta.gid });
+        }
+        Ok(())
+    }
+
+    /// Paths this COPY writes (for reports and tests).
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+}
+
+fn meta_of(target: &str, e: &ContextEntry, chmod: Option<u32>, uid: u64, gid: u64) -> EntryMeta {
+    EntryMeta {
+        path: target.to_string(),
+        mode: chmod.unwrap_or(e.mode),
+        uid,
+        gid,
+        mtime: e.mtime.max(0) as u64,
+        xattrs: Vec::new(),
+    }
+}
+
+/// Extended attributes worth carrying into a layer (capabilities, user data); SELinux labels
+/// belong to the build host, not the image.
+fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let Ok(names) = xattr::list(path) else { return Vec::new() };
+    let mut out: Vec<(String, Vec<u8>)> = names
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n != "security.selinux")
+        .filter_map(|n| xattr::get(path, &n).ok().flatten().map(|v| (n, v)))
+        .collect();
+    out.sort();
+    out
+}
+
+/// If `file` is a tar archive (plain or gzip), extracts it safely into a fresh directory and
+/// indexes that as a context; `None` if it is not an archive (ADD then copies it as a file).
+fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Result<Option<BuildContext>> {
+    let mut head = [0u8; 512];
+    let mut f = File::open(file).map_err(ExecError::io(file))?;
+    let got = read_up_to(&mut f, &mut head).map_err(ExecError::io(file))?;
+    let gzip = got >= 2 && head[..2] == [0x1f, 0x8b];
+    let is_bzip2 = got >= 3 && &head[..3] == b"BZh";
+    let is_xz = got >= 6 && head[..6] == [0xfd, b'7', b'z', b'X', b'Z', 0];
+    if is_bzip2 || is_xz {
+        return Err(ExecError::step(
+            at,
+            format!("ADD {}: bzip2 and xz archives are not supported; use a .tar or .tar.gz", file.display()),
+        ));
+    }
+    let tar_head = if gzip {
+        // Only a gzipped *tarball* is extracted; another gzip file is copied as is, like Docker.
+        let mut gz = flate2::read::MultiGzDecoder::new(File::open(file).map_err(ExecError::io(file))?);
+        let n = read_up_to(&mut gz, &mut head).unwrap_or(0);
+        &head[..n]
+    } else {
+        &head[..got]
+    };
+    let is_tar = (tar_head.len() >= 262 && &tar_head[257..262] == b"ustar") || is_v7_tar(tar_head);
+    if !is_tar {
+        return Ok(None);
+    }
+    let f = File::open(file).map_err(ExecError::io(file))?;
+    let reader: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) };
+    let dir = scratch.join(format!("add-{n}"));
+    std::fs::create_dir_all(&dir).map_err(ExecError::io(&dir))?;
+    let opts = ext_rootfs::UnpackOptions {
+        whiteouts: ext_rootfs::WhiteoutMode::Apply,
+        layer_name: file.display().to_string(),
+    };
+    ext_rootfs::unpack_layer(&dir, reader, &opts).map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
+    Ok(Some(BuildContext::open(&dir)?))
+}
+
+/// A pre-POSIX tar header: a checksum field that matches the header bytes.
+fn is_v7_tar(h: &[u8]) -> bool {
+    if h.len() < 512 {
+        return false;
+    }
+    let field = String::from_utf8_lossy(&h[148..156]);
+    let Ok(stored) = u32::from_str_radix(field.trim_matches(|c: char| c == '\0' || c == ' '), 8) else { return false };
+    let sum: u32 =
+        h[..512].iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u32::from(b) }).sum();
+    stored == sum
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+fn leaf_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn split(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", path),
+    }
+}
+
+/// Cleans an absolute image path to a tree key; `..` stops at the root as in the container.
+pub fn clean_clamped(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}

@@ -1,0 +1,85 @@
+//! Writing an [`ExtendedImage`]: the manifest (base layers by digest, then the new layers) and
+//! config, committed atomically into an OCI layout.
+
+use ext_oci::{Digest, LayoutWriter, media};
+use serde_json::{Value, json};
+
+use crate::error::Result;
+use crate::session::ExtendedImage;
+
+/// What was written, for the CLI's output.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WrittenImage {
+    pub manifest_digest: String,
+    pub manifest_size: u64,
+    pub config_digest: String,
+    pub layers: Vec<WrittenLayer>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WrittenLayer {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    /// True for layers this build made; false for base layers carried over by digest.
+    pub new: bool,
+}
+
+impl ExtendedImage {
+    /// Canonical config bytes.
+    pub fn config_bytes(&self) -> Vec<u8> {
+        self.config.to_canonical_bytes()
+    }
+
+    /// The layers of the result: base layers unchanged (media types in their OCI spelling),
+    /// then the new ones.
+    pub fn layer_descriptors(&self) -> Vec<WrittenLayer> {
+        let base = self.base.layers().iter().map(|d| WrittenLayer {
+            digest: d.digest().to_string(),
+            size: d.size(),
+            media_type: media::oci_layer_type(d.media_type().as_ref()).to_string(),
+            new: false,
+        });
+        let new = self.new_layers.iter().map(|l| WrittenLayer {
+            digest: l.digest.to_string(),
+            size: l.size,
+            media_type: l.media_type.to_string(),
+            new: true,
+        });
+        base.chain(new).collect()
+    }
+
+    /// The OCI manifest bytes (sorted keys, so the same image always has the same digest).
+    pub fn manifest_bytes(&self, config_digest: &Digest, config_size: u64) -> Vec<u8> {
+        let layers: Vec<Value> = self
+            .layer_descriptors()
+            .iter()
+            .map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
+            .collect();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": media::OCI_MANIFEST,
+            "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_size},
+            "layers": layers,
+        });
+        serde_json::to_vec(&manifest).expect("JSON serializes")
+    }
+
+    /// Commits the image into the layout `writer` was opened on, tagged `tag`. The new layer
+    /// blobs must already be in `writer.staging_blobs()` (the session wrote them there).
+    pub fn write_layout(&self, mut writer: LayoutWriter, tag: &str) -> Result<WrittenImage> {
+        for d in self.base.layer_digests()? {
+            writer.add_blob_from(&self.base.store, &d)?;
+        }
+        let config = self.config_bytes();
+        let config_digest = writer.add_blob_bytes(&config)?;
+        let manifest = self.manifest_bytes(&config_digest, config.len() as u64);
+        let desc = writer.commit(&manifest, media::OCI_MANIFEST, tag)?;
+        Ok(WrittenImage {
+            manifest_digest: desc.digest().to_string(),
+            manifest_size: desc.size(),
+            config_digest: config_digest.to_string(),
+            layers: self.layer_descriptors(),
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! `ext-extend build`: wire the Dockerfile front end, the executor and the image store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, anyhow};
+use ext_dockerfile::Dockerfile;
+use ext_executor::{BuildContext, Provenance, Session, SessionOptions};
+use ext_oci::{ImageRef, LayerOptions, LayoutWriter, MtimePolicy, OciLayout, Platform};
+
+use crate::Failure;
+use crate::cli::BuildArgs;
+
+const MAX_LISTED_PATHS: usize = 20;
+
+pub fn run(args: BuildArgs) -> Result<(), Failure> {
+    let from: ImageRef = args.from.parse()?;
+    let output: ImageRef = args.output.parse()?;
+    let platform = match &args.platform {
+        Some(p) => p.parse()?,
+        None => Platform::host(),
+    };
+    let mtime = MtimePolicy::from_env().map_err(|m| Failure::input(anyhow!(m)))?;
+    let build_args = parse_build_args(&args.build_args, &args.from)?;
+    let jobs = pair_files_and_contexts(&args.files, &args.contexts)?;
+
+    // Parse everything before touching any image, so bad input fails fast.
+    let mut dockerfiles = Vec::new();
+    for (file, context) in &jobs {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read Dockerfile {}", file.display()))
+            .map_err(Failure::input)?;
+        let df = Dockerfile::parse(&text, &file.display().to_string()).map_err(Failure::input)?;
+        for w in &df.warnings {
+            tracing::warn!("{w}");
+        }
+        let resolved = df.resolve_from(&build_args).map_err(Failure::input)?;
+        if !resolved.extends_base {
+            return Err(Failure::input(anyhow!(
+                "{}:{}: FROM {} names another image; ext-extend build extends the --from image (write `FROM ${{base_image}}`)",
+                file.display(),
+                resolved.line,
+                resolved.image
+            )));
+        }
+        dockerfiles.push((df, context.clone()));
+    }
+
+    let base = match &from {
+        ImageRef::Layout(l) => OciLayout::open(&l.dir)?.resolve(l.tag.as_deref(), &platform)?,
+        ImageRef::Registry(_) => {
+            return Err(Failure::input(anyhow!("registry images (docker://) are not supported by this version")));
+        }
+    };
+    tracing::info!("base {} ({}, {} layers)", base.name, base.manifest_digest.short(), base.layers().len());
+
+    let ImageRef::Layout(out) = &output else {
+        return Err(Failure::input(anyhow!("registry outputs (docker://) are not supported by this version")));
+    };
+    let writer = LayoutWriter::begin(&out.dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("ext-extend-")
+        .tempdir()
+        .context("cannot create a scratch directory")
+        .map_err(Failure::other)?;
+    let opts = SessionOptions {
+        layer: LayerOptions { compression_level: args.compression_level, mtime },
+        scratch: scratch.path().to_path_buf(),
+    };
+    let mut session = Session::new(base, &writer.staging_blobs(), opts);
+    for (df, context_dir) in &dockerfiles {
+        let context = BuildContext::open(context_dir)?;
+        tracing::info!("applying {} (context {}, {} entries)", df.file, context_dir.display(), context.len());
+        for report in session.apply(df, &build_args, &context, &Provenance::Standalone)? {
+            if let Some(layer) = &report.layer {
+                tracing::info!(
+                    "{} {} -> layer {} ({} bytes)",
+                    report.location,
+                    report.text,
+                    layer.digest.short(),
+                    layer.size
+                );
+                for p in report.paths.iter().take(MAX_LISTED_PATHS) {
+                    tracing::info!("  + {p}");
+                }
+                if report.paths.len() > MAX_LISTED_PATHS {
+                    tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);
+                }
+            }
+        }
+    }
+    let image = session.finish();
+    let tag = out.tag.as_deref().unwrap_or("latest");
+    let written = image.write_layout(writer, tag)?;
+    tracing::info!(
+        "wrote {}:{tag} ({} layers, {} new)",
+        out.dir.display(),
+        written.layers.len(),
+        image.new_layers.len()
+    );
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&written).expect("JSON serializes"));
+    } else {
+        println!("{}", written.manifest_digest);
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE`, or `KEY` from the environment (as `docker build` does); `base_image` is the
+/// `--from` reference unless given explicitly.
+fn parse_build_args(raw: &[String], from: &str) -> Result<BTreeMap<String, String>, Failure> {
+    let mut args = BTreeMap::new();
+    args.insert("base_image".to_string(), from.to_string());
+    for a in raw {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                args.insert(k.to_string(), v.to_string());
+            }
+            Some(_) => return Err(Failure::input(anyhow!("--build-arg `{a}`: expected KEY=VALUE"))),
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    Ok(args)
+}
+
+fn pair_files_and_contexts(files: &[PathBuf], contexts: &[PathBuf]) -> Result<Vec<(PathBuf, PathBuf)>, Failure> {
+    let contexts: Vec<PathBuf> = if contexts.is_empty() { vec![PathBuf::from(".")] } else { contexts.to_vec() };
+    if files.is_empty() {
+        if contexts.len() > 1 {
+            return Err(Failure::input(anyhow!("several --context given without -f; give one -f per --context")));
+        }
+        return Ok(vec![(contexts[0].join("Dockerfile"), contexts[0].clone())]);
+    }
+    match contexts.len() {
+        1 => Ok(files.iter().map(|f| (f.clone(), contexts[0].clone())).collect()),
+        n if n == files.len() => Ok(files.iter().cloned().zip(contexts).collect()),
+        n => Err(Failure::input(anyhow!(
+            "{} Dockerfiles but {n} contexts: give one --context for all, or one per -f",
+            files.len()
+        ))),
+    }
+}

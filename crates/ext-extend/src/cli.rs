@@ -1,0 +1,71 @@
+//! Command-line flags.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ext-extend",
+    version,
+    about = "Extend OCI images with Dockerfiles, natively: no Docker daemon, no Kaniko",
+    long_about = "ext-extend applies Dockerfiles (the CNB image-extension subset: FROM, ADD, ARG, COPY, ENV, LABEL, RUN, SHELL, USER, WORKDIR) to an OCI image and writes the extended image. Base layers are carried over by digest, never decompressed or re-compressed; each COPY/ADD becomes one layer written straight from the build context.",
+    after_help = "Examples:\n  ext-extend build --from oci:run-image:latest -f run.Dockerfile --context ext-layer --output oci:out:extended\n  ext-extend build --from oci:base -f a.Dockerfile --context a -f b.Dockerfile --context b --output oci:out --json\n\nExit codes: 0 success, 2 bad input (usage, Dockerfile, context, reference), 1 other failures."
+)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug, trace (or set EXT_EXTEND_LOG).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Only print warnings and errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply Dockerfiles to an image and write the extended image.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The image to extend: oci:DIR[:TAG]. `FROM ${base_image}` resolves to it and it is passed
+    /// as the build arg `base_image`.
+    #[arg(long, value_name = "REF")]
+    pub from: String,
+
+    /// A Dockerfile to apply; repeat to apply several in order on the same image (as the CNB
+    /// extend phase does, one per extension). Default: `Dockerfile` in the context.
+    #[arg(short = 'f', long = "file", value_name = "DOCKERFILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Build context (the extension layer): COPY/ADD sources resolve only inside it. Give one
+    /// for all Dockerfiles, or one per -f, in the same order. Default: the current directory.
+    #[arg(long = "context", value_name = "DIR")]
+    pub contexts: Vec<PathBuf>,
+
+    /// A build arg, `KEY=VALUE`, or `KEY` to take the value from the environment. Repeatable.
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+
+    /// Where to write the result: oci:DIR[:TAG] (tag defaults to `latest`). Other tags in an
+    /// existing layout are kept; the layout is updated atomically.
+    #[arg(short, long, value_name = "REF")]
+    pub output: String,
+
+    /// Platform to pick from a multi-platform base: os/arch[/variant]. Default: this machine's.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+
+    /// gzip level for new layers (0-9). 1 is fast and what Kaniko uses; 6 is smaller.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
+    pub compression_level: u32,
+
+    /// Print a JSON summary (manifest digest, config digest, layers) instead of the digest.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,366 @@
+//! End-to-end: `ext-extend build` on a busybox run image built by the project's script,
+//! results checked with umoci and skopeo.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn sample_extension_extends_the_run_image() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let sample = repo_root().join("testdata/sample");
+    let out = t.path().join("out");
+    let from = format!("oci:{}:latest", s(&base));
+    let args = |out: &Path| {
+        vec![
+            "build".to_string(),
+            "--from".into(),
+            from.clone(),
+            "-f".into(),
+            s(&sample.join("run.Dockerfile")),
+            "--context".into(),
+            s(&sample.join("ext-layer")),
+            "--output".into(),
+            format!("oci:{}:extended", s(out)),
+        ]
+    };
+    let a: Vec<String> = args(&out);
+    let digest = build_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // skopeo: the base layers are unchanged and in order, followed by the two COPY layers.
+    let base_info = skopeo_inspect(&base, "latest", &[]);
+    let info = skopeo_inspect(&out, "extended", &[]);
+    assert_eq!(info["Digest"], digest.as_str());
+    let base_layers = layer_digests(&base_info);
+    let layers = layer_digests(&info);
+    assert_eq!(base_layers.len(), 2);
+    assert_eq!(layers.len(), 4);
+    assert_eq!(layers[..2], base_layers[..], "base layers carried over by digest");
+    assert_eq!(info["Labels"]["io.buildpacks.rebasable"], "true");
+    assert!(info["Env"].as_array().unwrap().iter().any(|e| e == "SAMPLE_HOME=/etc/sample"));
+    let config = skopeo_inspect(&out, "extended", &["--config"]);
+    assert_eq!(config["config"]["User"], "1000:1000");
+    let history = config["history"].as_array().unwrap();
+    let layered = history.iter().filter(|h| h.get("empty_layer").is_none()).count();
+    assert_eq!(layered, config["rootfs"]["diff_ids"].as_array().unwrap().len(), "history matches diff_ids");
+
+    // umoci: files, modes, owners; the base's deleted file stays deleted.
+    let (_g, rootfs) = umoci_unpack(&out, "extended");
+    let app = fs::metadata(rootfs.join("etc/sample/app.toml")).unwrap();
+    assert_eq!((app.uid(), app.gid()), (1000, 1000));
+    let hello = fs::metadata(rootfs.join("usr/local/bin/hello")).unwrap();
+    assert_eq!((hello.uid(), hello.mode() & 0o7777), (0, 0o755));
+    assert!(!rootfs.join("etc/obsolete.conf").exists(), "whiteout of the base still applies");
+    assert!(rootfs.join("etc/motd").exists());
+    assert_eq!(fs::metadata(rootfs.join("tmp")).unwrap().mode() & 0o7777, 0o1777);
+    // The copied script runs inside the image.
+    let run = Command::new("chroot").arg(&rootfs).arg("/usr/local/bin/hello").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim(), "hello from an extension layer");
+
+    // Determinism: the same inputs into another layout give the same manifest digest.
+    let out2 = t.path().join("out2");
+    let a2: Vec<String> = args(&out2);
+    assert_eq!(build_ok(&a2.iter().map(String::as_str).collect::<Vec<_>>()), digest);
+}
+
+/// A context with every kind of source the COPY/ADD cases need.
+fn copy_context(dir: &Path) {
+    write(&dir.join("file.txt"), "file\n");
+    write(&dir.join("b.txt"), "b\n");
+    write(&dir.join("dir/a.txt"), "a\n");
+    write(&dir.join("dir/sub/c.txt"), "c\n");
+    write(&dir.join("dir/x.log"), "log\n");
+    symlink("a.txt", dir.join("dir/link")).unwrap();
+    fs::hard_link(dir.join("dir/a.txt"), dir.join("dir/hard")).unwrap();
+    fs::set_permissions(dir.join("dir/sub/c.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    write(&dir.join("ignored/secret"), "nope\n");
+    write(&dir.join(".dockerignore"), "ignored\n");
+    // Archives, built with the system tar.
+    let src = dir.join("../archive-src");
+    write(&src.join("pkg/README"), "readme\n");
+    let tar = |args: &[&str]| {
+        let st = Command::new("tar").args(args).current_dir(&src).status().unwrap();
+        assert!(st.success());
+    };
+    tar(&["-czf", &s(&dir.join("pkg.tar.gz")), "pkg"]);
+    tar(&["-cf", &s(&dir.join("plain.tar")), "pkg"]);
+}
+
+const COPY_CASES: &str = r#"FROM ${base_image}
+COPY file.txt /dst/
+COPY file.txt /asfile
+COPY file.txt /etc
+COPY dir /contents/
+COPY dir/*.txt /glob/
+WORKDIR /app
+COPY file.txt rel/
+COPY file.txt b.txt /multi/
+COPY --chown=cnb:staff file.txt /own/
+COPY --chown=1234 file.txt /own2/
+COPY --chmod=0700 file.txt /mode/
+ADD pkg.tar.gz /extracted/
+ADD plain.tar /extracted-plain/
+COPY pkg.tar.gz /not-extracted/
+COPY <<EOF /etc/heredoc.conf
+key=value
+EOF
+COPY . /all/
+COPY file.txt /deep/new/dir/
+COPY file.txt /tmp/
+COPY file.txt .
+"#;
+
+#[test]
+fn copy_and_add_follow_docker_semantics() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    copy_context(&ctx);
+    let df = t.path().join("copy.Dockerfile");
+    write(&df, COPY_CASES);
+    let out = t.path().join("out");
+    build_ok(&[
+        "build",
+        "--from",
+        &format!("oci:{}", s(&base)),
+        "-f",
+        &s(&df),
+        "--context",
+        &s(&ctx),
+        "--output",
+        &format!("oci:{}", s(&out)),
+    ]);
+    let (_g, r) = umoci_unpack(&out, "latest");
+    let read = |p: &str| fs::read_to_string(r.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+
+    assert_eq!(read("dst/file.txt"), "file\n", "trailing slash: copy into the directory");
+    assert!(meta("asfile").is_file(), "no trailing slash, no such dir: the file itself");
+    assert_eq!(read("etc/file.txt"), "file\n", "existing directory: copy into it");
+    assert_eq!(read("contents/a.txt"), "a\n", "a directory source copies its contents");
+    assert_eq!(read("contents/sub/c.txt"), "c\n");
+    assert!(!r.join("contents/dir").exists(), "not the directory itself");
+    assert_eq!(meta("contents/sub/c.txt").mode() & 0o7777, 0o640, "modes preserved");
+    assert_eq!(fs::read_link(r.join("contents/link")).unwrap().to_str(), Some("a.txt"), "symlinks stay links");
+    assert_eq!(meta("contents/hard").ino(), meta("contents/a.txt").ino(), "hard links stay hard links");
+    assert_eq!(read("glob/a.txt"), "a\n");
+    assert!(!r.join("glob/x.log").exists() && !r.join("glob/c.txt").exists(), "`*` stays in one component");
+    assert_eq!(read("app/rel/file.txt"), "file\n", "relative to WORKDIR");
+    assert_eq!(read("multi/file.txt") + &read("multi/b.txt"), "file\nb\n");
+    assert_eq!(
+        (meta("own/file.txt").uid(), meta("own/file.txt").gid()),
+        (1000, 50),
+        "names from the image's passwd/group"
+    );
+    assert_eq!((meta("own2/file.txt").uid(), meta("own2/file.txt").gid()), (1234, 1234), "uid alone: gid = uid");
+    assert_eq!((meta("dst/file.txt").uid(), meta("dst/file.txt").gid()), (0, 0), "default owner is root");
+    assert_eq!(meta("mode/file.txt").mode() & 0o7777, 0o700);
+    assert_eq!(read("extracted/pkg/README"), "readme\n", "ADD extracts tar.gz");
+    assert_eq!(read("extracted-plain/pkg/README"), "readme\n", "ADD extracts tar");
+    assert!(meta("not-extracted/pkg.tar.gz").is_file(), "COPY never extracts");
+    assert_eq!(read("etc/heredoc.conf"), "key=value\n");
+    assert!(r.join("all/file.txt").exists() && !r.join("all/ignored").exists(), ".dockerignore honoured");
+    assert_eq!(read("deep/new/dir/file.txt"), "file\n");
+    assert_eq!(meta("deep/new").mode() & 0o7777, 0o755, "missing parents are created 0755");
+    assert_eq!(meta("tmp").mode() & 0o7777, 0o1777, "an existing parent keeps its mode");
+    assert_eq!(read("tmp/file.txt"), "file\n");
+    assert_eq!(read("app/file.txt"), "file\n", "`.` is the WORKDIR");
+    let cfg = skopeo_inspect(&out, "latest", &["--config"]);
+    assert_eq!(cfg["config"]["WorkingDir"], "/app");
+    // Each COPY/ADD is exactly one new layer.
+    let copies = COPY_CASES.lines().filter(|l| l.starts_with("COPY") || l.starts_with("ADD")).count();
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2 + copies);
+}
+
+#[test]
+fn bad_input_fails_clearly_and_leaves_the_output_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("file.txt"), "x\n");
+    symlink("../../etc/passwd", ctx.join("escape")).unwrap();
+    let from = format!("oci:{}:latest", s(&base));
+    // An existing output with a previous image (and a second tag) must survive every failure.
+    let out = t.path().join("out");
+    let ok_df = t.path().join("ok.Dockerfile");
+    write(&ok_df, "FROM ${base_image}\nCOPY file.txt /f\n");
+    build_ok(&[
+        "build",
+        "--from",
+        &from,
+        "-f",
+        &s(&ok_df),
+        "--context",
+        &s(&ctx),
+        "--output",
+        &format!("oci:{}:v1", s(&out)),
+    ]);
+    build_ok(&[
+        "build",
+        "--from",
+        &from,
+        "-f",
+        &s(&ok_df),
+        "--context",
+        &s(&ctx),
+        "--output",
+        &format!("oci:{}:v2", s(&out)),
+    ]);
+    let before = snapshot(&out);
+
+    let cases: &[(&str, &str, &str)] = &[
+        ("syntax.Dockerfile", "FROM ${base_image}\nBOGUS x\n", "syntax.Dockerfile:2"),
+        (
+            "missing-src.Dockerfile",
+            "FROM ${base_image}\nCOPY nope /x\n",
+            "missing-src.Dockerfile:2: COPY source `nope` not found",
+        ),
+        ("escape.Dockerfile", "FROM ${base_image}\nCOPY ../outside /x\n", "outside the build context"),
+        ("symlink.Dockerfile", "FROM ${base_image}\nCOPY escape /x\n", "points outside the build context"),
+        ("multi.Dockerfile", "FROM ${base_image}\nRUN true\nFROM x\n", "multi.Dockerfile:3"),
+        (
+            "chown.Dockerfile",
+            "FROM ${base_image}\nCOPY --chown=nobody file.txt /x\n",
+            "user `nobody` is not in the image's /etc/passwd",
+        ),
+        ("url.Dockerfile", "FROM ${base_image}\nADD https://example.com/x /x\n", "needs the network"),
+    ];
+    for (name, text, needle) in cases {
+        let df = t.path().join(name);
+        write(&df, text);
+        let err = build_err(
+            &[
+                "build",
+                "--from",
+                &from,
+                "-f",
+                &s(&df),
+                "--context",
+                &s(&ctx),
+                "--output",
+                &format!("oci:{}:v1", s(&out)),
+            ],
+            2,
+        );
+        assert!(err.contains(needle), "{name}: stderr lacks `{needle}`:\n{err}");
+        assert_eq!(snapshot(&out), before, "{name}: output changed");
+    }
+
+    let missing = build_err(
+        &["build", "--from", &from, "-f", "/nonexistent/Dockerfile", "--output", &format!("oci:{}", s(&out))],
+        2,
+    );
+    assert!(missing.contains("/nonexistent/Dockerfile"), "{missing}");
+    let no_tag = build_err(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}:nosuchtag", s(&base)),
+            "-f",
+            &s(&ok_df),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}", s(&out)),
+        ],
+        2,
+    );
+    assert!(no_tag.contains("no image tagged `nosuchtag`") && no_tag.contains("latest"), "{no_tag}");
+    let not_layout = build_err(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}", s(&ctx)),
+            "-f",
+            &s(&ok_df),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}", s(&out)),
+        ],
+        2,
+    );
+    assert!(not_layout.contains("not an OCI image layout"), "{not_layout}");
+    assert_eq!(snapshot(&out), before);
+
+    // The v1 and v2 tags both still resolve.
+    assert!(skopeo_inspect(&out, "v1", &[])["Layers"].is_array());
+    assert!(skopeo_inspect(&out, "v2", &[])["Layers"].is_array());
+}
+
+#[test]
+fn damaged_base_layouts_are_reported_by_digest() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("file.txt"), "x\n");
+    let df = t.path().join("Dockerfile");
+    write(&df, "FROM ${base_image}\nCOPY file.txt /f\n");
+    let info = skopeo_inspect(&base, "latest", &[]);
+    let first = layer_digests(&info)[0].clone();
+    let blob = base.join("blobs/sha256").join(first.trim_start_matches("sha256:"));
+    let out = t.path().join("out");
+    let run = |code| {
+        build_err(
+            &[
+                "build",
+                "--from",
+                &format!("oci:{}", s(&base)),
+                "-f",
+                &s(&df),
+                "--context",
+                &s(&ctx),
+                "--output",
+                &format!("oci:{}", s(&out)),
+            ],
+            code,
+        )
+    };
+
+    // A tampered layer: its digest no longer matches.
+    let original = fs::read(&blob).unwrap();
+    let mut tampered = original.clone();
+    let last = tampered.len() - 20;
+    tampered[last] ^= 0xff;
+    fs::write(&blob, &tampered).unwrap();
+    let err = run(1);
+    assert!(err.contains(&first) && err.contains("corrupt"), "{err}");
+    assert!(!out.exists(), "no output after a failure");
+
+    // A missing blob.
+    fs::remove_file(&blob).unwrap();
+    let err = run(1);
+    assert!(err.contains(&first) && err.contains("missing"), "{err}");
+    fs::write(&blob, &original).unwrap();
+
+    // A malformed index.json.
+    let index = base.join("index.json");
+    let good = fs::read(&index).unwrap();
+    fs::write(&index, b"{not json").unwrap();
+    let err = run(1);
+    assert!(err.contains("index.json"), "{err}");
+    fs::write(&index, good).unwrap();
+    assert!(!out.exists());
+    // And with everything restored it works.
+    build_ok(&[
+        "build",
+        "--from",
+        &format!("oci:{}", s(&base)),
+        "-f",
+        &s(&df),
+        "--context",
+        &s(&ctx),
+        "--output",
+        &format!("oci:{}", s(&out)),
+    ]);
+}
