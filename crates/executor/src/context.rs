@@ -40,22 +40,37 @@ pub struct ContextEntry {
     pub nlink: u64,
 }
 
+/// Indexed on first use: a Dockerfile without COPY/ADD never walks its context.
 #[derive(Debug)]
 pub struct BuildContext {
     root: PathBuf,
-    entries: BTreeMap<String, ContextEntry>,
+    index: std::sync::OnceLock<BTreeMap<String, ContextEntry>>,
 }
 
 const MAX_SYMLINK_HOPS: usize = 40;
 
 impl BuildContext {
-    /// Indexes `root`, honouring its `.dockerignore`.
+    /// A context rooted at `root`; checked now, indexed when first needed.
     pub fn open(root: &Path) -> Result<BuildContext> {
-        let err = |message: String| ExecError::Context { dir: root.to_path_buf(), message };
-        let meta = fs::metadata(root).map_err(|e| err(format!("cannot open: {e}")))?;
+        let meta = fs::metadata(root)
+            .map_err(|e| ExecError::Context { dir: root.to_path_buf(), message: format!("cannot open: {e}") })?;
         if !meta.is_dir() {
-            return Err(err("not a directory".into()));
+            return Err(ExecError::Context { dir: root.to_path_buf(), message: "not a directory".into() });
         }
+        Ok(BuildContext { root: root.to_path_buf(), index: std::sync::OnceLock::new() })
+    }
+
+    fn entries(&self) -> Result<&BTreeMap<String, ContextEntry>> {
+        if let Some(i) = self.index.get() {
+            return Ok(i);
+        }
+        let index = Self::build_index(&self.root)?;
+        Ok(self.index.get_or_init(|| index))
+    }
+
+    /// Indexes `root`, honouring its `.dockerignore`.
+    fn build_index(root: &Path) -> Result<BTreeMap<String, ContextEntry>> {
+        let err = |message: String| ExecError::Context { dir: root.to_path_buf(), message };
         let ignore = match fs::read_to_string(root.join(".dockerignore")) {
             Ok(text) => DockerIgnore::parse(&text).map_err(err)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
@@ -105,19 +120,16 @@ impl BuildContext {
                 },
             );
         }
-        Ok(BuildContext { root: root.to_path_buf(), entries })
+        Ok(entries)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.len() <= 1
+    /// Number of indexed entries (indexes the context if not done yet).
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.entries()?.len())
     }
 
     /// The on-disk path of an indexed entry (for streaming its content).
@@ -125,18 +137,19 @@ impl BuildContext {
         self.root.join(&entry.path)
     }
 
-    pub fn get(&self, path: &str) -> Option<&ContextEntry> {
-        self.entries.get(path)
+    pub fn get(&self, path: &str) -> Result<Option<&ContextEntry>> {
+        Ok(self.entries()?.get(path))
     }
 
     /// Entries strictly below directory `dir`, in path order.
-    pub fn children_of<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a ContextEntry> + 'a {
+    pub fn children_of<'a>(&'a self, dir: &'a str) -> Result<impl Iterator<Item = &'a ContextEntry> + 'a> {
         let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
-        self.entries
+        Ok(self
+            .entries()?
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
             .filter(move |(k, _)| !k.is_empty() && k.as_str() != dir)
-            .map(|(_, v)| v)
+            .map(|(_, v)| v))
     }
 
     /// Resolves a COPY source (a path or a glob, relative to the context) to entries, following
@@ -155,7 +168,7 @@ impl BuildContext {
                 .map_err(|e| ExecError::Context { dir: self.root.clone(), message: format!("`{source}`: {e}") })?
                 .compile_matcher();
             let mut out = Vec::new();
-            for e in self.entries.values() {
+            for e in self.entries()?.values() {
                 if !e.path.is_empty() && glob.is_match(&e.path) {
                     out.push(self.follow(&e.path, source)?);
                 }
@@ -175,7 +188,7 @@ impl BuildContext {
         let mut pending: Vec<String> = cleaned.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
         while let Some(component) = pending.pop() {
             let candidate = join(&resolved, &component);
-            let Some(entry) = self.entries.get(&candidate) else { return Ok(None) };
+            let Some(entry) = self.entries()?.get(&candidate) else { return Ok(None) };
             if let EntryKind::Symlink { target } = &entry.kind {
                 hops += 1;
                 if hops > MAX_SYMLINK_HOPS {
@@ -197,7 +210,7 @@ impl BuildContext {
             }
             resolved = candidate;
         }
-        Ok(self.entries.get(&resolved))
+        Ok(self.entries()?.get(&resolved))
     }
 
     fn follow<'a>(&'a self, path: &str, source: &str) -> Result<&'a ContextEntry> {
@@ -282,14 +295,14 @@ mod tests {
     #[test]
     fn lookups_and_globs() {
         let (_d, c) = ctx();
-        assert!(c.get("ignored.log").is_none(), ".dockerignore honoured");
+        assert!(c.get("ignored.log").unwrap().is_none(), ".dockerignore honoured");
         assert_eq!(paths(c.resolve_source("src/*.txt").unwrap()), vec!["src/a.txt", "src/b.txt"]);
         assert_eq!(paths(c.resolve_source("./src/../src/a.txt").unwrap()), vec!["src/a.txt"]);
         assert_eq!(paths(c.resolve_source("/src/a.txt").unwrap()), vec!["src/a.txt"]);
         assert_eq!(paths(c.resolve_source("link").unwrap()), vec!["src/a.txt"]);
         assert_eq!(paths(c.resolve_source("srclink/sub/c.txt").unwrap()), vec!["src/sub/c.txt"]);
         assert!(c.resolve_source("missing").unwrap().is_empty());
-        let kids: Vec<String> = c.children_of("src").map(|e| e.path.clone()).collect();
+        let kids: Vec<String> = c.children_of("src").unwrap().map(|e| e.path.clone()).collect();
         assert_eq!(kids, vec!["src/a.txt", "src/b.txt", "src/sub", "src/sub/c.txt"]);
     }
 

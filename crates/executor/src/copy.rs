@@ -117,14 +117,16 @@ impl CopyPlan {
         }
         let items: Vec<Item<'_>> = matched
             .iter()
-            .map(|&(a, e)| match a {
-                0 => Item { context: input.context, entry: e, keep_owner: false },
-                n => {
-                    let ctx = &archives[n - 1];
-                    Item { context: ctx, entry: ctx.get("").expect("an archive context has a root"), keep_owner: true }
-                }
+            .map(|&(a, e)| -> Result<Item<'_>> {
+                Ok(match a {
+                    0 => Item { context: input.context, entry: e, keep_owner: false },
+                    n => {
+                        let ctx = &archives[n - 1];
+                        Item { context: ctx, entry: ctx.get("")?.expect("an archive context has a root"), keep_owner: true }
+                    }
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
 
         let count = items.len() + inline.len();
         let dest_resolved = input.tree.resolve(&dest_clean, true);
@@ -161,7 +163,7 @@ impl CopyPlan {
                         plan.add(&dest_resolved, meta_of(&dest_resolved, e, chmod, uid, gid), Content::Dir);
                     }
                     let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };
-                    for child in item.context.children_of(&e.path) {
+                    for child in item.context.children_of(&e.path)? {
                         let target = join(&dest_resolved, &child.path[base_len..]);
                         plan.add_entry(
                             item.context,

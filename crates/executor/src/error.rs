@@ -27,7 +27,7 @@ pub enum ExecError {
     Rootfs {
         at: Location,
         #[source]
-        source: Box<ext_rootfs::UnpackError>,
+        source: Box<ext_rootfs::RootfsError>,
     },
 
     #[error("{path}: {source}")]

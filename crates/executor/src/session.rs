@@ -7,9 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ext_dockerfile::{ConfigOp, Dockerfile, Location, Op, Plan, Step};
-use ext_oci::layer::rfc3339;
-use ext_oci::{HistoryEntry, Image, ImageConfig, LayerBlob, LayerOptions, LayerWriter};
+use ext_dockerfile::{ConfigOp, Dockerfile, Location, Op, Plan, RunCommand, RunOp, Step};
+use ext_oci::layer::{decompress, rfc3339};
+use ext_oci::{Digest, HistoryEntry, Image, ImageConfig, LayerBlob, LayerOptions, LayerWriter};
+use ext_rootfs::{Network, Rootfs, RootfsError, RunSpec, SnapshotMode};
 use serde_json::{Value, json};
 
 use crate::context::BuildContext;
@@ -31,9 +32,28 @@ pub enum Provenance {
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub layer: LayerOptions,
-    /// Private scratch space (ADD archive extraction, later the RUN rootfs).
+    /// Private scratch space (ADD archive extraction, the RUN rootfs).
     pub scratch: PathBuf,
+    /// How RUN changes are found (overlayfs upper dir or stat index).
+    pub snapshot: SnapshotMode,
+    /// Image paths whose changes never go into a layer (the CNB extender ignores `<app>`,
+    /// `<layers>` and `<platform>`).
+    pub ignore_paths: Vec<String>,
 }
+
+impl SessionOptions {
+    pub fn new(scratch: &Path) -> SessionOptions {
+        SessionOptions {
+            layer: LayerOptions::default(),
+            scratch: scratch.to_path_buf(),
+            snapshot: SnapshotMode::Auto,
+            ignore_paths: Vec::new(),
+        }
+    }
+}
+
+/// The PATH Docker gives RUN when the image sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What one instruction did.
 #[derive(Debug, Clone)]
@@ -53,6 +73,7 @@ pub struct Session {
     blob_dir: PathBuf,
     opts: SessionOptions,
     tree: Option<ImageTree>,
+    rootfs: Option<Rootfs>,
     created: String,
     copies: usize,
 }
@@ -76,6 +97,7 @@ impl Session {
             blob_dir: blob_dir.to_path_buf(),
             opts,
             tree: None,
+            rootfs: None,
             created,
             copies: 0,
         }
@@ -136,8 +158,8 @@ impl Session {
                     report.layer = Some(layer);
                     report.paths = paths;
                 }
-                Op::Run(_) => {
-                    return Err(ExecError::step(&at, "RUN is not supported by this version of ext-extend"));
+                Op::Run(run) => {
+                    report.layer = self.run(run, &at, &step.text)?;
                 }
                 Op::Config(c) => self.apply_config(c, &mut cmd_set),
             }
@@ -176,7 +198,10 @@ impl Session {
     fn tree(&mut self) -> Result<&mut ImageTree> {
         if self.tree.is_none() {
             let started = std::time::Instant::now();
-            let tree = ImageTree::from_image(&self.base)?;
+            let mut tree = ImageTree::from_image(&self.base)?;
+            for layer in &self.layers {
+                tree.apply_blob(&layer.path, &layer.digest)?;
+            }
             tracing::debug!(
                 entries = tree.len(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -211,9 +236,128 @@ impl Session {
         let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
         plan.apply_to(self.tree()?)?;
         let _ = std::fs::remove_dir_all(&scratch);
+        if let Some(rootfs) = &mut self.rootfs {
+            // A later RUN must see what this COPY added.
+            add_blob_to_rootfs(rootfs, &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
+        }
         tracing::debug!("{at}: layer {} has {} entries", blob.digest.short(), blob.entries);
         self.layers.push(blob.clone());
         Ok((blob, plan.paths().map(|p| format!("/{p}")).collect()))
+    }
+
+    /// The RUN rootfs, unpacked from every layer so far on first use (once per session).
+    fn rootfs(&mut self, at: &Location) -> Result<&mut Rootfs> {
+        if self.rootfs.is_none() {
+            let started = std::time::Instant::now();
+            let dir = self.opts.scratch.join("rootfs");
+            let mut rootfs = Rootfs::create(&dir, self.opts.snapshot, &self.opts.ignore_paths).map_err(|e| rootfs_error(at, e))?;
+            let mut bytes = 0u64;
+            for desc in self.base.layers() {
+                let digest = Digest::try_from(desc.digest())?;
+                let reader = self.base.store.open(&digest, Some(desc.size()))?;
+                let tar = decompress(reader).map_err(|e| ExecError::Image(self.base.store.read_error(&digest, e)))?;
+                let stats = rootfs.add_layer(tar, digest.as_str()).map_err(|e| match e {
+                    RootfsError::Unpack(u) => match self.base.store.verify(&digest, Some(desc.size())) {
+                        Err(damaged) => ExecError::Image(damaged),
+                        Ok(()) => rootfs_error(at, RootfsError::Unpack(u)),
+                    },
+                    other => rootfs_error(at, other),
+                })?;
+                self.base.store.verify(&digest, Some(desc.size())).ok();
+                bytes += stats.bytes;
+            }
+            for layer in &self.layers {
+                add_blob_to_rootfs(&mut rootfs, &layer.path, &layer.digest).map_err(|e| rootfs_error(at, e))?;
+            }
+            tracing::info!(
+                "unpacked {} layers ({:.1} MB) for RUN in {:.2}s ({})",
+                rootfs.layers_added(),
+                bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64(),
+                if rootfs.uses_overlay() { "overlayfs snapshots" } else { "stat-index snapshots" }
+            );
+            self.rootfs = Some(rootfs);
+        }
+        Ok(self.rootfs.as_mut().expect("just created"))
+    }
+
+    fn run(&mut self, op: &RunOp, at: &Location, text: &str) -> Result<Option<LayerBlob>> {
+        let shell = self.config.shell();
+        let (argv, script) = match &op.command {
+            RunCommand::Shell(cmd) => (shell.iter().cloned().chain([cmd.clone()]).collect::<Vec<_>>(), None),
+            RunCommand::Exec(argv) if argv.is_empty() => return Err(ExecError::step(at, "RUN [] has no command")),
+            RunCommand::Exec(argv) => (argv.clone(), None),
+            RunCommand::Script(body) => (vec![ext_rootfs::sandbox::SCRIPT_PATH.to_string()], Some(body.clone().into_bytes())),
+        };
+        let workdir = self.workdir();
+        let user_spec = self.config.user().to_string();
+        let mut env = self.config.env();
+        let rootfs = self.rootfs(at)?;
+        let passwd = rootfs.read_file("etc/passwd");
+        let group = rootfs.read_file("etc/group");
+        let user = if user_spec.is_empty() { "0".to_string() } else { user_spec };
+        let ids = users::resolve(&user, passwd.as_deref(), group.as_deref(), GroupDefault::Primary)
+            .map_err(|m| ExecError::step(at, format!("USER {user}: {m}")))?;
+        let groups = users::supplementary_groups(&user, ids.gid, passwd.as_deref(), group.as_deref());
+        for (k, v) in &op.args_env {
+            if !env.iter().any(|(ek, _)| ek == k) {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        if !env.iter().any(|(k, _)| k == "HOME") {
+            env.push(("HOME".into(), users::home(ids.uid, passwd.as_deref())));
+        }
+        let spec = RunSpec {
+            argv,
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            uid: ids.uid,
+            gid: ids.gid,
+            groups,
+            workdir,
+            network: if op.network.as_deref() == Some("none") { Network::None } else { Network::Host },
+            script,
+        };
+        tracing::info!("{at} {text}");
+        let started = std::time::Instant::now();
+        let outcome = rootfs.run(&spec).map_err(|e| match e {
+            RootfsError::Spawn { program, source } if source.kind() == std::io::ErrorKind::NotFound => ExecError::step(
+                at,
+                format!("RUN: `{program}` is not in the image (an image without a shell cannot RUN shell commands; COPY files prepared in the extension layer instead)"),
+            ),
+            other => rootfs_error(at, other),
+        })?;
+        let ran = started.elapsed();
+        if !outcome.status.success() {
+            return Err(ExecError::RunFailed {
+                at: at.clone(),
+                command: text.to_string(),
+                code: outcome.status.code().unwrap_or(-1),
+            });
+        }
+        let snapshot = outcome.snapshot.expect("a successful RUN has a snapshot");
+        if snapshot.is_empty() {
+            tracing::info!("{at}: no changes (no layer) after {:.2}s", ran.as_secs_f64());
+            return Ok(None);
+        }
+        let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
+        ext_rootfs::write_snapshot(&snapshot, &mut writer).map_err(ExecError::io(&snapshot.source))?;
+        let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
+        tracing::info!(
+            "{at}: {} changes -> layer {} ({} bytes); command {:.2}s, snapshot {:.2}s",
+            snapshot.changes.len(),
+            blob.digest.short(),
+            blob.size,
+            ran.as_secs_f64(),
+            (started.elapsed() - ran).as_secs_f64()
+        );
+        if let Some(tree) = &mut self.tree {
+            tree.apply_blob(&blob.path, &blob.digest)?;
+        }
+        self.layers.push(blob.clone());
+        Ok(Some(blob))
     }
 
     fn apply_config(&mut self, op: &ConfigOp, cmd_set: &mut bool) {
@@ -260,6 +404,26 @@ impl Session {
     /// Ends the session: the final config (with `created` set) and the new layers.
     pub fn finish(mut self) -> ExtendedImage {
         self.config.set_created(&self.created);
+        if let Some(rootfs) = self.rootfs.take() {
+            let _ = rootfs.remove();
+        }
         ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
     }
+
+    /// How many times the session materialized a rootfs (0 or 1), for tests and reports.
+    pub fn rootfs_unpacked(&self) -> bool {
+        self.rootfs.is_some()
+    }
+}
+
+fn rootfs_error(at: &Location, e: RootfsError) -> ExecError {
+    ExecError::Rootfs { at: at.clone(), source: Box::new(e) }
+}
+
+/// Applies one of this session's own layer blobs to the rootfs.
+fn add_blob_to_rootfs(rootfs: &mut Rootfs, path: &Path, digest: &Digest) -> std::result::Result<(), RootfsError> {
+    let file = std::fs::File::open(path).map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
+    let tar = decompress(std::io::BufReader::new(file)).map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
+    rootfs.add_layer(tar, digest.as_str())?;
+    Ok(())
 }

@@ -59,6 +59,14 @@ impl ImageTree {
         Ok(tree)
     }
 
+    /// Applies one of the session's own (just written, trusted) layer blobs.
+    pub fn apply_blob(&mut self, path: &std::path::Path, digest: &Digest) -> Result<()> {
+        let err = |e: std::io::Error| ExecError::Io { path: path.to_path_buf(), source: e };
+        let file = std::fs::File::open(path).map_err(err)?;
+        let tar = decompress(std::io::BufReader::new(file)).map_err(err)?;
+        self.apply_tar(tar).map_err(|e| ExecError::Io { path: format!("layer {digest}").into(), source: e })
+    }
+
     fn apply_tar(&mut self, tar: Box<dyn Read>) -> std::io::Result<()> {
         let mut archive = tar::Archive::new(tar);
         self.apply_entries(&mut archive)?;

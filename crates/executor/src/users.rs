@@ -62,6 +62,47 @@ pub fn resolve(spec: &str, passwd: Option<&[u8]>, group: Option<&[u8]>, default:
     Ok(Ids { uid, gid })
 }
 
+/// Supplementary groups of `user` (a name or uid) from /etc/group, plus its primary group, as
+/// Docker sets them for RUN.
+pub fn supplementary_groups(user: &str, primary: u32, passwd: Option<&[u8]>, group: Option<&[u8]>) -> Vec<u32> {
+    let name = match user.split(':').next().unwrap_or(user) {
+        n if n.parse::<u32>().is_ok() => name_of_uid(passwd, n.parse().unwrap_or(0)),
+        n => Some(n.to_string()),
+    };
+    let mut out = vec![primary];
+    if let (Some(name), Some(db)) = (name, group) {
+        for l in String::from_utf8_lossy(db).lines() {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() >= 4
+                && f[3].split(',').any(|m| m == name)
+                && let Ok(gid) = f[2].parse()
+                && !out.contains(&gid)
+            {
+                out.push(gid);
+            }
+        }
+    }
+    out
+}
+
+/// The home directory of `uid` from /etc/passwd (`/root` for root, `/` if unknown).
+pub fn home(uid: u32, passwd: Option<&[u8]>) -> String {
+    let found = passwd.and_then(|db| {
+        String::from_utf8_lossy(db).lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+        })
+    });
+    found.unwrap_or_else(|| if uid == 0 { "/root".into() } else { "/".into() })
+}
+
+fn name_of_uid(passwd: Option<&[u8]>, uid: u32) -> Option<String> {
+    String::from_utf8_lossy(passwd?).lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+    })
+}
+
 fn lookup_by_uid(passwd: Option<&[u8]>, uid: u32) -> Option<u32> {
     let text = String::from_utf8_lossy(passwd?);
     text.lines().find_map(|l| {

@@ -58,21 +58,22 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         return Err(Failure::input(anyhow!("registry outputs (docker://) are not supported by this version")));
     };
     let writer = LayoutWriter::begin(&out.dir)?;
-    let scratch = tempfile::Builder::new()
-        .prefix("ext-extend-")
-        .tempdir()
+    let scratch = ext_rootfs::Scratch::create(args.scratch_dir.as_deref())
         .context("cannot create a scratch directory")
         .map_err(Failure::other)?;
     let opts = SessionOptions {
         layer: LayerOptions { compression_level: args.compression_level, mtime },
-        scratch: scratch.path().to_path_buf(),
+        snapshot: args.snapshot,
+        ignore_paths: args.ignore_paths.clone(),
+        ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &writer.staging_blobs(), opts);
     for (df, context_dir) in &dockerfiles {
         let context = BuildContext::open(context_dir)?;
-        tracing::info!("applying {} (context {}, {} entries)", df.file, context_dir.display(), context.len());
+        tracing::info!("applying {} (context {})", df.file, context_dir.display());
         for report in session.apply(df, &build_args, &context, &Provenance::Standalone)? {
-            if let Some(layer) = &report.layer {
+            // RUN steps report their own progress; list what COPY/ADD layers hold.
+            if let (Some(layer), false) = (&report.layer, report.paths.is_empty()) {
                 tracing::info!(
                     "{} {} -> layer {} ({} bytes)",
                     report.location,

@@ -65,6 +65,20 @@ pub struct BuildArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
 
+    /// How RUN changes are found: `overlay` (an overlayfs upper dir: cost follows the
+    /// changes), `stat` (a stat index of the rootfs before and after), or `auto` (overlay when
+    /// the kernel allows it here).
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub snapshot: ext_rootfs::SnapshotMode,
+
+    /// An image path whose changes never go into a layer (repeatable), e.g. /workspace.
+    #[arg(long = "ignore-path", value_name = "PATH")]
+    pub ignore_paths: Vec<String>,
+
+    /// Where the private scratch directory (the RUN rootfs) is created. Default: $TMPDIR.
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+
     /// Print a JSON summary (manifest digest, config digest, layers) instead of the digest.
     #[arg(long)]
     pub json: bool,

@@ -11,6 +11,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.quiet);
+    install_signal_cleanup();
     let result = match cli.command {
         cli::Command::Build(args) => build::run(args),
     };
@@ -21,6 +22,20 @@ fn main() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// On Ctrl-C or SIGTERM: stop sandbox processes, remove scratch and staging directories (the
+/// output keeps its previous state), and exit 130/143.
+fn install_signal_cleanup() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("ext-extend: interrupted, cleaning up");
+            ext_oci::cleanup::run_now();
+            std::process::exit(128 + sig);
+        }
+    });
 }
 
 fn init_logging(level: Option<&str>, quiet: bool) {

@@ -312,6 +312,7 @@ pub struct LayoutWriter {
     target: PathBuf,
     staging: tempfile::TempDir,
     exists: bool,
+    _cleanup: crate::cleanup::PathGuard,
 }
 
 impl LayoutWriter {
@@ -344,7 +345,8 @@ impl LayoutWriter {
             .map_err(OciError::io(&parent))?;
         let blobs = staging.path().join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
-        Ok(LayoutWriter { target: target.to_path_buf(), staging, exists })
+        let _cleanup = crate::cleanup::register_path(staging.path());
+        Ok(LayoutWriter { target: target.to_path_buf(), staging, exists, _cleanup })
     }
 
     pub fn target(&self) -> &Path {

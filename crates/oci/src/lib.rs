@@ -2,6 +2,7 @@
 //! OCI image layouts (read with verification, written atomically) and the deterministic
 //! [`LayerWriter`]. It knows nothing about Dockerfiles.
 
+pub mod cleanup;
 pub mod config;
 pub mod digest;
 pub mod error;

@@ -166,3 +166,34 @@ impl UnpackError {
         }
     }
 }
+
+/// Errors of the rootfs, the sandbox and the differ.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(transparent)]
+    Unpack(#[from] Box<UnpackError>),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot start `{program}` in the sandbox: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl RootfsError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RootfsError {
+        let path = path.into();
+        move |source| RootfsError::Io { path, source }
+    }
+}

@@ -1,13 +1,23 @@
-//! Rootfs: safe layer unpacking, snapshot diffing and the chroot sandbox for RUN.
+//! Rootfs: the filesystem side of RUN. Safe layer unpacking ([`unpack_layer`]), a private
+//! root filesystem materialized once per session ([`Rootfs`]), the chroot sandbox
+//! ([`sandbox`]), and the snapshot differs that turn a RUN's changes into a layer ([`diff`]).
 //!
-//! The unpacker ([`unpack_layer`]) applies OCI layer tars to a directory without ever
-//! touching anything outside it; [`safe_path`] holds the in-root path resolution it is built
-//! on, which other code can use to read files of a rootfs (e.g. `/etc/passwd`) safely.
+//! The unpacker applies OCI layer tars to a directory without ever touching anything outside
+//! it; [`safe_path`] holds the in-root path resolution it is built on, which other code can use
+//! to read files of a rootfs (e.g. `/etc/passwd`) safely.
 
+pub mod diff;
 pub mod error;
+pub mod rootfs;
 pub mod safe_path;
+pub mod scratch;
+pub mod sandbox;
 pub mod unpack;
 
-pub use error::{EscapeKind, ResolveError, UnpackError, UnsafeReason};
+pub use diff::{Change, IgnoreSet, Snapshot, StatIndex, write_snapshot};
+pub use error::{EscapeKind, ResolveError, RootfsError, UnpackError, UnsafeReason};
+pub use rootfs::{Rootfs, RunOutcome, SnapshotMode};
 pub use safe_path::{resolve_in_root, resolve_parent_in_root};
+pub use scratch::Scratch;
+pub use sandbox::{Network, RunSpec};
 pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};

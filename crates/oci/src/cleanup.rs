@@ -1,0 +1,86 @@
+//! Process-wide cleanup on Ctrl-C/SIGTERM: scratch directories, staging directories and
+//! sandbox processes register here while they exist; the CLI's signal handler calls
+//! [`run_now`] before exiting, so an interrupted build leaves neither half-written outputs nor
+//! stray processes behind. Normal exits clean up through the owners' `Drop` instead.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Registry {
+    paths: BTreeMap<u64, PathBuf>,
+    processes: BTreeMap<u64, i32>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { paths: BTreeMap::new(), processes: BTreeMap::new() });
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps a path registered until dropped (the owner removes the path itself).
+#[must_use]
+#[derive(Debug)]
+pub struct PathGuard(u64);
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        registry().paths.remove(&self.0);
+    }
+}
+
+/// Keeps a process registered until dropped.
+#[must_use]
+#[derive(Debug)]
+pub struct ProcessGuard(u64);
+
+impl Drop for ProcessGuard {
+    fn drop(&mut self) {
+        registry().processes.remove(&self.0);
+    }
+}
+
+pub fn register_path(path: impl Into<PathBuf>) -> PathGuard {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    registry().paths.insert(id, path.into());
+    PathGuard(id)
+}
+
+pub fn register_process(pid: u32) -> ProcessGuard {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    registry().processes.insert(id, pid as i32);
+    ProcessGuard(id)
+}
+
+/// Kills registered processes, waits briefly for them to go, then removes registered paths.
+pub fn run_now() {
+    let (paths, pids): (Vec<PathBuf>, Vec<i32>) = {
+        let r = registry();
+        (r.paths.values().cloned().collect(), r.processes.values().copied().collect())
+    };
+    for &pid in &pids {
+        // SAFETY: sending a signal has no memory-safety implications.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while pids.iter().any(|p| is_running(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for p in paths {
+        let _ = std::fs::remove_dir_all(&p);
+    }
+}
+
+/// Alive and not a zombie (a killed child stays a zombie until its parent waits).
+fn is_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,354 @@
+//! A private root filesystem for RUN, materialized once per session from the image's layers,
+//! and the loop "run a command, collect what changed".
+//!
+//! Two strategies, chosen by probing (or forced with [`SnapshotMode`]):
+//! - **overlay**: every layer is unpacked into its own directory in overlayfs format
+//!   (whiteouts as 0/0 devices, opaque markers as xattrs); each RUN mounts them as lower
+//!   layers with a fresh upper directory, and the upper directory is the diff. The upper then
+//!   becomes one more lower layer. Cost per RUN: proportional to what changed.
+//! - **stat**: the layers are unpacked into one directory with whiteouts applied; a stat index
+//!   taken before each RUN is compared with a walk after it. Cost per RUN: one `lstat` per
+//!   file of the image, no file contents read.
+//!
+//! Mount points the sandbox needs (`/proc`, `/dev`, `/sys`, `/etc/resolv.conf`, `/etc/hosts`)
+//! that the image lacks are provided without ever appearing in a layer.
+
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::diff::{self, IgnoreSet, Snapshot, StatIndex};
+use crate::error::RootfsError;
+use crate::sandbox::{self, OverlaySpec, RunSpec, SandboxFs};
+use crate::unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// overlayfs if it works here, else the stat index.
+    #[default]
+    Auto,
+    Overlay,
+    Stat,
+}
+
+impl std::str::FromStr for SnapshotMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(SnapshotMode::Auto),
+            "overlay" => Ok(SnapshotMode::Overlay),
+            "stat" => Ok(SnapshotMode::Stat),
+            _ => Err(format!("`{s}`: expected auto, overlay or stat")),
+        }
+    }
+}
+
+/// Mount points the sandbox mounts over; kept out of every layer.
+const MOUNT_DIRS: &[&str] = &["proc", "dev", "sys"];
+const MOUNT_FILES: &[&str] = &["etc/resolv.conf", "etc/hosts"];
+
+#[derive(Debug)]
+enum Strategy {
+    Overlay {
+        /// Layer directories, bottom first, relative to the scratch dir.
+        layers: Vec<String>,
+    },
+    Stat {
+        index: Option<StatIndex>,
+    },
+}
+
+/// The scratch root filesystem of a session.
+#[derive(Debug)]
+pub struct Rootfs {
+    scratch: PathBuf,
+    strategy: Strategy,
+    ignore: IgnoreSet,
+    runs: usize,
+    layers_added: usize,
+}
+
+/// What one RUN did.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub status: std::process::ExitStatus,
+    /// The changes, if the command succeeded.
+    pub snapshot: Option<Snapshot>,
+}
+
+impl Rootfs {
+    /// Prepares an empty rootfs in `scratch` (which must be private to this session).
+    /// `ignore` lists image paths never to include in a layer (e.g. the CNB `<app>` dir).
+    pub fn create(scratch: &Path, mode: SnapshotMode, ignore: &[String]) -> Result<Rootfs, RootfsError> {
+        fs::create_dir_all(scratch).map_err(RootfsError::io(scratch))?;
+        let use_overlay = match mode {
+            SnapshotMode::Stat => false,
+            SnapshotMode::Overlay => {
+                if !sandbox::overlay_supported(scratch) {
+                    return Err(RootfsError::Unsupported(format!(
+                        "overlayfs cannot be mounted with an upper dir in {} (use --snapshot stat)",
+                        scratch.display()
+                    )));
+                }
+                true
+            }
+            SnapshotMode::Auto => sandbox::overlay_supported(scratch),
+        };
+        let mut ignore = IgnoreSet::new(ignore);
+        for p in MOUNT_DIRS.iter().chain(MOUNT_FILES) {
+            ignore.add(p);
+        }
+        let strategy = if use_overlay {
+            Strategy::Overlay { layers: Vec::new() }
+        } else {
+            let flat = scratch.join("rootfs");
+            fs::create_dir_all(&flat).map_err(RootfsError::io(&flat))?;
+            Strategy::Stat { index: None }
+        };
+        tracing::debug!(overlay = use_overlay, "rootfs strategy");
+        Ok(Rootfs { scratch: scratch.to_path_buf(), strategy, ignore, runs: 0, layers_added: 0 })
+    }
+
+    pub fn uses_overlay(&self) -> bool {
+        matches!(self.strategy, Strategy::Overlay { .. })
+    }
+
+    pub fn layers_added(&self) -> usize {
+        self.layers_added
+    }
+
+    fn flat(&self) -> PathBuf {
+        self.scratch.join("rootfs")
+    }
+
+    /// Applies one layer (an uncompressed tar stream) on top.
+    pub fn add_layer(&mut self, tar: impl Read, name: &str) -> Result<UnpackStats, RootfsError> {
+        self.layers_added += 1;
+        match &mut self.strategy {
+            Strategy::Overlay { layers } => {
+                let rel = format!("l/{}", layers.len());
+                let dir = self.scratch.join(&rel);
+                fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
+                let opts = UnpackOptions { whiteouts: WhiteoutMode::Overlay, layer_name: name.to_string() };
+                let stats = unpack_layer(&dir, tar, &opts).map_err(Box::new)?;
+                layers.push(rel);
+                Ok(stats)
+            }
+            Strategy::Stat { index } => {
+                // The stat index no longer describes the tree; rebuilt before the next RUN.
+                *index = None;
+                let opts = UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: name.to_string() };
+                Ok(unpack_layer(&self.scratch.join("rootfs"), tar, &opts).map_err(Box::new)?)
+            }
+        }
+    }
+
+    /// Reads a file of the merged tree (e.g. `etc/passwd`), following no symlinks out of it.
+    pub fn read_file(&self, rel: &str) -> Option<Vec<u8>> {
+        match &self.strategy {
+            Strategy::Stat { .. } => {
+                let p = crate::resolve_in_root(&self.flat(), Path::new(rel)).ok()?;
+                fs::read(p).ok()
+            }
+            Strategy::Overlay { layers } => {
+                for layer in layers.iter().rev() {
+                    let dir = self.scratch.join(layer);
+                    let path = dir.join(rel);
+                    match fs::symlink_metadata(&path) {
+                        Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return None,
+                        Ok(md) if md.is_file() => return fs::read(&path).ok(),
+                        Ok(_) => return None,
+                        Err(_) => {
+                            if hidden_below(&dir, rel) {
+                                return None;
+                            }
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Metadata of a path in the merged layers below the current RUN (overlay strategy).
+    fn lower_metadata(&self, layers: &[String], rel: &str) -> Option<fs::Metadata> {
+        for layer in layers.iter().rev() {
+            let dir = self.scratch.join(layer);
+            match fs::symlink_metadata(dir.join(rel)) {
+                Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return None,
+                Ok(md) => return Some(md),
+                Err(_) if hidden_below(&dir, rel) => return None,
+                Err(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Runs a command and returns its status and, on success, the changes it made.
+    pub fn run(&mut self, spec: &RunSpec) -> Result<RunOutcome, RootfsError> {
+        self.runs += 1;
+        let run_dir = self.scratch.join(format!("r/{}", self.runs));
+        let resolv = copy_host_file("/etc/resolv.conf", &run_dir.join("resolv.conf"))?;
+        let hosts = copy_host_file("/etc/hosts", &run_dir.join("hosts"))?;
+        match &mut self.strategy {
+            Strategy::Overlay { layers } => {
+                let layers = layers.clone();
+                // The mount points live in a top layer of their own, copying the image's
+                // metadata for the directories they need, so they never reach the upper dir.
+                let mounts_rel = format!("r/{}/m", self.runs);
+                self.make_mount_layer(&self.scratch.join(&mounts_rel), &layers)?;
+                let upper_rel = format!("r/{}/u", self.runs);
+                let work_rel = format!("r/{}/w", self.runs);
+                let merged = self.scratch.join(format!("r/{}/root", self.runs));
+                for d in [&upper_rel, &work_rel] {
+                    let p = self.scratch.join(d);
+                    fs::create_dir_all(&p).map_err(RootfsError::io(&p))?;
+                }
+                fs::create_dir_all(&merged).map_err(RootfsError::io(&merged))?;
+                fs::set_permissions(self.scratch.join(&upper_rel), fs::Permissions::from_mode(0o755))
+                    .map_err(RootfsError::io(&run_dir))?;
+                let mut lowers: Vec<String> = vec![mounts_rel.clone()];
+                lowers.extend(layers.iter().rev().cloned());
+                if layers.is_empty() {
+                    // overlayfs needs at least one lower directory.
+                    lowers.push(mounts_rel);
+                }
+                let fs_spec = SandboxFs {
+                    root: merged,
+                    overlay: Some(OverlaySpec { base: self.scratch.clone(), lowers, upper: upper_rel.clone(), work: work_rel.clone() }),
+                    resolv_conf: resolv,
+                    hosts,
+                };
+                let status = sandbox::run(&fs_spec, spec).map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                let work = self.scratch.join(&work_rel);
+                let _ = fs::remove_dir_all(&work);
+                let upper = self.scratch.join(&upper_rel);
+                if !status.success() {
+                    let _ = fs::remove_dir_all(&run_dir);
+                    return Ok(RunOutcome { status, snapshot: None });
+                }
+                let snapshot = diff::diff_upper(&upper, &self.ignore, &|rel| self.lower_metadata(&layers, rel))
+                    .map_err(RootfsError::io(&upper))?;
+                if let Strategy::Overlay { layers } = &mut self.strategy {
+                    layers.push(upper_rel);
+                }
+                Ok(RunOutcome { status, snapshot: Some(snapshot) })
+            }
+            Strategy::Stat { index } => {
+                let flat = self.scratch.join("rootfs");
+                for d in MOUNT_DIRS {
+                    ensure_dir(&flat.join(d))?;
+                }
+                for f in MOUNT_FILES {
+                    ensure_file(&flat, f)?;
+                }
+                let before = match index.take() {
+                    Some(i) => i,
+                    None => StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?,
+                };
+                let fs_spec = SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts };
+                let status = sandbox::run(&fs_spec, spec).map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                let _ = fs::remove_dir_all(&run_dir);
+                if !status.success() {
+                    // A failed RUN fails the build: nothing else runs on this half-changed tree.
+                    return Ok(RunOutcome { status, snapshot: None });
+                }
+                let after = StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?;
+                let snapshot = before.diff(&after, &flat);
+                *index = Some(after);
+                Ok(RunOutcome { status, snapshot: Some(snapshot) })
+            }
+        }
+    }
+
+    /// A lower layer holding the sandbox's mount points, for the overlay strategy.
+    fn make_mount_layer(&self, dir: &Path, layers: &[String]) -> Result<(), RootfsError> {
+        fs::create_dir_all(dir).map_err(RootfsError::io(dir))?;
+        for d in MOUNT_DIRS.iter().copied().chain(["etc"]) {
+            let p = dir.join(d);
+            fs::create_dir_all(&p).map_err(RootfsError::io(&p))?;
+            if let Some(md) = self.lower_metadata(layers, d).filter(|m| m.is_dir()) {
+                copy_metadata(&p, &md)?;
+            }
+        }
+        for f in MOUNT_FILES {
+            let p = dir.join(f);
+            fs::write(&p, b"").map_err(RootfsError::io(&p))?;
+        }
+        Ok(())
+    }
+
+    /// The directory a RUN's snapshot reads from stays valid until the next RUN; this removes
+    /// nothing else. Call [`Rootfs::remove`] (or drop the scratch dir) when done.
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_dir_all(&self.scratch)
+    }
+}
+
+/// True if a whiteout or an opaque directory in `layer` hides `rel` from the layers below.
+fn hidden_below(layer: &Path, rel: &str) -> bool {
+    let mut prefix = PathBuf::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push(part);
+        let p = layer.join(&prefix);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return true,
+            Ok(md) if md.is_dir() && i + 1 < parts.len() => {
+                if matches!(xattr::get(&p, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y") {
+                    // An opaque dir hides lower entries that this layer lacks.
+                    return fs::symlink_metadata(layer.join(rel)).is_err();
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn copy_metadata(path: &Path, md: &fs::Metadata) -> Result<(), RootfsError> {
+    std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid())).map_err(RootfsError::io(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(RootfsError::io(path))?;
+    let mtime = filetime::FileTime::from_last_modification_time(md);
+    filetime::set_symlink_file_times(path, mtime, mtime).map_err(RootfsError::io(path))
+}
+
+fn ensure_dir(p: &Path) -> Result<(), RootfsError> {
+    match fs::symlink_metadata(p) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(RootfsError::Unsupported(format!("/{} in the image is not a directory; RUN needs to mount it", p.file_name().unwrap_or_default().to_string_lossy()))),
+        Err(_) => fs::create_dir_all(p).map_err(RootfsError::io(p)),
+    }
+}
+
+/// Makes sure `rel` exists in `root` as a regular file to bind-mount over (through in-root
+/// resolution, so an image's `/etc/hosts -> /x` symlink cannot send us outside).
+fn ensure_file(root: &Path, rel: &str) -> Result<(), RootfsError> {
+    let (dir, name) = crate::resolve_parent_in_root(root, Path::new(rel)).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
+    fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
+    let p = dir.join(name);
+    match fs::symlink_metadata(&p) {
+        Ok(md) if md.is_file() => Ok(()),
+        Ok(_) => {
+            let _ = fs::remove_file(&p);
+            fs::write(&p, b"").map_err(RootfsError::io(&p))
+        }
+        Err(_) => fs::write(&p, b"").map_err(RootfsError::io(&p)),
+    }
+}
+
+/// A private copy of a host file for the sandbox (writes inside never reach the host).
+fn copy_host_file(host: &str, dest: &Path) -> Result<Option<PathBuf>, RootfsError> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent).map_err(RootfsError::io(parent))?;
+    }
+    match fs::read(host) {
+        Ok(data) => {
+            fs::write(dest, data).map_err(RootfsError::io(dest))?;
+            Ok(Some(dest.to_path_buf()))
+        }
+        Err(_) => Ok(None),
+    }
+}

@@ -1,0 +1,351 @@
+//! The RUN sandbox: a child process in new mount, PID, UTS and IPC namespaces (and a network
+//! namespace for `--network=none`), chrooted into the image's root filesystem.
+//!
+//! Process shape: we spawn a child whose pre-exec hook unshares the namespaces and forks once
+//! more, so the command runs as PID 1 of the new PID namespace (when it exits, every process it
+//! left behind dies with it). The middle process only waits and relays the exit status. Both
+//! die with SIGKILL if their parent dies (`PR_SET_PDEATHSIG`), and every mount (overlay, /proc,
+//! /dev, resolv.conf, hosts) lives only in the child's private mount namespace, so nothing is
+//! left mounted on the host whatever happens to ext-extend.
+//!
+//! Everything the pre-exec hook needs is prepared before `fork` (C strings, the mount option
+//! string): between `fork` and `exec` only async-signal-safe system calls are made.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+/// The overlay mount: lower layer directories (top first) plus the upper and work dirs, all
+/// relative to `base`, which the child changes into so the option string stays short.
+#[derive(Debug, Clone)]
+pub struct OverlaySpec {
+    pub base: PathBuf,
+    /// Lower dirs relative to `base`, topmost first (overlayfs order).
+    pub lowers: Vec<String>,
+    pub upper: String,
+    pub work: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network (package managers reach their mirrors).
+    Host,
+    /// A new network namespace with only a loopback interface (down).
+    None,
+}
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries; nothing is inherited from ext-extend's environment.
+    pub env: Vec<String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    /// Absolute working directory inside the root; created (as root, 0755) if missing.
+    pub workdir: String,
+    pub network: Network,
+    /// A script to place at [`SCRIPT_PATH`] (for `RUN <<EOF` with a `#!` line).
+    pub script: Option<Vec<u8>>,
+}
+
+/// Where a here-document script is placed inside the sandbox (on the /dev tmpfs, so it never
+/// reaches a layer).
+pub const SCRIPT_PATH: &str = "/dev/.ext-extend-run-script";
+
+/// The filesystem side of a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxFs {
+    /// Directory that becomes `/`: the overlay mount point, or a plain directory.
+    pub root: PathBuf,
+    /// Mount an overlay on `root` first (otherwise `root` is used as it is).
+    pub overlay: Option<OverlaySpec>,
+    /// Files bind-mounted over `/etc/resolv.conf` and `/etc/hosts` (copies, so writes inside the
+    /// sandbox never reach the host's files). The mount points must exist in the root.
+    pub resolv_conf: Option<PathBuf>,
+    pub hosts: Option<PathBuf>,
+}
+
+/// Runs `spec` in a sandbox on `fs`. The command's stdout and stderr both go to our stderr
+/// (stdout is reserved for results). Returns the command's exit status (128+N if killed by N).
+pub fn run(fs: &SandboxFs, spec: &RunSpec) -> io::Result<ExitStatus> {
+    let prepared = Prepared::new(fs, spec)?;
+    let mut cmd = Command::new(&spec.argv[0]);
+    cmd.args(&spec.argv[1..]).env_clear();
+    for kv in &spec.env {
+        match kv.split_once('=') {
+            Some((k, v)) => cmd.env(k, v),
+            None => cmd.env(kv, ""),
+        };
+    }
+    let stderr = io::stderr();
+    let out = std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
+    // SAFETY: the hook only makes async-signal-safe system calls on data prepared above.
+    unsafe {
+        cmd.pre_exec(move || prepared.enter());
+    }
+    let mut child = cmd.spawn()?;
+    let _guard = ext_oci::cleanup::register_process(child.id());
+    child.wait()
+}
+
+/// C strings and flags for the pre-exec hook, built before fork.
+struct Prepared {
+    ns_flags: libc::c_int,
+    overlay: Option<(CString, CString)>, // (base dir, mount data)
+    root: CString,
+    proc_dir: CString,
+    dev_dir: CString,
+    devices: Vec<(CString, libc::mode_t, libc::dev_t)>,
+    dev_links: Vec<(CString, CString)>,
+    dev_dirs: Vec<CString>,
+    binds: Vec<(CString, CString)>,
+    workdir_parts: Vec<CString>,
+    workdir: CString,
+    hostname: &'static [u8],
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    script: Option<(CString, Vec<u8>)>,
+}
+
+fn cstr(p: impl AsRef<[u8]>) -> io::Result<CString> {
+    CString::new(p.as_ref()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    cstr(p.as_os_str().as_bytes())
+}
+
+impl Prepared {
+    fn new(fs: &SandboxFs, spec: &RunSpec) -> io::Result<Prepared> {
+        if spec.argv.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+        }
+        let mut ns_flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        if spec.network == Network::None {
+            ns_flags |= libc::CLONE_NEWNET;
+        }
+        let overlay = match &fs.overlay {
+            Some(o) => {
+                let data = format!(
+                    "lowerdir={},upperdir={},workdir={}{}",
+                    o.lowers.join(":"),
+                    o.upper,
+                    o.work,
+                    overlay_extra_options()
+                );
+                if data.len() >= 4000 {
+                    return Err(io::Error::other(format!(
+                        "too many layers for one overlay mount ({} lower directories)",
+                        o.lowers.len()
+                    )));
+                }
+                Some((cpath(&o.base)?, cstr(data)?))
+            }
+            None => None,
+        };
+        let r = |sub: &str| cpath(&fs.root.join(sub));
+        let devices = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+            .iter()
+            .map(|(n, maj, min)| Ok((r(&format!("dev/{n}"))?, libc::S_IFCHR | 0o666, libc::makedev(*maj, *min))))
+            .collect::<io::Result<Vec<_>>>()?;
+        let dev_links = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
+            .iter()
+            .map(|(n, t)| Ok((cstr(*t)?, r(&format!("dev/{n}"))?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let dev_dirs = vec![r("dev/pts")?, r("dev/shm")?];
+        let mut binds = Vec::new();
+        if let Some(p) = &fs.resolv_conf {
+            binds.push((cpath(p)?, r("etc/resolv.conf")?));
+        }
+        if let Some(p) = &fs.hosts {
+            binds.push((cpath(p)?, r("etc/hosts")?));
+        }
+        let mut workdir_parts = Vec::new();
+        let mut acc = String::new();
+        for c in spec.workdir.split('/').filter(|c| !c.is_empty()) {
+            acc.push('/');
+            acc.push_str(c);
+            workdir_parts.push(cstr(&acc)?);
+        }
+        let script = match &spec.script {
+            Some(s) => Some((r(SCRIPT_PATH.trim_start_matches('/'))?, s.clone())),
+            None => None,
+        };
+        Ok(Prepared {
+            ns_flags,
+            overlay,
+            root: cpath(&fs.root)?,
+            proc_dir: r("proc")?,
+            dev_dir: r("dev")?,
+            devices,
+            dev_links,
+            dev_dirs,
+            binds,
+            workdir_parts,
+            workdir: cstr(if spec.workdir.is_empty() { "/" } else { &spec.workdir })?,
+            hostname: b"ext-extend",
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.clone(),
+            script,
+        })
+    }
+
+    /// Runs in the forked child before exec.
+    fn enter(&self) -> io::Result<()> {
+        // SAFETY (whole function): raw system calls on prepared, NUL-terminated data.
+        unsafe {
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            check(libc::unshare(self.ns_flags))?;
+            // Nothing we mount may propagate back to the host.
+            check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            let pid = check(libc::fork())?;
+            if pid > 0 {
+                relay_exit(pid);
+            }
+            // Now PID 1 of the new PID namespace.
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            if let Some((base, data)) = &self.overlay {
+                check(libc::chdir(base.as_ptr()))?;
+                mount(c"overlay", &self.root, c"overlay", 0, data.as_ptr().cast())?;
+            }
+            mount(c"proc", &self.proc_dir, c"proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null())?;
+            mount(c"tmpfs", &self.dev_dir, c"tmpfs", libc::MS_NOSUID, c"mode=755,size=65536k".as_ptr().cast())?;
+            for (path, mode, dev) in &self.devices {
+                check(libc::mknod(path.as_ptr(), *mode, *dev))?;
+                check(libc::chmod(path.as_ptr(), 0o666))?;
+            }
+            for dir in &self.dev_dirs {
+                check(libc::mkdir(dir.as_ptr(), 0o755))?;
+            }
+            for (target, link) in &self.dev_links {
+                check(libc::symlink(target.as_ptr(), link.as_ptr()))?;
+            }
+            for (src, dst) in &self.binds {
+                mount_bind(src, dst)?;
+            }
+            if let Some((path, content)) = &self.script {
+                let fd = check(libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o755))?;
+                let mut written = 0;
+                while written < content.len() {
+                    let n = libc::write(fd, content[written..].as_ptr().cast(), content.len() - written);
+                    if n < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    written += n as usize;
+                }
+                libc::close(fd);
+            }
+            check(libc::chdir(self.root.as_ptr()))?;
+            check(libc::chroot(c".".as_ptr()))?;
+            check(libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()))?;
+            for part in &self.workdir_parts {
+                if libc::mkdir(part.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+            check(libc::setgid(self.gid))?;
+            check(libc::setuid(self.uid))?;
+            check(libc::chdir(self.workdir.as_ptr()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The middle process: close every inherited descriptor (so the spawner's exec-status pipe
+/// sees the command's exec, not us), wait for the command, exit with its status.
+unsafe fn relay_exit(pid: libc::pid_t) -> ! {
+    // SAFETY: async-signal-safe calls only.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(pid, &mut status, 0);
+            if r == pid {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(125);
+            }
+        }
+        if libc::WIFEXITED(status) {
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+        libc::_exit(128 + libc::WTERMSIG(status));
+    }
+}
+
+fn check<T: PartialOrd + Default>(r: T) -> io::Result<T> {
+    if r < T::default() { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+unsafe fn mount(src: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: *const libc::c_void) -> io::Result<()> {
+    // SAFETY: valid C strings; the caller runs in the sandbox child.
+    check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data) }).map(|_| ())
+}
+
+unsafe fn mount_bind(src: &CStr, target: &CStr) -> io::Result<()> {
+    // SAFETY: as for `mount`.
+    check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) }).map(|_| ())
+}
+
+/// Options that keep the upper directory a plain, self-contained diff: no metadata-only
+/// copy-up (file data would stay in a lower layer) and no redirects for renamed directories.
+fn overlay_extra_options() -> &'static str {
+    static OPTS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    OPTS.get_or_init(|| {
+        let supports = |name: &str| Path::new("/sys/module/overlay/parameters").join(name).exists();
+        match (supports("redirect_dir"), supports("metacopy")) {
+            (true, true) => ",redirect_dir=off,metacopy=off",
+            (true, false) => ",redirect_dir=off",
+            (false, true) => ",metacopy=off",
+            (false, false) => "",
+        }
+    })
+}
+
+/// Whether an overlay mount works here (root, kernel support, a scratch filesystem that can
+/// hold an upper dir): tried once in a throwaway mount namespace.
+pub fn overlay_supported(scratch: &Path) -> bool {
+    let probe = scratch.join(".overlay-probe");
+    let dirs = ["l", "u", "w", "m"].map(|d| probe.join(d));
+    if dirs.iter().any(|d| std::fs::create_dir_all(d).is_err()) {
+        return false;
+    }
+    let result = (|| -> io::Result<bool> {
+        let data = cstr(format!("lowerdir=l,upperdir=u,workdir=w{}", overlay_extra_options()))?;
+        let base = cpath(&probe)?;
+        let target = cpath(&dirs[3])?;
+        // SAFETY: the child only makes raw system calls on prepared data, then _exits.
+        unsafe {
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if pid == 0 {
+                let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) == 0
+                    && libc::chdir(base.as_ptr()) == 0
+                    && libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast()) == 0;
+                libc::_exit(if ok { 0 } else { 1 });
+            }
+            let mut status = 0;
+            while libc::waitpid(pid, &mut status, 0) < 0 {
+                if *libc::__errno_location() != libc::EINTR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+        }
+    })();
+    let _ = std::fs::remove_dir_all(&probe);
+    result.unwrap_or(false)
+}
