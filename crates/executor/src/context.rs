@@ -127,11 +127,6 @@ impl BuildContext {
         &self.root
     }
 
-    /// Number of indexed entries (indexes the context if not done yet).
-    pub fn len(&self) -> Result<usize> {
-        Ok(self.entries()?.len())
-    }
-
     /// The on-disk path of an indexed entry (for streaming its content).
     pub fn disk_path(&self, entry: &ContextEntry) -> PathBuf {
         self.root.join(&entry.path)

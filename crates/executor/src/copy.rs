@@ -122,7 +122,11 @@ impl CopyPlan {
                     0 => Item { context: input.context, entry: e, keep_owner: false },
                     n => {
                         let ctx = &archives[n - 1];
-                        Item { context: ctx, entry: ctx.get("")?.expect("an archive context has a root"), keep_owner: true }
+                        Item {
+                            context: ctx,
+                            entry: ctx.get("")?.expect("an archive context has a root"),
+                            keep_owner: true,
+                        }
                     }
                 })
             })

@@ -250,7 +250,8 @@ impl Session {
         if self.rootfs.is_none() {
             let started = std::time::Instant::now();
             let dir = self.opts.scratch.join("rootfs");
-            let mut rootfs = Rootfs::create(&dir, self.opts.snapshot, &self.opts.ignore_paths).map_err(|e| rootfs_error(at, e))?;
+            let mut rootfs =
+                Rootfs::create(&dir, self.opts.snapshot, &self.opts.ignore_paths).map_err(|e| rootfs_error(at, e))?;
             let mut bytes = 0u64;
             for desc in self.base.layers() {
                 let digest = Digest::try_from(desc.digest())?;
@@ -287,7 +288,9 @@ impl Session {
             RunCommand::Shell(cmd) => (shell.iter().cloned().chain([cmd.clone()]).collect::<Vec<_>>(), None),
             RunCommand::Exec(argv) if argv.is_empty() => return Err(ExecError::step(at, "RUN [] has no command")),
             RunCommand::Exec(argv) => (argv.clone(), None),
-            RunCommand::Script(body) => (vec![ext_rootfs::sandbox::SCRIPT_PATH.to_string()], Some(body.clone().into_bytes())),
+            RunCommand::Script(body) => {
+                (vec![ext_rootfs::sandbox::SCRIPT_PATH.to_string()], Some(body.clone().into_bytes()))
+            }
         };
         let workdir = self.workdir();
         let user_spec = self.config.user().to_string();
@@ -423,7 +426,8 @@ fn rootfs_error(at: &Location, e: RootfsError) -> ExecError {
 /// Applies one of this session's own layer blobs to the rootfs.
 fn add_blob_to_rootfs(rootfs: &mut Rootfs, path: &Path, digest: &Digest) -> std::result::Result<(), RootfsError> {
     let file = std::fs::File::open(path).map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
-    let tar = decompress(std::io::BufReader::new(file)).map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
+    let tar = decompress(std::io::BufReader::new(file))
+        .map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
     rootfs.add_layer(tar, digest.as_str())?;
     Ok(())
 }

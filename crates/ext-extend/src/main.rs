@@ -15,6 +15,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Build(args) => build::run(args),
     };
+    if ext_oci::cleanup::interrupted().is_some() {
+        // The signal thread is cleaning up and will exit with 128+signal; what failed here
+        // failed because of it.
+        loop {
+            std::thread::park();
+        }
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -32,7 +39,7 @@ fn install_signal_cleanup() {
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
             eprintln!("ext-extend: interrupted, cleaning up");
-            ext_oci::cleanup::run_now();
+            ext_oci::cleanup::run_now(sig);
             std::process::exit(128 + sig);
         }
     });

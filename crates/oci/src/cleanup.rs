@@ -17,6 +17,16 @@ struct Registry {
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { paths: BTreeMap::new(), processes: BTreeMap::new() });
 static NEXT: AtomicU64 = AtomicU64::new(1);
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signal that interrupted the process, if any. Work that fails because cleanup killed
+/// its processes should defer to the signal handler instead of reporting that failure.
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
+}
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
@@ -56,8 +66,10 @@ pub fn register_process(pid: u32) -> ProcessGuard {
     ProcessGuard(id)
 }
 
-/// Kills registered processes, waits briefly for them to go, then removes registered paths.
-pub fn run_now() {
+/// Records `signal`, kills registered processes, waits briefly for them to go, then removes
+/// registered paths.
+pub fn run_now(signal: i32) {
+    INTERRUPTED.store(signal, Ordering::SeqCst);
     let (paths, pids): (Vec<PathBuf>, Vec<i32>) = {
         let r = registry();
         (r.paths.values().cloned().collect(), r.processes.values().copied().collect())

@@ -75,7 +75,9 @@ impl IgnoreSet {
 
     /// True for an ignored path and everything below it.
     pub fn contains(&self, path: &str) -> bool {
-        self.paths.iter().any(|i| path == i || (path.starts_with(i.as_str()) && path.as_bytes().get(i.len()) == Some(&b'/')))
+        self.paths
+            .iter()
+            .any(|i| path == i || (path.starts_with(i.as_str()) && path.as_bytes().get(i.len()) == Some(&b'/')))
     }
 }
 
@@ -241,7 +243,8 @@ impl StatIndex {
             }
         }
         // Parents of every change go in too, so the layer carries their metadata.
-        let parents: Vec<String> = changes.keys().flat_map(|p| ancestors(p).map(String::from).collect::<Vec<_>>()).collect();
+        let parents: Vec<String> =
+            changes.keys().flat_map(|p| ancestors(p).map(String::from).collect::<Vec<_>>()).collect();
         for p in parents {
             if !p.is_empty() {
                 changes.entry(p.clone()).or_insert(Change::Upsert(p));

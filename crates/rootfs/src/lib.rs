@@ -10,14 +10,14 @@ pub mod diff;
 pub mod error;
 pub mod rootfs;
 pub mod safe_path;
-pub mod scratch;
 pub mod sandbox;
+pub mod scratch;
 pub mod unpack;
 
 pub use diff::{Change, IgnoreSet, Snapshot, StatIndex, write_snapshot};
 pub use error::{EscapeKind, ResolveError, RootfsError, UnpackError, UnsafeReason};
 pub use rootfs::{Rootfs, RunOutcome, SnapshotMode};
 pub use safe_path::{resolve_in_root, resolve_parent_in_root};
-pub use scratch::Scratch;
 pub use sandbox::{Network, RunSpec};
+pub use scratch::Scratch;
 pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};

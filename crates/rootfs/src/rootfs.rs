@@ -216,11 +216,17 @@ impl Rootfs {
                 }
                 let fs_spec = SandboxFs {
                     root: merged,
-                    overlay: Some(OverlaySpec { base: self.scratch.clone(), lowers, upper: upper_rel.clone(), work: work_rel.clone() }),
+                    overlay: Some(OverlaySpec {
+                        base: self.scratch.clone(),
+                        lowers,
+                        upper: upper_rel.clone(),
+                        work: work_rel.clone(),
+                    }),
                     resolv_conf: resolv,
                     hosts,
                 };
-                let status = sandbox::run(&fs_spec, spec).map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                let status = sandbox::run(&fs_spec, spec)
+                    .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
                 let work = self.scratch.join(&work_rel);
                 let _ = fs::remove_dir_all(&work);
                 let upper = self.scratch.join(&upper_rel);
@@ -248,7 +254,8 @@ impl Rootfs {
                     None => StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?,
                 };
                 let fs_spec = SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts };
-                let status = sandbox::run(&fs_spec, spec).map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                let status = sandbox::run(&fs_spec, spec)
+                    .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
                 let _ = fs::remove_dir_all(&run_dir);
                 if !status.success() {
                     // A failed RUN fails the build: nothing else runs on this half-changed tree.
@@ -318,7 +325,10 @@ fn copy_metadata(path: &Path, md: &fs::Metadata) -> Result<(), RootfsError> {
 fn ensure_dir(p: &Path) -> Result<(), RootfsError> {
     match fs::symlink_metadata(p) {
         Ok(md) if md.is_dir() => Ok(()),
-        Ok(_) => Err(RootfsError::Unsupported(format!("/{} in the image is not a directory; RUN needs to mount it", p.file_name().unwrap_or_default().to_string_lossy()))),
+        Ok(_) => Err(RootfsError::Unsupported(format!(
+            "/{} in the image is not a directory; RUN needs to mount it",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        ))),
         Err(_) => fs::create_dir_all(p).map_err(RootfsError::io(p)),
     }
 }
@@ -326,7 +336,8 @@ fn ensure_dir(p: &Path) -> Result<(), RootfsError> {
 /// Makes sure `rel` exists in `root` as a regular file to bind-mount over (through in-root
 /// resolution, so an image's `/etc/hosts -> /x` symlink cannot send us outside).
 fn ensure_file(root: &Path, rel: &str) -> Result<(), RootfsError> {
-    let (dir, name) = crate::resolve_parent_in_root(root, Path::new(rel)).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
+    let (dir, name) =
+        crate::resolve_parent_in_root(root, Path::new(rel)).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
     fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
     let p = dir.join(name);
     match fs::symlink_metadata(&p) {

@@ -151,14 +151,21 @@ impl Prepared {
             None => None,
         };
         let r = |sub: &str| cpath(&fs.root.join(sub));
-        let devices = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-            .iter()
-            .map(|(n, maj, min)| Ok((r(&format!("dev/{n}"))?, libc::S_IFCHR | 0o666, libc::makedev(*maj, *min))))
-            .collect::<io::Result<Vec<_>>>()?;
-        let dev_links = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
-            .iter()
-            .map(|(n, t)| Ok((cstr(*t)?, r(&format!("dev/{n}"))?)))
-            .collect::<io::Result<Vec<_>>>()?;
+        let devices =
+            [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+                .iter()
+                .map(|(n, maj, min)| Ok((r(&format!("dev/{n}"))?, libc::S_IFCHR | 0o666, libc::makedev(*maj, *min))))
+                .collect::<io::Result<Vec<_>>>()?;
+        let dev_links = [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ]
+        .iter()
+        .map(|(n, t)| Ok((cstr(*t)?, r(&format!("dev/{n}"))?)))
+        .collect::<io::Result<Vec<_>>>()?;
         let dev_dirs = vec![r("dev/pts")?, r("dev/shm")?];
         let mut binds = Vec::new();
         if let Some(p) = &fs.resolv_conf {
@@ -205,7 +212,13 @@ impl Prepared {
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
             check(libc::unshare(self.ns_flags))?;
             // Nothing we mount may propagate back to the host.
-            check(libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            check(libc::mount(
+                c"none".as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
             let pid = check(libc::fork())?;
             if pid > 0 {
                 relay_exit(pid);
@@ -216,7 +229,13 @@ impl Prepared {
                 check(libc::chdir(base.as_ptr()))?;
                 mount(c"overlay", &self.root, c"overlay", 0, data.as_ptr().cast())?;
             }
-            mount(c"proc", &self.proc_dir, c"proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, std::ptr::null())?;
+            mount(
+                c"proc",
+                &self.proc_dir,
+                c"proc",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )?;
             mount(c"tmpfs", &self.dev_dir, c"tmpfs", libc::MS_NOSUID, c"mode=755,size=65536k".as_ptr().cast())?;
             for (path, mode, dev) in &self.devices {
                 check(libc::mknod(path.as_ptr(), *mode, *dev))?;
@@ -232,7 +251,11 @@ impl Prepared {
                 mount_bind(src, dst)?;
             }
             if let Some((path, content)) = &self.script {
-                let fd = check(libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o755))?;
+                let fd = check(libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                    0o755,
+                ))?;
                 let mut written = 0;
                 while written < content.len() {
                     let n = libc::write(fd, content[written..].as_ptr().cast(), content.len() - written);
@@ -287,14 +310,21 @@ fn check<T: PartialOrd + Default>(r: T) -> io::Result<T> {
     if r < T::default() { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
-unsafe fn mount(src: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: *const libc::c_void) -> io::Result<()> {
+unsafe fn mount(
+    src: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: *const libc::c_void,
+) -> io::Result<()> {
     // SAFETY: valid C strings; the caller runs in the sandbox child.
     check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data) }).map(|_| ())
 }
 
 unsafe fn mount_bind(src: &CStr, target: &CStr) -> io::Result<()> {
     // SAFETY: as for `mount`.
-    check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) }).map(|_| ())
+    check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })
+        .map(|_| ())
 }
 
 /// Options that keep the upper directory a plain, self-contained diff: no metadata-only
@@ -332,9 +362,16 @@ pub fn overlay_supported(scratch: &Path) -> bool {
             }
             if pid == 0 {
                 let ok = libc::unshare(libc::CLONE_NEWNS) == 0
-                    && libc::mount(c"none".as_ptr(), c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) == 0
+                    && libc::mount(
+                        c"none".as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0
                     && libc::chdir(base.as_ptr()) == 0
-                    && libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast()) == 0;
+                    && libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast())
+                        == 0;
                 libc::_exit(if ok { 0 } else { 1 });
             }
             let mut status = 0;

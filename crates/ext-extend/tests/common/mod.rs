@@ -127,3 +127,88 @@ pub fn write(path: &Path, content: &str) {
 pub fn s(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Appends a layer (raw tar bytes, gzipped here) to `layout:tag`, rewriting config, manifest
+/// and index like any image tool would; used to plant hostile layers in test images.
+pub fn append_raw_layer(layout: &Path, tag: &str, tar: &[u8]) -> String {
+    use std::io::Write;
+    let blob = |bytes: &[u8]| -> String {
+        let d = ext_oci::Digest::of(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        d.to_string()
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let layer_digest = blob(&gz);
+    let diff_id = ext_oci::Digest::of(tar).to_string();
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let read_blob = |d: &str| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap(),
+        )
+        .unwrap()
+    };
+    let mut manifest = read_blob(entry["digest"].as_str().unwrap());
+    let mut config = read_blob(manifest["config"]["digest"].as_str().unwrap());
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(diff_id.into());
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = blob(&config_bytes).into();
+    manifest["config"]["size"] = config_bytes.len().into();
+    manifest["layers"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len()
+    }));
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    entry["digest"] = blob(&manifest_bytes).into();
+    entry["size"] = manifest_bytes.len().into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    layer_digest
+}
+
+/// A tar entry for [`raw_tar`]: name bytes are written verbatim (no sanitizing), so tests can
+/// build the hostile archives that well-behaved tar writers refuse to produce.
+pub enum RawEntry<'a> {
+    File(&'a str, &'a [u8]),
+    Dir(&'a str),
+    Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
+}
+
+pub fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in entries {
+        let (name, kind, link, data): (&str, u8, &str, &[u8]) = match e {
+            RawEntry::File(n, d) => (n, b'0', "", d),
+            RawEntry::Dir(n) => (n, b'5', "", b""),
+            RawEntry::Symlink(n, t) => (n, b'2', t, b""),
+            RawEntry::Hardlink(n, t) => (n, b'1', t, b""),
+        };
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let mode = if kind == b'5' { b"0000755\0" } else { b"0000644\0" };
+        h[100..108].copy_from_slice(mode);
+        h[108..116].copy_from_slice(b"0000000\0");
+        h[116..124].copy_from_slice(b"0000000\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[136..148].copy_from_slice(b"00000000000\0");
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.resize(out.len() + 1024, 0);
+    out
+}

@@ -1,0 +1,332 @@
+//! End-to-end: RUN in the chroot sandbox, both snapshot differs, checked with umoci.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MODES: [&str; 2] = ["overlay", "stat"];
+
+fn build_with(tmp: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin()).args(args).env("TMPDIR", tmp).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
+}
+
+/// Layer tars (uncompressed listings) of the new layers of `layout:tag`.
+fn new_layer_listings(layout: &Path, tag: &str, base_layers: usize) -> Vec<String> {
+    let info = skopeo_inspect(layout, tag, &[]);
+    layer_digests(&info)[base_layers..]
+        .iter()
+        .map(|d| {
+            let blob = layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+            let out = Command::new("tar").arg("-tvzf").arg(&blob).output().unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        })
+        .collect()
+}
+
+const CHANGES: &str = r#"FROM ${base_image}
+USER root
+RUN echo new > /added.txt && echo changed >> /etc/os-release && rm /etc/motd && rm -r /home/cnb && mkdir /emptydir && ln -s /added.txt /symlink && ln /added.txt /hardlink
+RUN chmod 0600 /etc/group && chown 1000:1000 /etc/passwd
+RUN touch -d '2001-01-01 00:00' /bin/busybox
+RUN mkdir -p /workspace && echo ignored > /workspace/file
+RUN true
+USER 1000
+RUN echo mine > /tmp/mine && id -G > /tmp/groups
+SHELL ["/bin/sh", "-ec"]
+RUN echo "$-" > /tmp/flags
+RUN ["/bin/sh", "-c", "echo exec-form > /tmp/exec"]
+ARG GREETING=hi
+ENV FROM_ENV=env-value
+RUN echo "$GREETING $FROM_ENV ${UNDECLARED:-unset} $HOME" > /tmp/vars
+WORKDIR /home/made/by/workdir
+RUN pwd > /tmp/pwd
+"#;
+
+#[test]
+fn run_changes_become_layers_in_both_snapshot_modes() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("run.Dockerfile");
+    write(&df, CHANGES);
+    let mut digests = Vec::new();
+    for mode in MODES {
+        let out = t.path().join(format!("out-{mode}"));
+        let tmp = t.path().join(format!("tmp-{mode}"));
+        fs::create_dir_all(&tmp).unwrap();
+        let o = build_with(
+            &tmp,
+            &[
+                "build",
+                "--from",
+                &format!("oci:{}", s(&base)),
+                "-f",
+                &s(&df),
+                "--context",
+                &s(t.path()),
+                "--output",
+                &format!("oci:{}", s(&out)),
+                "--snapshot",
+                mode,
+                "--ignore-path",
+                "/workspace",
+                "--build-arg",
+                "UNDECLARED=x",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{mode}: {stderr}");
+        assert!(
+            stderr.contains(if mode == "overlay" { "overlayfs snapshots" } else { "stat-index snapshots" }),
+            "{stderr}"
+        );
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "{mode}: scratch removed after success");
+        digests.push(String::from_utf8(o.stdout).unwrap().trim().to_string());
+
+        let (_g, r) = umoci_unpack(&out, "latest");
+        let read = |p: &str| fs::read_to_string(r.join(p)).unwrap_or_else(|e| panic!("{mode} {p}: {e}"));
+        let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap_or_else(|e| panic!("{mode} {p}: {e}"));
+        assert_eq!(read("added.txt"), "new\n");
+        assert!(read("etc/os-release").ends_with("changed\n"), "modified file");
+        assert!(!r.join("etc/motd").exists(), "{mode}: deleted file (whiteout)");
+        assert!(!r.join("home/cnb").exists(), "{mode}: deleted directory (whiteout)");
+        assert_eq!(fs::read_dir(r.join("emptydir")).unwrap().count(), 0);
+        assert_eq!(fs::read_link(r.join("symlink")).unwrap().to_str(), Some("/added.txt"));
+        assert_eq!(meta("hardlink").ino(), meta("added.txt").ino(), "{mode}: hard link kept");
+        assert_eq!(meta("etc/group").mode() & 0o7777, 0o600, "chmod only");
+        assert_eq!((meta("etc/passwd").uid(), meta("etc/passwd").gid()), (1000, 1000), "chown only");
+        assert!(!r.join("workspace").exists(), "{mode}: ignored path never reaches a layer");
+        assert_eq!((meta("tmp/mine").uid(), meta("tmp/mine").gid()), (1000, 1000), "USER 1000 owns what it creates");
+        assert_eq!(read("tmp/groups").trim(), "1000 50", "primary and supplementary groups from the image");
+        assert!(read("tmp/flags").contains('e'), "SHELL change applies");
+        assert_eq!(read("tmp/exec"), "exec-form\n");
+        assert_eq!(read("tmp/vars"), "hi env-value unset /home/cnb\n", "ARG and ENV visible, undeclared args not");
+        assert_eq!(read("tmp/pwd"), "/home/made/by/workdir\n", "WORKDIR created and used");
+        assert!(!r.join("proc/self").exists() && !r.join("dev/null").exists(), "sandbox mounts stay out");
+
+        // One layer per changing RUN: the `true` and the ignored write add none.
+        let listings = new_layer_listings(&out, "latest", 2);
+        assert_eq!(listings.len(), 8, "{mode}: {listings:#?}");
+        assert!(listings[0].contains("etc/.wh.motd") && listings[0].contains("home/.wh.cnb"), "{}", listings[0]);
+        assert!(listings[2].contains("bin/busybox"), "ctime/mtime change caught: {}", listings[2]);
+        let cfg = skopeo_inspect(&out, "latest", &["--config"]);
+        let history = cfg["history"].as_array().unwrap();
+        let empty: Vec<&str> =
+            history.iter().filter(|h| h["empty_layer"] == true).map(|h| h["created_by"].as_str().unwrap()).collect();
+        assert!(empty.contains(&"RUN true") && empty.iter().any(|h| h.contains("/workspace")), "{empty:?}");
+    }
+    assert_eq!(digests[0], digests[1], "both differs produce the same image");
+}
+
+#[test]
+fn failing_run_leaves_output_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let out = t.path().join("out");
+    let ok = t.path().join("ok.Dockerfile");
+    write(&ok, "FROM ${base_image}\nUSER root\nRUN echo first > /f\n");
+    let from = format!("oci:{}", s(&base));
+    build_ok(&["build", "--from", &from, "-f", &s(&ok), "--output", &format!("oci:{}", s(&out))]);
+    let before = snapshot(&out);
+    let tmp = t.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+
+    let bad = t.path().join("bad.Dockerfile");
+    write(&bad, "FROM ${base_image}\nUSER root\nRUN echo partial > /partial\nRUN echo doomed > /x && exit 3\n");
+    let o = build_with(&tmp, &["build", "--from", &from, "-f", &s(&bad), "--output", &format!("oci:{}", s(&out))]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("bad.Dockerfile:4") && stderr.contains("exit code 3"), "{stderr}");
+    assert_eq!(snapshot(&out), before, "output untouched");
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "scratch removed after failure");
+    let leftovers: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".ext-extend-staging"))
+        .collect();
+    assert!(leftovers.is_empty(), "staging removed");
+
+    // A shell-less (distroless) image: a clear error, not a mystery.
+    let distroless = t.path().join("distroless");
+    make_run_image(&distroless, "latest", true);
+    let shell = t.path().join("shell.Dockerfile");
+    write(&shell, "FROM ${base_image}\nRUN echo hi\n");
+    let err = build_err(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}", s(&distroless)),
+            "-f",
+            &s(&shell),
+            "--output",
+            &format!("oci:{}", s(&t.path().join("o2"))),
+        ],
+        2,
+    );
+    assert!(err.contains("shell.Dockerfile:2") && err.contains("`/bin/sh` is not in the image"), "{err}");
+}
+
+#[test]
+fn dockerfiles_in_one_session_share_one_rootfs() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let a_ctx = t.path().join("a");
+    write(&a_ctx.join("tool.sh"), "#!/bin/sh\necho tool-ran\n");
+    let b_ctx = t.path().join("b");
+    fs::create_dir_all(&b_ctx).unwrap();
+    let a = t.path().join("a.Dockerfile");
+    write(
+        &a,
+        "FROM ${base_image}\nUSER root\nRUN echo from-a > /a.txt\nCOPY --chmod=0755 tool.sh /usr/local/bin/tool\n",
+    );
+    let b = t.path().join("b.Dockerfile");
+    write(&b, "FROM ${base_image}\nRUN test \"$(cat /a.txt)\" = from-a && tool > /b.txt\nUSER 1000\n");
+    let out = t.path().join("out");
+    for mode in MODES {
+        let o = Command::new(bin())
+            .args([
+                "build",
+                "--from",
+                &format!("oci:{}", s(&base)),
+                "-f",
+                &s(&a),
+                "--context",
+                &s(&a_ctx),
+                "-f",
+                &s(&b),
+                "--context",
+                &s(&b_ctx),
+                "--output",
+                &format!("oci:{}:{mode}", s(&out)),
+                "--snapshot",
+                mode,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert_eq!(stderr.matches("unpacked ").count(), 1, "{mode}: the rootfs is unpacked once:\n{stderr}");
+        let (_g, r) = umoci_unpack(&out, mode);
+        assert_eq!(fs::read_to_string(r.join("b.txt")).unwrap(), "tool-ran\n", "b sees a's RUN and COPY");
+    }
+}
+
+#[test]
+fn hostile_base_layers_are_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    let sentinel = t.path().join("sentinel");
+    fs::create_dir_all(&sentinel).unwrap();
+    write(&sentinel.join("keep"), "original\n");
+    let escape = format!("../../../../../../../../..{}", sentinel.display());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("dotdot", raw_tar(&[RawEntry::File(&format!("{escape}/pwned"), b"x")]), "`..`"),
+        (
+            "abs-symlink",
+            raw_tar(&[RawEntry::Symlink("evil", &s(&sentinel)), RawEntry::File("evil/pwned", b"x")]),
+            "goes through symlink `evil`",
+        ),
+        ("hardlink-abs", raw_tar(&[RawEntry::Hardlink("pw", "/etc/passwd")]), "hard-link target"),
+        ("hardlink-dotdot", raw_tar(&[RawEntry::Hardlink("pw", &format!("{escape}/keep"))]), "hard-link target"),
+        (
+            "relative-symlink-up",
+            raw_tar(&[RawEntry::Symlink("up", "../../../../../../../../.."), RawEntry::File("up/pwned", b"x")]),
+            "goes through symlink `up`",
+        ),
+    ];
+    let df = t.path().join("run.Dockerfile");
+    write(&df, "FROM ${base_image}\nRUN true\n");
+    let passwd_links = fs::metadata("/etc/passwd").unwrap().nlink();
+    for (name, tar, needle) in cases {
+        for mode in MODES {
+            let base = t.path().join(format!("base-{name}-{mode}"));
+            make_run_image(&base, "latest", false);
+            let digest = append_raw_layer(&base, "latest", &tar);
+            let tmp = t.path().join(format!("tmp-{name}-{mode}"));
+            fs::create_dir_all(&tmp).unwrap();
+            let o = build_with(
+                &tmp,
+                &[
+                    "build",
+                    "--from",
+                    &format!("oci:{}", s(&base)),
+                    "-f",
+                    &s(&df),
+                    "--output",
+                    &format!("oci:{}", s(&t.path().join("out"))),
+                    "--snapshot",
+                    mode,
+                ],
+            );
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success(), "{name}/{mode}: hostile layer accepted");
+            assert!(stderr.contains(&digest) && stderr.contains(needle), "{name}/{mode}: {stderr}");
+            assert_eq!(fs::read_dir(&sentinel).unwrap().count(), 1, "{name}/{mode}: something was written outside");
+            assert_eq!(fs::read_to_string(sentinel.join("keep")).unwrap(), "original\n");
+            assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "{name}/{mode}: scratch cleaned");
+            assert!(!t.path().join("out").exists());
+        }
+    }
+    assert_eq!(fs::metadata("/etc/passwd").unwrap().nlink(), passwd_links, "no hard link to the host's /etc/passwd");
+}
+
+#[test]
+fn sigterm_mid_run_cleans_up_everything() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let out = t.path().join("out");
+    let df = t.path().join("slow.Dockerfile");
+    // A distinctive duration so the process can be found (and must be gone afterwards).
+    write(&df, "FROM ${base_image}\nUSER root\nRUN echo started > /started && sleep 47.25\n");
+    let tmp = t.path().join("tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    // A stale scratch dir of a run killed outright (pid that cannot exist) is removed.
+    let stale = tmp.join("ext-extend-4194999-stale");
+    write(&stale.join("rootfs/junk"), "x");
+    let mut child = Command::new(bin())
+        .args(["build", "--from", &format!("oci:{}", s(&base)), "-f", &s(&df), "--output", &format!("oci:{}", s(&out))])
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sleep_running() {
+        assert!(Instant::now() < deadline, "the RUN never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!stale.exists(), "stale scratch dir removed");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sleep_running() {
+        assert!(Instant::now() < deadline, "the RUN's process survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "scratch removed");
+    assert!(!out.exists(), "no output");
+    let staging: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".ext-extend"))
+        .collect();
+    assert!(staging.is_empty(), "staging removed");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&s(&tmp)), "nothing left mounted");
+}
+
+fn sleep_running() -> bool {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("47.25")))
+}
