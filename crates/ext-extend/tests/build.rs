@@ -364,3 +364,65 @@ fn damaged_base_layouts_are_reported_by_digest() {
         &format!("oci:{}", s(&out)),
     ]);
 }
+
+#[test]
+fn config_instructions_and_json_output() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("config.Dockerfile");
+    write(
+        &df,
+        "FROM ${base_image}\nENV A=1 B=\"two words\"\nLABEL com.example.x=y\nEXPOSE 8080\nVOLUME /data\nSTOPSIGNAL SIGINT\nHEALTHCHECK --interval=30s CMD wget -q localhost\nSHELL [\"/bin/ash\", \"-c\"]\nCMD run-app --flag\nWORKDIR /srv\nWORKDIR sub\nUSER cnb\n",
+    );
+    let out = t.path().join("out");
+    let o = ext_extend(&[
+        "build",
+        "--from",
+        &format!("oci:{}", s(&base)),
+        "-f",
+        &s(&df),
+        "--context",
+        &s(t.path()),
+        "--output",
+        &format!("oci:{}", s(&out)),
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    for (line, what) in [(4, "EXPOSE"), (5, "VOLUME"), (6, "STOPSIGNAL"), (7, "HEALTHCHECK"), (9, "CMD")] {
+        assert!(
+            stderr.contains(&format!("config.Dockerfile:{line}: {what} is not one of")),
+            "warning for {what}: {stderr}"
+        );
+    }
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let info = skopeo_inspect(&out, "latest", &[]);
+    assert_eq!(json["manifest_digest"], info["Digest"]);
+    assert_eq!(json["layers"].as_array().unwrap().len(), 2, "config-only: no new layer");
+    assert!(json["layers"].as_array().unwrap().iter().all(|l| l["new"] == false));
+    let c = &skopeo_inspect(&out, "latest", &["--config"])["config"];
+    assert_eq!(c["Env"], serde_json::json!(["PATH=/usr/local/bin:/usr/bin:/bin", "A=1", "B=two words"]));
+    assert_eq!(c["Labels"]["com.example.x"], "y");
+    assert_eq!(c["ExposedPorts"], serde_json::json!({"8080/tcp": {}}));
+    assert_eq!(c["Volumes"], serde_json::json!({"/data": {}}));
+    assert_eq!(c["StopSignal"], "SIGINT");
+    assert_eq!(c["Cmd"], serde_json::json!(["/bin/ash", "-c", "run-app --flag"]), "shell form uses the current SHELL");
+    assert_eq!(c["WorkingDir"], "/srv/sub");
+    assert_eq!(c["User"], "cnb");
+    let raw = fs::read_to_string(
+        out.join("blobs/sha256").join(info["Digest"].as_str().unwrap().trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert!(raw.contains("application/vnd.oci.image.manifest.v1+json"));
+    // The config blob keeps Docker fields oci-spec does not model.
+    let cfg_digest =
+        serde_json::from_str::<serde_json::Value>(&raw).unwrap()["config"]["digest"].as_str().unwrap().to_string();
+    let cfg: serde_json::Value = serde_json::from_slice(
+        &fs::read(out.join("blobs/sha256").join(cfg_digest.trim_start_matches("sha256:"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["config"]["Healthcheck"]["Test"], serde_json::json!(["CMD-SHELL", "wget -q localhost"]));
+    assert_eq!(cfg["config"]["Healthcheck"]["Interval"], 30_000_000_000u64);
+    assert_eq!(cfg["config"]["Shell"], serde_json::json!(["/bin/ash", "-c"]));
+}
