@@ -13,5 +13,5 @@ pub mod users;
 
 pub use context::BuildContext;
 pub use error::{ExecError, Result};
-pub use output::{WrittenImage, WrittenLayer};
+pub use output::{OutputTarget, WrittenImage, WrittenLayer};
 pub use session::{ExtendedImage, Provenance, Session, SessionOptions, StepReport};

@@ -1,11 +1,55 @@
 //! Writing an [`ExtendedImage`]: the manifest (base layers by digest, then the new layers) and
 //! config, committed atomically into an OCI layout.
 
-use ext_oci::{Digest, LayoutWriter, media};
+use std::path::PathBuf;
+
+use ext_oci::{Digest, ImageRef, LayoutWriter, OciError, RegistryRef, StoreOptions, media};
 use serde_json::{Value, json};
 
-use crate::error::Result;
+use crate::error::{ExecError, Result};
 use crate::session::ExtendedImage;
+
+/// Where an extended image goes. Opened before the session, which writes its new layer blobs
+/// into [`OutputTarget::blob_dir`], so committing moves files instead of copying them.
+pub enum OutputTarget {
+    Layout { writer: LayoutWriter, tag: String },
+    Registry { reference: RegistryRef, staging: tempfile::TempDir, _cleanup: ext_oci::cleanup::PathGuard },
+}
+
+impl OutputTarget {
+    pub fn begin(reference: &ImageRef, _opts: &StoreOptions) -> Result<OutputTarget> {
+        match reference {
+            ImageRef::Layout(l) => Ok(OutputTarget::Layout {
+                writer: LayoutWriter::begin(&l.dir)?,
+                tag: l.tag.clone().unwrap_or_else(|| "latest".into()),
+            }),
+            ImageRef::Registry(r) => {
+                let staging = tempfile::Builder::new()
+                    .prefix("ext-extend-push-")
+                    .tempdir()
+                    .map_err(ExecError::io(std::env::temp_dir()))?;
+                let _cleanup = ext_oci::cleanup::register_path(staging.path());
+                Ok(OutputTarget::Registry { reference: r.clone(), staging, _cleanup })
+            }
+        }
+    }
+
+    /// Where the session writes new layer blobs.
+    pub fn blob_dir(&self) -> PathBuf {
+        match self {
+            OutputTarget::Layout { writer, .. } => writer.staging_blobs(),
+            OutputTarget::Registry { staging, .. } => staging.path().join("blobs").join("sha256"),
+        }
+    }
+
+    /// A short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            OutputTarget::Layout { writer, tag } => format!("oci:{}:{tag}", writer.target().display()),
+            OutputTarget::Registry { reference, .. } => ImageRef::Registry(reference.clone()).to_string(),
+        }
+    }
+}
 
 /// What was written, for the CLI's output.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -63,6 +107,17 @@ impl ExtendedImage {
             "layers": layers,
         });
         serde_json::to_vec(&manifest).expect("JSON serializes")
+    }
+
+    /// Writes the image to `target` (a layout commit or a registry push).
+    pub fn write(&self, target: OutputTarget, _opts: &StoreOptions) -> Result<WrittenImage> {
+        match target {
+            OutputTarget::Layout { writer, tag } => self.write_layout(writer, &tag),
+            OutputTarget::Registry { reference, .. } => Err(ExecError::Image(OciError::Registry {
+                registry: reference.registry.clone(),
+                message: "pushing to registries is not supported yet".into(),
+            })),
+        }
     }
 
     /// Commits the image into the layout `writer` was opened on, tagged `tag`. The new layer

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use ext_dockerfile::Dockerfile;
-use ext_executor::{BuildContext, Provenance, Session, SessionOptions};
-use ext_oci::{ImageRef, LayerOptions, LayoutWriter, MtimePolicy, OciLayout, Platform};
+use ext_executor::{BuildContext, OutputTarget, Provenance, Session, SessionOptions};
+use ext_oci::{ImageRef, LayerOptions, MtimePolicy, Platform};
 
 use crate::Failure;
 use crate::cli::BuildArgs;
@@ -46,18 +46,11 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         dockerfiles.push((df, context.clone()));
     }
 
-    let base = match &from {
-        ImageRef::Layout(l) => OciLayout::open(&l.dir)?.resolve(l.tag.as_deref(), &platform)?,
-        ImageRef::Registry(_) => {
-            return Err(Failure::input(anyhow!("registry images (docker://) are not supported by this version")));
-        }
-    };
+    let store = args.store.options();
+    let base = ext_oci::open_image(&from, &platform, &store)?;
     tracing::info!("base {} ({}, {} layers)", base.name, base.manifest_digest.short(), base.layers().len());
 
-    let ImageRef::Layout(out) = &output else {
-        return Err(Failure::input(anyhow!("registry outputs (docker://) are not supported by this version")));
-    };
-    let writer = LayoutWriter::begin(&out.dir)?;
+    let target = OutputTarget::begin(&output, &store)?;
     let scratch = ext_rootfs::Scratch::create(args.scratch_dir.as_deref())
         .context("cannot create a scratch directory")
         .map_err(Failure::other)?;
@@ -67,7 +60,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         ignore_paths: args.ignore_paths.clone(),
         ..SessionOptions::new(scratch.path())
     };
-    let mut session = Session::new(base, &writer.staging_blobs(), opts);
+    let mut session = Session::new(base, &target.blob_dir(), opts);
     for (df, context_dir) in &dockerfiles {
         let context = BuildContext::open(context_dir)?;
         tracing::info!("applying {} (context {})", df.file, context_dir.display());
@@ -91,14 +84,9 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         }
     }
     let image = session.finish();
-    let tag = out.tag.as_deref().unwrap_or("latest");
-    let written = image.write_layout(writer, tag)?;
-    tracing::info!(
-        "wrote {}:{tag} ({} layers, {} new)",
-        out.dir.display(),
-        written.layers.len(),
-        image.new_layers.len()
-    );
+    let destination = target.describe();
+    let written = image.write(target, &store)?;
+    tracing::info!("wrote {destination} ({} layers, {} new)", written.layers.len(), image.new_layers.len());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&written).expect("JSON serializes"));
     } else {

@@ -31,8 +31,34 @@ pub enum Command {
     Build(BuildArgs),
 }
 
+/// Image store settings shared by every command.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// Cache for blobs pulled from registries (content-addressed; a second build does not
+    /// download again). Default: $XDG_CACHE_HOME/ext-extend or ~/.cache/ext-extend.
+    #[arg(long, value_name = "DIR", env = "EXT_EXTEND_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Reach this registry (host[:port]) over plain HTTP. Loopback registries (127.0.0.1,
+    /// localhost, ::1) always are. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+}
+
+impl StoreArgs {
+    pub fn options(&self) -> ext_oci::StoreOptions {
+        ext_oci::StoreOptions {
+            cache_dir: self.cache_dir.clone(),
+            insecure_registries: self.insecure_registries.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BuildArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+
     /// The image to extend: oci:DIR[:TAG]. `FROM ${base_image}` resolves to it and it is passed
     /// as the build arg `base_image`.
     #[arg(long, value_name = "REF")]

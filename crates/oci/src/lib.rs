@@ -11,6 +11,7 @@ pub mod layout;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod store;
 
 pub use config::{HistoryEntry, ImageConfig};
 pub use digest::{Digest, HashingWriter, VerifyingReader};
@@ -19,3 +20,4 @@ pub use layer::{DeviceKind, EntryMeta, LayerBlob, LayerOptions, LayerWriter, Mti
 pub use layout::{BlobStore, Image, LayoutWriter, OciLayout};
 pub use platform::Platform;
 pub use reference::{ImageRef, LayoutRef, RegistryRef};
+pub use store::{StoreOptions, open_image};
