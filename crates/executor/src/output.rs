@@ -126,6 +126,20 @@ impl ExtendedImage {
         for d in self.base.layer_digests()? {
             writer.add_blob_from(&self.base.store, &d)?;
         }
+        self.commit_layout(writer, tag)
+    }
+
+    /// Like [`ExtendedImage::write_layout`], but the layout holds only the new layer blobs
+    /// (plus manifest and config): the CNB extender's `<extended>/run` output, whose base
+    /// layers the exporter takes from the run image itself.
+    pub fn write_layout_sparse(&self, writer: LayoutWriter, tag: &str) -> Result<WrittenImage> {
+        self.commit_layout(writer, tag)
+    }
+
+    fn commit_layout(&self, mut writer: LayoutWriter, tag: &str) -> Result<WrittenImage> {
+        for layer in &self.new_layers {
+            writer.add_blob_file(&layer.path, &layer.digest)?;
+        }
         let config = self.config_bytes();
         let config_digest = writer.add_blob_bytes(&config)?;
         let manifest = self.manifest_bytes(&config_digest, config.len() as u64);

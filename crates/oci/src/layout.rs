@@ -382,6 +382,22 @@ impl LayoutWriter {
         Ok(())
     }
 
+    /// Carries over a blob file we wrote ourselves (a new layer in some other staging area),
+    /// by hard link or copy; a no-op when it is already staged here.
+    pub fn add_blob_file(&mut self, path: &Path, digest: &Digest) -> Result<()> {
+        let dest = self.staging_blobs().join(digest.hex());
+        if self.target_has(digest) || dest.exists() || path == dest {
+            return Ok(());
+        }
+        if fs::hard_link(path, &dest).is_err() {
+            let tmp = dest.with_extension("tmp");
+            fs::copy(path, &tmp).map_err(OciError::io(path))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(OciError::io(&tmp))?;
+            fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
+        }
+        Ok(())
+    }
+
     /// Adds a small blob (config or manifest) and returns its digest.
     pub fn add_blob_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
