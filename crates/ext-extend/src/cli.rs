@@ -29,6 +29,15 @@ pub struct Cli {
 pub enum Command {
     /// Apply Dockerfiles to an image and write the extended image.
     Build(BuildArgs),
+    /// CNB generate phase: run each extension's bin/generate with its extension layer
+    /// (CNB_EXT_LAYER_DIR), collect Dockerfiles and contexts, select the run image.
+    Generate(crate::cnb::GenerateArgs),
+    /// CNB extend phase (drop-in for /cnb/lifecycle/extender, without Kaniko): apply every
+    /// extension's Dockerfile to the build or run image named in analyzed.toml.
+    Extend(crate::cnb::ExtendArgs),
+    /// CNB export phase: the app image from the (extended) run image, the app and the launch
+    /// layers; extension layers are never exported.
+    Export(crate::cnb::ExportArgs),
 }
 
 /// Image store settings shared by every command.

@@ -3,17 +3,29 @@
 
 mod build;
 mod cli;
+mod cnb;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(phase) = args.first().and_then(|a| cnb::phase_from_program_name(a)) {
+        args.insert(1, phase.to_string());
+    }
+    let is_phase = args.get(1).is_some_and(|a| matches!(a.as_str(), "generate" | "extend" | "export"));
+    if is_phase {
+        args = cnb::lifecycle_style_args(args);
+    }
+    let cli = cli::Cli::parse_from(args);
     init_logging(cli.log_level.as_deref(), cli.quiet);
     install_signal_cleanup();
     let result = match cli.command {
         cli::Command::Build(args) => build::run(args),
+        cli::Command::Generate(args) => cnb::generate(args),
+        cli::Command::Extend(args) => cnb::extend(args),
+        cli::Command::Export(args) => cnb::export(args),
     };
     if ext_oci::cleanup::interrupted().is_some() {
         // The signal thread is cleaning up and will exit with 128+signal; what failed here

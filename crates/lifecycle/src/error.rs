@@ -27,17 +27,23 @@ pub enum LifecycleError {
     Apply {
         id: String,
         #[source]
-        source: ExecError,
+        source: Box<ExecError>,
     },
 
     #[error(transparent)]
     Image(#[from] OciError),
 
     #[error(transparent)]
-    Exec(#[from] ExecError),
+    Exec(Box<ExecError>),
 
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<ExecError> for LifecycleError {
+    fn from(e: ExecError) -> Self {
+        LifecycleError::Exec(Box::new(e))
+    }
 }
 
 /// Which phase failed, for the exit code.

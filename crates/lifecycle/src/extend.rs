@@ -203,7 +203,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
             .map_err(|e| LifecycleError::Extension { id: job.id.clone(), message: e.to_string() })?;
         session
             .apply_plan(&plan, &context, &Provenance::Extension(job.id.clone()))
-            .map_err(|source| LifecycleError::Apply { id: job.id.clone(), source })?;
+            .map_err(|source| LifecycleError::Apply { id: job.id.clone(), source: Box::new(source) })?;
         if opts.kind == Kind::Run {
             let says_rebasable = plan.steps.iter().rev().find_map(|s| match &s.op {
                 Op::Label(pairs) => pairs.iter().rev().find(|(k, _)| k == REBASABLE_LABEL).map(|(_, v)| v.clone()),
