@@ -55,7 +55,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         .context("cannot create a scratch directory")
         .map_err(Failure::other)?;
     let opts = SessionOptions {
-        layer: LayerOptions { compression_level: args.compression_level, mtime },
+        layer: LayerOptions { compression_level: args.compression_level, mtime, ..LayerOptions::default() },
         snapshot: args.snapshot,
         ignore_paths: args.ignore_paths.clone(),
         ..SessionOptions::new(scratch.path())

@@ -149,7 +149,7 @@ fn platform(p: &Option<String>) -> Result<Platform, Failure> {
 
 fn layer_options(level: u32) -> Result<LayerOptions, Failure> {
     let mtime = MtimePolicy::from_env().map_err(|m| Failure::input(anyhow!(m)))?;
-    Ok(LayerOptions { compression_level: level, mtime })
+    Ok(LayerOptions { compression_level: level, mtime, ..LayerOptions::default() })
 }
 
 pub fn generate(args: GenerateArgs) -> Result<(), Failure> {

@@ -9,10 +9,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-
 use crate::digest::{Digest, HashingWriter};
+use crate::pgzip::ParallelGzWriter;
 
 /// 1980-01-01T00:00:01Z: the time the CNB lifecycle gives every file of the layers it writes.
 pub const NORMALIZED_MTIME: u64 = 315_532_801;
@@ -78,11 +76,17 @@ pub struct LayerOptions {
     /// are written once and pulled rarely, and level 6 costs ~3x the CPU for ~25% fewer bytes.
     pub compression_level: u32,
     pub mtime: MtimePolicy,
+    /// Compression threads (the output does not depend on it; see [`crate::pgzip`]).
+    pub threads: usize,
 }
 
 impl Default for LayerOptions {
     fn default() -> Self {
-        LayerOptions { compression_level: 1, mtime: MtimePolicy::Fixed(NORMALIZED_MTIME) }
+        LayerOptions {
+            compression_level: 1,
+            mtime: MtimePolicy::Fixed(NORMALIZED_MTIME),
+            threads: ParallelGzWriter::<std::io::Sink>::default_threads(),
+        }
     }
 }
 
@@ -129,7 +133,7 @@ pub struct LayerBlob {
     pub entries: u64,
 }
 
-type Sink = HashingWriter<GzEncoder<HashingWriter<BufWriter<File>>>>;
+type Sink = HashingWriter<ParallelGzWriter<HashingWriter<BufWriter<File>>>>;
 
 /// Streams tar entries into a gzip-compressed layer blob.
 pub struct LayerWriter {
@@ -146,9 +150,10 @@ impl LayerWriter {
         std::fs::create_dir_all(dir)?;
         let tmp = tempfile::Builder::new().prefix(".layer-").tempfile_in(dir)?;
         let (file, path) = tmp.into_parts();
-        let gz = flate2::GzBuilder::new().mtime(0).operating_system(255).write(
+        let gz = ParallelGzWriter::new(
             HashingWriter::new(BufWriter::with_capacity(256 * 1024, file)),
-            Compression::new(opts.compression_level),
+            opts.compression_level,
+            opts.threads,
         );
         let mut tar = tar::Builder::new(HashingWriter::new(gz));
         tar.mode(tar::HeaderMode::Complete);
