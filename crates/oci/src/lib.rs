@@ -9,6 +9,7 @@ pub mod error;
 pub mod layer;
 pub mod layout;
 pub mod media;
+pub mod pgzip;
 pub mod platform;
 pub mod reference;
 pub mod store;
