@@ -7,12 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use ext_oci::{Digest, Image, layer::decompress};
 
 use crate::error::{ExecError, Result};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NodeKind {
     Dir,
     File,
@@ -20,7 +21,7 @@ pub enum NodeKind {
     Other,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     pub kind: NodeKind,
     pub mode: u32,
@@ -33,63 +34,50 @@ const CAPTURED: &[&str] = &["etc/passwd", "etc/group"];
 const MAX_CAPTURE: u64 = 4 << 20;
 const MAX_SYMLINK_HOPS: usize = 40;
 
+/// Bumped when [`LayerIndex`]'s meaning changes, so stale cache files are ignored.
+const INDEX_VERSION: u32 = 1;
+
 #[derive(Debug, Default, Clone)]
 pub struct ImageTree {
     nodes: BTreeMap<String, Node>,
     captured: BTreeMap<String, Vec<u8>>,
 }
 
-impl ImageTree {
-    /// Reads the headers of every layer of `image` (contents are skipped, except the captured
-    /// files); each layer blob is verified against its digest as it is read.
-    pub fn from_image(image: &Image) -> Result<ImageTree> {
-        let mut tree = ImageTree::default();
-        for desc in image.layers() {
-            let digest = Digest::try_from(desc.digest())?;
-            let reader = image.store.open(&digest, Some(desc.size()))?;
-            // A damaged blob usually breaks gzip or tar before its digest can be checked at
-            // the end; report the digest mismatch, the root cause, when there is one.
-            let layer_err = |e: std::io::Error| match image.store.verify(&digest, Some(desc.size())) {
-                Err(damaged) => ExecError::Image(damaged),
-                Ok(()) => ExecError::Image(image.store.read_error(&digest, e)),
-            };
-            let tar = decompress(reader).map_err(layer_err)?;
-            tree.apply_tar(tar).map_err(layer_err)?;
-        }
-        Ok(tree)
-    }
+/// What one layer does to the tree, in tar order: the unit that is cached per layer digest,
+/// so the base image's headers are read once per machine, not once per build.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LayerIndex {
+    version: u32,
+    ops: Vec<IndexOp>,
+    /// Opaque directories (applied after the layer's own entries).
+    opaque: Vec<String>,
+    /// Captured files (`None`: the layer replaced it with something uncapturable).
+    captured: BTreeMap<String, Option<Vec<u8>>>,
+}
 
-    /// Applies one of the session's own (just written, trusted) layer blobs.
-    pub fn apply_blob(&mut self, path: &std::path::Path, digest: &Digest) -> Result<()> {
-        let err = |e: std::io::Error| ExecError::Io { path: path.to_path_buf(), source: e };
-        let file = std::fs::File::open(path).map_err(err)?;
-        let tar = decompress(std::io::BufReader::new(file)).map_err(err)?;
-        self.apply_tar(tar).map_err(|e| ExecError::Io { path: format!("layer {digest}").into(), source: e })
-    }
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum IndexOp {
+    Entry(String, Node),
+    Whiteout(String),
+}
 
-    fn apply_tar(&mut self, tar: Box<dyn Read>) -> std::io::Result<()> {
+impl LayerIndex {
+    /// Reads a layer's tar headers (contents skipped, except captured files) and then the rest
+    /// of the stream, so a verifying reader below checks the blob's digest at its end.
+    pub fn scan(tar: Box<dyn Read>) -> std::io::Result<LayerIndex> {
         let mut archive = tar::Archive::new(tar);
-        self.apply_entries(&mut archive)?;
-        // Read past the end-of-archive blocks so the blob's digest is checked at its end.
-        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
-        Ok(())
-    }
-
-    fn apply_entries(&mut self, archive: &mut tar::Archive<Box<dyn Read>>) -> std::io::Result<()> {
-        let mut this_layer: BTreeSet<String> = BTreeSet::new();
-        let mut opaque: Vec<String> = Vec::new();
-        let mut entries = archive.entries()?;
-        for entry in entries.by_ref() {
+        let mut index = LayerIndex { version: INDEX_VERSION, ..Default::default() };
+        for entry in archive.entries()? {
             let mut entry = entry?;
             let raw = entry.path()?.to_string_lossy().into_owned();
             let Some(path) = normalize(&raw) else { continue };
             let (dir, name) = split(&path);
             if name == ".wh..wh..opq" {
-                opaque.push(dir.to_string());
+                index.opaque.push(dir.to_string());
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(".wh.") {
-                self.remove(&join(dir, hidden));
+                index.ops.push(IndexOp::Whiteout(join(dir, hidden)));
                 continue;
             }
             let h = entry.header();
@@ -105,30 +93,124 @@ impl ImageTree {
             let node =
                 Node { kind, mode: h.mode().unwrap_or(0o755), uid: h.uid().unwrap_or(0), gid: h.gid().unwrap_or(0) };
             if CAPTURED.contains(&path.as_str()) {
-                if node.kind == NodeKind::File
+                let capturable = node.kind == NodeKind::File
                     && entry.header().entry_type() != tar::EntryType::Link
-                    && entry.size() <= MAX_CAPTURE
-                {
+                    && entry.size() <= MAX_CAPTURE;
+                let content = if capturable {
                     let mut content = Vec::new();
                     entry.read_to_end(&mut content)?;
-                    self.captured.insert(path.clone(), content);
+                    Some(content)
                 } else {
-                    self.captured.remove(&path);
+                    None
+                };
+                index.captured.insert(path.clone(), content);
+            }
+            index.ops.push(IndexOp::Entry(path, node));
+        }
+        std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
+        Ok(index)
+    }
+
+    fn cache_path(cache: &Path, digest: &Digest) -> PathBuf {
+        cache.join("layer-index").join(format!("{}.json", digest.hex()))
+    }
+
+    /// A cached index, if there is a valid one.
+    fn load(cache: &Path, digest: &Digest) -> Option<LayerIndex> {
+        let bytes = std::fs::read(Self::cache_path(cache, digest)).ok()?;
+        serde_json::from_slice::<LayerIndex>(&bytes).ok().filter(|i| i.version == INDEX_VERSION)
+    }
+
+    /// Saves the index (temp file + rename; a failure only costs a rescan next time).
+    fn store(&self, cache: &Path, digest: &Digest) {
+        let path = Self::cache_path(cache, digest);
+        let Some(dir) = path.parent() else { return };
+        let saved = std::fs::create_dir_all(dir).and_then(|_| {
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            serde_json::to_writer(std::io::BufWriter::new(tmp.as_file_mut()), self).map_err(std::io::Error::other)?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        });
+        if let Err(e) = saved {
+            tracing::debug!("cannot cache the index of layer {digest}: {e}");
+        }
+    }
+}
+
+impl ImageTree {
+    /// The tree of `image`'s layers. Each layer's index comes from `cache` when an earlier
+    /// build saved it (keyed by the layer digest, so it cannot be stale), else from reading the
+    /// layer's tar headers, verified against its digest as they are read.
+    pub fn from_image(image: &Image, cache: Option<&Path>) -> Result<ImageTree> {
+        let mut tree = ImageTree::default();
+        for desc in image.layers() {
+            let digest = Digest::try_from(desc.digest())?;
+            if let Some(index) = cache.and_then(|c| LayerIndex::load(c, &digest)) {
+                tree.apply_index(&index);
+                continue;
+            }
+            let reader = image.store.open(&digest, Some(desc.size()))?;
+            // A damaged blob usually breaks gzip or tar before its digest can be checked at
+            // the end; report the digest mismatch, the root cause, when there is one.
+            let layer_err = |e: std::io::Error| match image.store.verify(&digest, Some(desc.size())) {
+                Err(damaged) => ExecError::Image(damaged),
+                Ok(()) => ExecError::Image(image.store.read_error(&digest, e)),
+            };
+            let tar = decompress(reader).map_err(layer_err)?;
+            let index = LayerIndex::scan(tar).map_err(layer_err)?;
+            if let Some(c) = cache {
+                index.store(c, &digest);
+            }
+            tree.apply_index(&index);
+        }
+        Ok(tree)
+    }
+
+    /// Applies one of the session's own (just written, trusted) layer blobs.
+    pub fn apply_blob(&mut self, path: &Path, digest: &Digest) -> Result<()> {
+        let err = |e: std::io::Error| ExecError::Io { path: path.to_path_buf(), source: e };
+        let file = std::fs::File::open(path).map_err(err)?;
+        let tar = decompress(std::io::BufReader::new(file)).map_err(err)?;
+        let index =
+            LayerIndex::scan(tar).map_err(|e| ExecError::Io { path: format!("layer {digest}").into(), source: e })?;
+        self.apply_index(&index);
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn apply_tar(&mut self, tar: Box<dyn Read>) -> std::io::Result<()> {
+        let index = LayerIndex::scan(tar)?;
+        self.apply_index(&index);
+        Ok(())
+    }
+
+    fn apply_index(&mut self, index: &LayerIndex) {
+        let mut this_layer: BTreeSet<&str> = BTreeSet::new();
+        for op in &index.ops {
+            match op {
+                IndexOp::Whiteout(p) => self.remove(p),
+                IndexOp::Entry(p, node) => {
+                    this_layer.insert(p);
+                    self.insert(p.clone(), node.clone());
                 }
             }
-            this_layer.insert(path.clone());
-            self.insert(path, node);
+        }
+        for (path, content) in &index.captured {
+            match content {
+                Some(c) => self.captured.insert(path.clone(), c.clone()),
+                None => self.captured.remove(path),
+            };
         }
         // Opaque markers hide what lower layers had below the directory, not this layer's own
         // entries, whatever their order in the tar.
-        for dir in opaque {
-            let below: Vec<String> = self.descendants(&dir).filter(|p| !this_layer.contains(*p)).cloned().collect();
+        for dir in &index.opaque {
+            let below: Vec<String> =
+                self.descendants(dir).filter(|p| !this_layer.contains(p.as_str())).cloned().collect();
             for p in below {
                 self.nodes.remove(&p);
                 self.captured.remove(&p);
             }
         }
-        Ok(())
     }
 
     /// Records an entry this session wrote (a COPY layer, or a RUN change).
@@ -265,6 +347,26 @@ mod tests {
             }
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn layer_indexes_are_cached_by_digest() {
+        use tar::EntryType::{Directory as D, Regular as F};
+        let bytes = layer(&[("etc/", D, ""), ("etc/passwd", F, "root:x:0:0::/:/bin/sh\n")]);
+        let digest = Digest::of(&bytes);
+        let index = LayerIndex::scan(Box::new(std::io::Cursor::new(bytes))).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        assert!(LayerIndex::load(cache.path(), &digest).is_none());
+        index.store(cache.path(), &digest);
+        let loaded = LayerIndex::load(cache.path(), &digest).expect("cached");
+        let (mut a, mut b) = (ImageTree::default(), ImageTree::default());
+        a.apply_index(&index);
+        b.apply_index(&loaded);
+        assert_eq!(a.nodes, b.nodes);
+        assert_eq!(a.captured, b.captured);
+        // A damaged or outdated cache file is ignored, not trusted.
+        std::fs::write(LayerIndex::cache_path(cache.path(), &digest), b"{\"version\": 0}").unwrap();
+        assert!(LayerIndex::load(cache.path(), &digest).is_none());
     }
 
     #[test]

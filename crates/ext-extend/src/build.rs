@@ -58,6 +58,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         layer: LayerOptions { compression_level: args.compression_level, mtime, ..LayerOptions::default() },
         snapshot: args.snapshot,
         ignore_paths: args.ignore_paths.clone(),
+        cache_dir: Some(store.cache_dir()),
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);

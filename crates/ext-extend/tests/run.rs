@@ -330,3 +330,41 @@ fn sleep_running() -> bool {
         .flatten()
         .any(|e| fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("47.25")))
 }
+
+#[test]
+fn base_layers_are_unpacked_once_per_machine() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("run.Dockerfile");
+    write(&df, "FROM ${base_image}\nUSER root\nRUN echo x > /x && rm /etc/motd\n");
+    let cache = t.path().join("cache");
+    let mut digests = Vec::new();
+    for (i, expect) in ["0 from the unpacked-layer cache", "2 from the unpacked-layer cache"].iter().enumerate() {
+        let out = t.path().join(format!("out{i}"));
+        let o = Command::new(bin())
+            .args([
+                "build",
+                "--from",
+                &format!("oci:{}", s(&base)),
+                "-f",
+                &s(&df),
+                "--output",
+                &format!("oci:{}", s(&out)),
+            ])
+            .args(["--cache-dir", &s(&cache), "--snapshot", "overlay"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success() && stderr.contains(expect), "build {i}: {stderr}");
+        digests.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let (_g, r) = umoci_unpack(&out, "latest");
+        assert!(r.join("x").exists() && !r.join("etc/motd").exists());
+    }
+    assert_eq!(digests[0], digests[1]);
+    // The cached layers were never written through: the first layer still has /etc/motd's
+    // deletion only as an upper-layer whiteout, and the file itself is intact in the cache.
+    let cached: Vec<_> = fs::read_dir(cache.join("unpacked")).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 2);
+    assert!(cached.iter().any(|e| e.path().join("etc/motd").is_file()));
+}

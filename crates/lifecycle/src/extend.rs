@@ -166,6 +166,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         layer: opts.layer,
         snapshot: opts.snapshot,
         ignore_paths: [&opts.app, &opts.layers, &opts.platform].iter().map(|p| p.display().to_string()).collect(),
+        cache_dir: Some(opts.store.cache_dir()),
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, blobs.path(), session_opts);

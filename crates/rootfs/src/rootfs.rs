@@ -67,6 +67,9 @@ pub struct Rootfs {
     ignore: IgnoreSet,
     runs: usize,
     layers_added: usize,
+    /// `<cache>/unpacked`: base layers unpacked once per machine (overlay strategy only).
+    layer_cache: Option<PathBuf>,
+    cache_hits: usize,
 }
 
 /// What one RUN did.
@@ -107,7 +110,66 @@ impl Rootfs {
             Strategy::Stat { index: None }
         };
         tracing::debug!(overlay = use_overlay, "rootfs strategy");
-        Ok(Rootfs { scratch: scratch.to_path_buf(), strategy, ignore, runs: 0, layers_added: 0 })
+        Ok(Rootfs {
+            scratch: scratch.to_path_buf(),
+            strategy,
+            ignore,
+            runs: 0,
+            layers_added: 0,
+            layer_cache: None,
+            cache_hits: 0,
+        })
+    }
+
+    /// Keeps unpacked layers in `<cache>/unpacked/<digest hex>/` and reuses them as read-only
+    /// overlay lower directories in later sessions (overlay strategy only: overlayfs never
+    /// writes to a lower directory, so sharing them is safe).
+    pub fn with_layer_cache(mut self, cache: &Path) -> Rootfs {
+        if self.uses_overlay() {
+            self.layer_cache = Some(cache.join("unpacked"));
+        }
+        self
+    }
+
+    /// Layers taken from the unpacked-layer cache instead of being unpacked.
+    pub fn cache_hits(&self) -> usize {
+        self.cache_hits
+    }
+
+    /// Adds a layer identified by `digest_hex`: from the unpacked-layer cache if it is there,
+    /// otherwise by unpacking the stream `open` returns (into the cache when there is one).
+    pub fn add_layer_by_digest<R: Read>(
+        &mut self,
+        digest_hex: &str,
+        name: &str,
+        open: impl FnOnce() -> Result<R, RootfsError>,
+    ) -> Result<UnpackStats, RootfsError> {
+        let (Some(cache), Strategy::Overlay { layers }) = (&self.layer_cache, &mut self.strategy) else {
+            return self.add_layer(open()?, name);
+        };
+        let cached = cache.join(digest_hex);
+        let mut stats = UnpackStats::default();
+        if !cached.is_dir() {
+            fs::create_dir_all(cache).map_err(RootfsError::io(cache))?;
+            let tmp =
+                tempfile::Builder::new().prefix(".unpacking-").tempdir_in(cache).map_err(RootfsError::io(cache))?;
+            stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
+            // Complete layers appear under their digest atomically; if another build got there
+            // first, its copy is as good as ours.
+            let tmp = tmp.keep();
+            if fs::rename(&tmp, &cached).is_err() {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+        } else {
+            self.cache_hits += 1;
+        }
+        let rel = format!("l/{}", layers.len());
+        let link = self.scratch.join(&rel);
+        fs::create_dir_all(self.scratch.join("l")).map_err(RootfsError::io(&self.scratch))?;
+        std::os::unix::fs::symlink(&cached, &link).map_err(RootfsError::io(&link))?;
+        layers.push(rel);
+        self.layers_added += 1;
+        Ok(stats)
     }
 
     pub fn uses_overlay(&self) -> bool {
@@ -130,16 +192,14 @@ impl Rootfs {
                 let rel = format!("l/{}", layers.len());
                 let dir = self.scratch.join(&rel);
                 fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
-                let opts = UnpackOptions { whiteouts: WhiteoutMode::Overlay, layer_name: name.to_string() };
-                let stats = unpack_layer(&dir, tar, &opts).map_err(Box::new)?;
+                let stats = unpack_whole(&dir, tar, WhiteoutMode::Overlay, name)?;
                 layers.push(rel);
                 Ok(stats)
             }
             Strategy::Stat { index } => {
                 // The stat index no longer describes the tree; rebuilt before the next RUN.
                 *index = None;
-                let opts = UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: name.to_string() };
-                Ok(unpack_layer(&self.scratch.join("rootfs"), tar, &opts).map_err(Box::new)?)
+                unpack_whole(&self.scratch.join("rootfs"), tar, WhiteoutMode::Apply, name)
             }
         }
     }
@@ -291,6 +351,15 @@ impl Rootfs {
     pub fn remove(self) -> io::Result<()> {
         fs::remove_dir_all(&self.scratch)
     }
+}
+
+/// Unpacks a layer and then reads its stream to the end: a verifying reader underneath checks
+/// the blob's digest only at the end, and nothing may be trusted (or cached) before that.
+fn unpack_whole(dir: &Path, mut tar: impl Read, mode: WhiteoutMode, name: &str) -> Result<UnpackStats, RootfsError> {
+    let opts = UnpackOptions { whiteouts: mode, layer_name: name.to_string() };
+    let stats = unpack_layer(dir, &mut tar, &opts).map_err(Box::new)?;
+    io::copy(&mut tar, &mut io::sink()).map_err(|e| RootfsError::Io { path: PathBuf::from(name), source: e })?;
+    Ok(stats)
 }
 
 /// True if a whiteout or an opaque directory in `layer` hides `rel` from the layers below.
