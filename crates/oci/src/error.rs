@@ -58,6 +58,29 @@ pub enum OciError {
 
     #[error("registry {registry}: {message}")]
     Registry { registry: String, message: String },
+
+    /// 401 or 403: missing, wrong or insufficient credentials.
+    #[error("registry {registry}: {reason} for {repository} ({hint})")]
+    RegistryAuth { registry: String, repository: String, reason: &'static str, hint: String },
+
+    /// The repository, tag or digest does not exist.
+    #[error("registry {registry}: no image {registry}/{repository}{reference}")]
+    ImageNotFound { registry: String, repository: String, reference: String },
+
+    /// Connection errors or 5xx answers that outlasted every retry.
+    #[error("registry {registry} unreachable after {attempts} attempts: {reason}")]
+    RegistryUnreachable { registry: String, attempts: u32, reason: String },
+
+    /// A blob downloaded from a registry does not match its digest (nothing is kept).
+    #[error("blob {digest} from {origin} is corrupt: its content hashes to {actual}")]
+    RemoteDigestMismatch { digest: Digest, actual: Digest, origin: String },
+
+    #[error("blob {digest} from {origin} has {actual} bytes, but its descriptor says {expected}")]
+    RemoteSizeMismatch { digest: Digest, expected: u64, actual: u64, origin: String },
+
+    /// Malformed `CNB_REGISTRY_AUTH` or Docker config.
+    #[error("{source_name}: {reason}")]
+    BadCredentials { source_name: String, reason: String },
 }
 
 impl OciError {
@@ -78,6 +101,9 @@ impl OciError {
                 | OciError::BadReference { .. }
                 | OciError::BadDigest(_)
                 | OciError::BadPlatform(_)
+                | OciError::RegistryAuth { .. }
+                | OciError::ImageNotFound { .. }
+                | OciError::BadCredentials { .. }
         )
     }
 }

@@ -9,6 +9,7 @@
 use std::fs::{self, File};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde_json::{Value, json};
@@ -18,21 +19,96 @@ use crate::digest::{BlobCheckFailure, Digest, VerifyingReader};
 use crate::error::{OciError, Result};
 use crate::media;
 use crate::platform::Platform;
+use crate::reference::RegistryRef;
 
 /// Manifests, indexes and configs larger than this are refused (they are a few KiB in practice;
 /// the limit stops a hostile layout from making us allocate without bound).
 const MAX_JSON_BLOB: u64 = 16 << 20;
 
+/// Downloads blobs a [`BlobStore`] lacks (the registry blob cache fetches from its registry).
+pub trait BlobFetcher: Send + Sync {
+    /// Writes the blob `digest` into the new file `dest`, verifying its digest (and its size,
+    /// when known) while it streams; on error `dest` may hold a partial download.
+    fn fetch(&self, digest: &Digest, size: Option<u64>, dest: &Path) -> Result<()>;
+
+    /// The registry repository blobs come from, for cross-repository mounts and messages.
+    fn origin(&self) -> Option<&RegistryRef>;
+}
+
 /// A directory of content-addressed blobs (`<root>/blobs/sha256/<hex>`): an OCI layout, or the
-/// registry blob cache.
-#[derive(Debug, Clone)]
+/// registry blob cache. A store with a [`BlobFetcher`] downloads missing blobs when they are
+/// first opened (or [`BlobStore::ensure`]d), so registry layers are fetched lazily, once.
+#[derive(Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    fetcher: Option<Arc<dyn BlobFetcher>>,
 }
+
+impl std::fmt::Debug for BlobStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("BlobStore");
+        d.field("root", &self.root);
+        if let Some(origin) = self.origin() {
+            d.field("origin", &format!("{}/{}", origin.registry, origin.repository));
+        }
+        d.finish()
+    }
+}
+
+/// Temporary download directories in a fetching store: `<root>/tmp/.fetch-<pid>-<random>`.
+const FETCH_PREFIX: &str = ".fetch-";
 
 impl BlobStore {
     pub fn new(root: impl Into<PathBuf>) -> BlobStore {
-        BlobStore { root: root.into() }
+        BlobStore { root: root.into(), fetcher: None }
+    }
+
+    /// The same directory, downloading missing blobs with `fetcher`.
+    pub fn with_fetcher(self, fetcher: Arc<dyn BlobFetcher>) -> BlobStore {
+        BlobStore { fetcher: Some(fetcher), ..self }
+    }
+
+    /// Where missing blobs come from, if anywhere.
+    pub fn origin(&self) -> Option<&RegistryRef> {
+        self.fetcher.as_deref().and_then(|f| f.origin())
+    }
+
+    /// Makes sure the blob is in the store, downloading it (verified, to a temporary file, then
+    /// renamed into place) if the store has a fetcher; without one a missing blob is an error.
+    pub fn ensure(&self, digest: &Digest, size: Option<u64>) -> Result<()> {
+        if self.has(digest) {
+            return Ok(());
+        }
+        let Some(fetcher) = &self.fetcher else {
+            return Err(OciError::MissingBlob { digest: digest.clone(), store: self.root.clone() });
+        };
+        let tmp_root = self.root.join("tmp");
+        fs::create_dir_all(&tmp_root).map_err(OciError::io(&tmp_root))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{FETCH_PREFIX}{}-", std::process::id()))
+            .tempdir_in(&tmp_root)
+            .map_err(OciError::io(&tmp_root))?;
+        let _cleanup = crate::cleanup::register_path(tmp.path());
+        let part = tmp.path().join(digest.hex());
+        fetcher.fetch(digest, size, &part)?;
+        let blobs = self.blobs_dir();
+        fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
+        let dest = self.blob_path(digest);
+        fs::rename(&part, &dest).map_err(OciError::io(&dest))?;
+        Ok(())
+    }
+
+    /// Removes download directories left by runs that were killed outright (their pid is gone).
+    pub fn remove_stale_downloads(&self) {
+        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(FETCH_PREFIX)) else { continue };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -53,6 +129,9 @@ impl BlobStore {
 
     /// Opens a blob for streaming; the reader fails at the end if the content does not match.
     pub fn open(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<BufReader<File>>> {
+        if self.fetcher.is_some() {
+            self.ensure(digest, size)?;
+        }
         let path = self.blob_path(digest);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => OciError::MissingBlob { digest: digest.clone(), store: self.root.clone() },
@@ -363,16 +442,15 @@ impl LayoutWriter {
     }
 
     /// Carries a blob over from `source` by hard link, or by plain copy across filesystems: the
-    /// bytes are neither decompressed nor re-hashed.
+    /// bytes are neither decompressed nor re-hashed. A registry-backed `source` downloads the
+    /// blob into its cache first (once).
     pub fn add_blob_from(&mut self, source: &BlobStore, digest: &Digest) -> Result<()> {
         let dest = self.staging_blobs().join(digest.hex());
         if self.target_has(digest) || dest.exists() {
             return Ok(());
         }
+        source.ensure(digest, None)?;
         let src = source.blob_path(digest);
-        if !src.is_file() {
-            return Err(OciError::MissingBlob { digest: digest.clone(), store: source.root().into() });
-        }
         if fs::hard_link(&src, &dest).is_err() {
             let tmp = dest.with_extension("tmp");
             fs::copy(&src, &tmp).map_err(OciError::io(&src))?;

@@ -1,9 +1,9 @@
 //! One entry point for reading images, whatever the reference: `oci:` layouts and (see
-//! `registry`) `docker://` registries.
+//! [`crate::registry`]) `docker://` registries.
 
 use std::path::PathBuf;
 
-use crate::error::{OciError, Result};
+use crate::error::Result;
 use crate::layout::{Image, OciLayout};
 use crate::platform::Platform;
 use crate::reference::ImageRef;
@@ -11,20 +11,37 @@ use crate::reference::ImageRef;
 /// Settings shared by every command that reads or writes images.
 #[derive(Debug, Clone, Default)]
 pub struct StoreOptions {
-    /// Content-addressed cache for registry blobs (default: the user's cache dir).
+    /// Content-addressed cache for registry blobs (default: [`default_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
     /// Registries (`host[:port]`) to reach over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
 }
 
+impl StoreOptions {
+    /// The registry blob cache: `cache_dir` or the default.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+}
+
+/// `$XDG_CACHE_HOME/ext-extend`, else `$HOME/.cache/ext-extend` (else under `$TMPDIR`).
+pub fn default_cache_dir() -> PathBuf {
+    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(x) = var("XDG_CACHE_HOME").filter(|p| p.is_absolute()) {
+        return x.join("ext-extend");
+    }
+    match var("HOME") {
+        Some(home) => home.join(".cache").join("ext-extend"),
+        None => std::env::temp_dir().join("ext-extend-cache"),
+    }
+}
+
 /// Resolves `reference` to a single-platform image. Only the manifest and config are read;
-/// layers are read (or, for registries, downloaded) when something needs their bytes.
-pub fn open_image(reference: &ImageRef, platform: &Platform, _opts: &StoreOptions) -> Result<Image> {
+/// layers are read (or, for registries, downloaded into the cache) when something needs their
+/// bytes.
+pub fn open_image(reference: &ImageRef, platform: &Platform, opts: &StoreOptions) -> Result<Image> {
     match reference {
         ImageRef::Layout(l) => OciLayout::open(&l.dir)?.resolve(l.tag.as_deref(), platform),
-        ImageRef::Registry(r) => Err(OciError::Registry {
-            registry: r.registry.clone(),
-            message: "registry images are not supported yet".into(),
-        }),
+        ImageRef::Registry(r) => crate::registry::open_image(r, platform, opts),
     }
 }
