@@ -1,8 +1,9 @@
 //! Writing an [`ExtendedImage`]: the manifest (base layers by digest, then the new layers) and
-//! config, committed atomically into an OCI layout.
+//! config, committed atomically into an OCI layout or pushed to a registry (tag last).
 
 use std::path::PathBuf;
 
+use ext_oci::registry::{LayerSource, PushLayer};
 use ext_oci::{Digest, ImageRef, LayoutWriter, OciError, RegistryRef, StoreOptions, media};
 use serde_json::{Value, json};
 
@@ -24,6 +25,12 @@ impl OutputTarget {
                 tag: l.tag.clone().unwrap_or_else(|| "latest".into()),
             }),
             ImageRef::Registry(r) => {
+                if r.digest.is_some() {
+                    return Err(ExecError::Image(OciError::BadReference {
+                        reference: reference.to_string(),
+                        reason: "an output is pushed by tag: use docker://HOST/REPO:TAG, without @DIGEST".into(),
+                    }));
+                }
                 let staging = tempfile::Builder::new()
                     .prefix("ext-extend-push-")
                     .tempdir()
@@ -110,14 +117,47 @@ impl ExtendedImage {
     }
 
     /// Writes the image to `target` (a layout commit or a registry push).
-    pub fn write(&self, target: OutputTarget, _opts: &StoreOptions) -> Result<WrittenImage> {
+    pub fn write(&self, target: OutputTarget, opts: &StoreOptions) -> Result<WrittenImage> {
         match target {
             OutputTarget::Layout { writer, tag } => self.write_layout(writer, &tag),
-            OutputTarget::Registry { reference, .. } => Err(ExecError::Image(OciError::Registry {
-                registry: reference.registry.clone(),
-                message: "pushing to registries is not supported yet".into(),
-            })),
+            OutputTarget::Registry { reference, staging, _cleanup } => {
+                // The staging dir holds the new layers until the push is over.
+                let written = self.push(&reference, opts);
+                drop(staging);
+                written
+            }
         }
+    }
+
+    /// Pushes the image to `target`: layers the registry lacks (base layers are mounted from
+    /// their repository when they are on the same registry, else taken from the base's store),
+    /// the config, then the manifest by tag.
+    pub fn push(&self, target: &RegistryRef, opts: &StoreOptions) -> Result<WrittenImage> {
+        let mut layers = Vec::new();
+        for d in self.base.layers() {
+            layers.push(PushLayer {
+                digest: Digest::try_from(d.digest())?,
+                size: d.size(),
+                source: LayerSource::Store(self.base.store.clone()),
+            });
+        }
+        for l in &self.new_layers {
+            layers.push(PushLayer {
+                digest: l.digest.clone(),
+                size: l.size,
+                source: LayerSource::File(l.path.clone()),
+            });
+        }
+        let config = self.config_bytes();
+        let config_digest = Digest::of(&config);
+        let manifest = self.manifest_bytes(&config_digest, config.len() as u64);
+        let pushed = ext_oci::registry::push_image(target, &manifest, media::OCI_MANIFEST, &config, &layers, opts)?;
+        Ok(WrittenImage {
+            manifest_digest: pushed.digest.to_string(),
+            manifest_size: pushed.size,
+            config_digest: config_digest.to_string(),
+            layers: self.layer_descriptors(),
+        })
     }
 
     /// Commits the image into the layout `writer` was opened on, tagged `tag`. The new layer

@@ -49,7 +49,8 @@ pub struct StoreArgs {
     pub cache_dir: Option<PathBuf>,
 
     /// Reach this registry (host[:port]) over plain HTTP. Loopback registries (127.0.0.1,
-    /// localhost, ::1) always are. Repeatable.
+    /// localhost, ::1) always are. Repeatable. Credentials come from CNB_REGISTRY_AUTH, then
+    /// $DOCKER_CONFIG/config.json or ~/.docker/config.json.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
 }
@@ -68,8 +69,8 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub store: StoreArgs,
 
-    /// The image to extend: oci:DIR[:TAG]. `FROM ${base_image}` resolves to it and it is passed
-    /// as the build arg `base_image`.
+    /// The image to extend: oci:DIR[:TAG] or docker://HOST[:PORT]/REPO[:TAG|@DIGEST]. `FROM
+    /// ${base_image}` resolves to it and it is passed as the build arg `base_image`.
     #[arg(long, value_name = "REF")]
     pub from: String,
 
@@ -87,8 +88,9 @@ pub struct BuildArgs {
     #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
     pub build_args: Vec<String>,
 
-    /// Where to write the result: oci:DIR[:TAG] (tag defaults to `latest`). Other tags in an
-    /// existing layout are kept; the layout is updated atomically.
+    /// Where to write the result: oci:DIR[:TAG] (tag defaults to `latest`; other tags in an
+    /// existing layout are kept; the layout is updated atomically) or
+    /// docker://HOST[:PORT]/REPO[:TAG] (only missing blobs are pushed; the tag is set last).
     #[arg(short, long, value_name = "REF")]
     pub output: String,
 
