@@ -89,6 +89,7 @@ pub struct ExtendArgs {
     /// build extension is the platform's to run).
     #[arg(long, env = "CNB_USER_ID", value_name = "UID")]
     pub uid: Option<u32>,
+    /// GID of the build image user (accepted for compatibility, like --uid).
     #[arg(long, env = "CNB_GROUP_ID", value_name = "GID")]
     pub gid: Option<u32>,
     /// Accepted for compatibility; ext-extend keeps no Kaniko layer cache.
