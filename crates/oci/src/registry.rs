@@ -27,11 +27,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::Reference;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::{RegistryToken, RegistryTokenType};
+use oci_client::{Reference, RegistryOperation};
 use oci_spec::image::{Descriptor, MediaType};
 use serde_json::Value;
 use sha2::Digest as _;
@@ -86,6 +87,9 @@ pub struct RegistryClient {
     client: oci_client::Client,
     auth: RegistryAuth,
     credentials: auth::Resolved,
+    plain_http: bool,
+    /// Proxy settings, for the few requests made without `oci-client` (mount tokens).
+    proxies: Vec<reqwest::Proxy>,
 }
 
 fn client_for(registry: &str, opts: &StoreOptions) -> Result<Arc<RegistryClient>> {
@@ -121,9 +125,16 @@ fn client_for(registry: &str, opts: &StoreOptions) -> Result<Arc<RegistryClient>
         no_proxy: env(&["NO_PROXY", "no_proxy"]),
         ..ClientConfig::default()
     };
+    let mut proxies = Vec::new();
+    if let Some(p) = config.https_proxy.as_deref().and_then(|p| reqwest::Proxy::https(p).ok()) {
+        proxies.push(p.no_proxy(reqwest::NoProxy::from_string(config.no_proxy.as_deref().unwrap_or_default())));
+    }
+    if let Some(p) = config.http_proxy.as_deref().and_then(|p| reqwest::Proxy::http(p).ok()) {
+        proxies.push(p.no_proxy(reqwest::NoProxy::from_string(config.no_proxy.as_deref().unwrap_or_default())));
+    }
     let client = oci_client::Client::try_from(config)
         .map_err(|e| OciError::Registry { registry: registry.into(), message: one_line(&e.to_string()) })?;
-    let c = Arc::new(RegistryClient { registry: registry.into(), client, auth, credentials });
+    let c = Arc::new(RegistryClient { registry: registry.into(), client, auth, credentials, plain_http, proxies });
     // oci-client looks credentials up by the registry it really talks to (docker.io is
     // index.docker.io).
     let resolved = c.reference("library/x").resolve_registry().to_string();
@@ -350,6 +361,57 @@ impl RegistryClient {
             // for one scope); an upload still works, and genuinely bad credentials fail there.
             Err(OciError::Registry { .. } | OciError::RegistryAuth { .. }) => Ok(false),
             other => other,
+        }
+    }
+
+    /// On a token-auth registry, gets one bearer token that allows pushing to `target` and
+    /// pulling from each of `sources`, and makes it `target`'s push token. `oci-client` asks for
+    /// the target's scope only, and a registry refuses to mount a blob from a repository the
+    /// token does not cover (the push would then upload the base layers again). Best effort:
+    /// without a bearer challenge, or on any failure, nothing changes.
+    fn prepare_mounts(&self, target: &Reference, sources: &[String]) {
+        if sources.is_empty() || matches!(self.auth, RegistryAuth::Bearer(_)) {
+            return;
+        }
+        let scheme = if self.plain_http { "http" } else { "https" };
+        let registry = target.resolve_registry().to_string();
+        let mut scopes = vec![format!("repository:{}:pull,push", target.repository())];
+        scopes.extend(sources.iter().map(|s| format!("repository:{s}:pull")));
+        let work = async {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(15))
+                .timeout(Duration::from_secs(60))
+                .user_agent(concat!("ext-extend/", env!("CARGO_PKG_VERSION")));
+            for p in &self.proxies {
+                builder = builder.proxy(p.clone());
+            }
+            let http = builder.build().ok()?;
+            let ping = http.get(format!("{scheme}://{registry}/v2/")).send().await.ok()?;
+            let header = ping.headers().get(http::header::WWW_AUTHENTICATE)?.to_str().ok()?.to_string();
+            let params = bearer_challenge(&header)?;
+            let mut query: Vec<(&str, &str)> = Vec::new();
+            if let Some(service) = params.get("service") {
+                query.push(("service", service));
+            }
+            query.extend(scopes.iter().map(|s| ("scope", s.as_str())));
+            let url = reqwest::Url::parse_with_params(params.get("realm")?, &query).ok()?;
+            let mut request = http.get(url);
+            if let RegistryAuth::Basic(user, password) = &self.auth {
+                request = request.basic_auth(user, Some(password));
+            }
+            let answer = request.send().await.ok()?;
+            if !answer.status().is_success() {
+                tracing::debug!("registry {}: token for mounts refused ({})", self.registry, answer.status());
+                return None;
+            }
+            let body: Value = serde_json::from_slice(&answer.bytes().await.ok()?).ok()?;
+            let token = body.get("token").or_else(|| body.get("access_token"))?.as_str()?.to_string();
+            let token = RegistryTokenType::Bearer(RegistryToken::Token { token });
+            self.client.tokens.insert(target, RegistryOperation::Push, token).await;
+            Some(())
+        };
+        if runtime().block_on(work).is_some() {
+            tracing::debug!("registry {}: one token for {}", self.registry, scopes.join(" "));
         }
     }
 
@@ -580,6 +642,18 @@ pub fn push_image(
     let client = client_for(&target.registry, opts)?;
     let tag = target.tag.clone().unwrap_or_else(|| "latest".into());
     let tagged = Reference::with_tag(target.registry.clone(), target.repository.clone(), tag.clone());
+    let mut sources: Vec<String> = layers
+        .iter()
+        .filter_map(|l| match &l.source {
+            LayerSource::Store(store) => store.origin(),
+            LayerSource::File(_) => None,
+        })
+        .filter(|o| o.registry == target.registry && o.repository != target.repository)
+        .map(|o| o.repository.clone())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    client.prepare_mounts(&tagged, &sources);
     let (mut present, mut mounted, mut uploaded) = (0, 0, 0);
     for layer in layers {
         if client.blob_exists(&tagged, &layer.digest)? {
@@ -627,6 +701,33 @@ pub fn push_image(
         target.repository
     );
     Ok(Pushed { digest, size: manifest.len() as u64 })
+}
+
+/// The parameters of a `Bearer` challenge (`Bearer realm="...",service="...",scope="..."`).
+fn bearer_challenge(header: &str) -> Option<HashMap<String, String>> {
+    let rest = header.trim();
+    let (scheme, mut rest) = rest.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let mut params = HashMap::new();
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if rest.is_empty() {
+            break;
+        }
+        let (key, after) = rest.split_once('=')?;
+        let (value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let end = quoted.find('"')?;
+                (&quoted[..end], &quoted[end + 1..])
+            }
+            None => after.split_at(after.find(',').unwrap_or(after.len())),
+        };
+        params.insert(key.trim().to_ascii_lowercase(), value.to_string());
+        rest = after;
+    }
+    params.contains_key("realm").then_some(params)
 }
 
 /// Adds small verified bytes (a manifest) to a store, atomically.
@@ -741,6 +842,19 @@ mod tests {
         assert!(allows_plain_http("registry.lan:443", &named));
         assert!(allows_plain_http("10.0.0.1:5000", &named));
         assert!(!allows_plain_http("10.0.0.1:6000", &named));
+    }
+
+    #[test]
+    fn bearer_challenges() {
+        let p = bearer_challenge(
+            r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a/b:pull""#,
+        )
+        .unwrap();
+        assert_eq!(p["realm"], "https://auth.io/token");
+        assert_eq!(p["service"], "registry.io");
+        assert_eq!(p["scope"], "repository:a/b:pull");
+        assert!(bearer_challenge(r#"Basic realm="x""#).is_none());
+        assert!(bearer_challenge(r#"Bearer service="x""#).is_none());
     }
 
     #[test]
