@@ -212,3 +212,443 @@ pub fn raw_tar(entries: &[RawEntry<'_>]) -> Vec<u8> {
     out.resize(out.len() + 1024, 0);
     out
 }
+
+/// Runs ext-extend with extra environment variables (and without the caller's registry
+/// credentials: `CNB_REGISTRY_AUTH` is removed unless given, `DOCKER_CONFIG` points at an empty
+/// directory unless given).
+pub fn ext_extend_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let no_config = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("SOURCE_DATE_EPOCH").env_remove("CNB_REGISTRY_AUTH");
+    cmd.env("DOCKER_CONFIG", no_config.path());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// A local registry (Debian's `docker-registry`) for one test: the config template from
+/// `docker/registry/`, filesystem storage and a request log in a temp dir, a free port on
+/// 127.0.0.1, optional htpasswd basic auth. Stopped by PID when dropped (so also when the test
+/// fails); [`Registry::kill`] and [`Registry::restart`] simulate an outage.
+pub struct Registry {
+    dir: tempfile::TempDir,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    pub credentials: Option<(String, String)>,
+    child: Option<std::process::Child>,
+    /// The bearer-token server of a token-auth registry.
+    pub tokens: Option<TokenServer>,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Registry::launch(None, false)
+    }
+
+    /// With basic auth (htpasswd) for `user`/`password` only.
+    pub fn start_with_auth(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user.to_string(), password.to_string())), false)
+    }
+
+    /// With bearer-token auth: a [`TokenServer`] gives tokens to `user`/`password` only.
+    pub fn start_with_token_auth(user: &str, password: &str) -> Registry {
+        Registry::launch(Some((user.to_string(), password.to_string())), true)
+    }
+
+    fn launch(credentials: Option<(String, String)>, token: bool) -> Registry {
+        require("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let mut tokens = None;
+        let template = match (&credentials, token) {
+            (Some((user, password)), true) => {
+                tokens = Some(TokenServer::start(dir.path(), user, password));
+                "config-token.yml"
+            }
+            (Some((user, password)), false) => {
+                require("htpasswd");
+                let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().unwrap();
+                assert!(out.status.success(), "htpasswd failed");
+                std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+                "config-htpasswd.yml"
+            }
+            (None, _) => "config.yml",
+        };
+        let mut template = std::fs::read_to_string(repo_root().join("docker/registry").join(template)).unwrap();
+        if let Some(t) = &tokens {
+            template = template
+                .replace("@REALM@", &format!("http://{}/token", t.addr))
+                .replace("@CERT@", &s(&dir.path().join("token-cert.pem")));
+        }
+        std::fs::write(dir.path().join("config.template"), template).unwrap();
+        let mut r = Registry { dir, addr: "127.0.0.1:0".into(), credentials, child: None, tokens };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let config = std::fs::read_to_string(d.join("config.template"))
+            .unwrap()
+            .replace("@ROOT@", &s(&d.join("data")))
+            .replace("@ADDR@", &self.addr)
+            .replace("@HTPASSWD@", &s(&d.join("htpasswd")));
+        std::fs::write(d.join("config.yml"), config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("registry.log")).unwrap();
+        let log_len = log.metadata().unwrap().len() as usize;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(d.join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        // The registry logs "listening on 127.0.0.1:PORT" (the real port when asked for 0).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.log();
+            if let Some(pos) = text[log_len.min(text.len())..].find("listening on ") {
+                let rest = &text[log_len + pos + "listening on ".len()..];
+                let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                if self.answers(&addr) {
+                    self.addr = addr;
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("docker-registry exited ({status}):\n{text}");
+            }
+            assert!(std::time::Instant::now() < deadline, "docker-registry did not start:\n{text}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether `GET /v2/` gets an HTTP answer (200, or 401 with auth).
+    fn answers(&self, addr: &str) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut c) = std::net::TcpStream::connect(addr) else { return false };
+        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+        if c.write_all(format!("GET /v2/ HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 12];
+        c.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
+    }
+
+    /// Stops the registry at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The storage root (`docker/registry/v2/...` is below it).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.dir.path().join("registry.log")).unwrap_or_default()).into_owned()
+    }
+
+    /// Every request in the access log so far: (method, URI, status).
+    pub fn requests(&self) -> Vec<(String, String, u16)> {
+        self.log()
+            .lines()
+            .filter_map(|l| {
+                let quoted = l.split('"').nth(1)?;
+                let mut parts = quoted.split(' ');
+                let (method, uri) = (parts.next()?, parts.next()?);
+                if !parts.next()?.starts_with("HTTP/") {
+                    return None;
+                }
+                let status = l.split('"').nth(2)?.split_whitespace().next()?.parse().ok()?;
+                Some((method.to_string(), uri.to_string(), status))
+            })
+            .collect()
+    }
+
+    /// `docker://127.0.0.1:PORT/<name>`.
+    pub fn url(&self, name: &str) -> String {
+        format!("docker://{}/{name}", self.addr)
+    }
+
+    /// Pushes `layout:tag` to `<name>` with skopeo.
+    pub fn push_layout(&self, layout: &Path, tag: &str, name: &str) {
+        require("skopeo");
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some((u, p)) = &self.credentials {
+            cmd.arg(format!("--dest-creds={u}:{p}"));
+        }
+        let out = cmd.arg(format!("oci:{}:{tag}", s(layout))).arg(self.url(name)).output().unwrap();
+        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `skopeo inspect` (plus `extra`) of `<name>`; Err(stderr) if skopeo fails.
+    pub fn inspect(&self, name: &str, extra: &[&str]) -> Result<Value, String> {
+        require("skopeo");
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["inspect", "--tls-verify=false"]).args(extra);
+        if let Some((u, p)) = &self.credentials {
+            cmd.arg(format!("--creds={u}:{p}"));
+        }
+        let out = cmd.arg(self.url(name)).output().unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// Copies `<name>` back into an OCI layout `dir:tag` with skopeo.
+    pub fn pull_layout(&self, name: &str, dir: &Path, tag: &str) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--src-tls-verify=false"]);
+        if let Some((u, p)) = &self.credentials {
+            cmd.arg(format!("--src-creds={u}:{p}"));
+        }
+        let out = cmd.arg(self.url(name)).arg(format!("oci:{}:{tag}", s(dir))).output().unwrap();
+        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Where the registry keeps a blob's bytes.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.root().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Base64 (standard with padding, or URL-safe without), for test credentials and JWTs.
+pub fn base64(bytes: &[u8], url: bool) -> String {
+    let abc: &[u8] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(abc[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if !url {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A minimal Docker token server (the protocol of Docker Hub, GHCR, Harbor): `GET /token?
+/// service=...&scope=repository:NAME:ACTIONS...` with basic credentials answers a JWT granting
+/// the scopes asked for, signed RS256 (openssl) with a fresh key whose self-signed certificate
+/// the registry trusts (`x5c` header); no credentials get a token granting nothing, wrong ones
+/// a 401. Every scope asked for is recorded in `scopes`.
+pub struct TokenServer {
+    pub addr: String,
+    basic: String,
+    pub scopes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
+        require("openssl");
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=ext-extend-test-tokens",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl req: {}", String::from_utf8_lossy(&out.stderr));
+        let der = Command::new("openssl").args(["x509", "-outform", "DER", "-in"]).arg(&cert).output().unwrap();
+        assert!(der.status.success());
+        let x5c = base64(&der.stdout, false);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let scopes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let expected = format!("Basic {}", base64(format!("{user}:{password}").as_bytes(), false));
+        let (seen, stopping) = (scopes.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let _ = serve_token(stream, &key, &x5c, &expected, &seen);
+                }
+            }
+        });
+        let basic = format!("Basic {}", base64(format!("{user}:{password}").as_bytes(), false));
+        TokenServer { addr, basic, scopes, stop, thread: Some(thread) }
+    }
+
+    /// A token for `scopes` (e.g. `repository:test/busybox:pull`), as a client would get it.
+    pub fn mint(&self, scopes: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let query: Vec<String> = scopes.iter().map(|s| format!("scope={}", s.replace(':', "%3A"))).collect();
+        let mut c = std::net::TcpStream::connect(&self.addr).unwrap();
+        write!(
+            c,
+            "GET /token?service=ext-extend-test&{} HTTP/1.0\r\nAuthorization: {}\r\n\r\n",
+            query.join("&"),
+            self.basic
+        )
+        .unwrap();
+        let mut text = String::new();
+        c.read_to_string(&mut text).unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let v: Value = serde_json::from_str(body).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_token(
+    stream: std::net::TcpStream,
+    key: &Path,
+    x5c: &str,
+    expected: &str,
+    seen: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorization = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("authorization")
+        {
+            authorization = Some(v.trim().to_string());
+        }
+    }
+    let target = request_line.split(' ').nth(1).unwrap_or_default();
+    let query = target.split_once('?').map(|(_, q)| q).unwrap_or_default();
+    let params: Vec<(String, String)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+        .collect();
+    let mut out = stream;
+    let reply = |out: &mut std::net::TcpStream, status: &str, body: &str| {
+        write!(
+            out,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let granted = match authorization.as_deref() {
+        Some(a) if a == expected => true,
+        Some(_) => return reply(&mut out, "401 Unauthorized", r#"{"details":"wrong credentials"}"#),
+        None => false,
+    };
+    let mut access = Vec::new();
+    for (k, v) in &params {
+        if k != "scope" {
+            continue;
+        }
+        seen.lock().unwrap().push(v.clone());
+        let parts: Vec<&str> = v.split(':').collect();
+        if let [kind, name, actions] = parts.as_slice()
+            && granted
+        {
+            access.push(
+                serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}),
+            );
+        }
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
+    let claims = serde_json::json!({
+        "iss": "ext-extend-test-tokens", "sub": if granted { "builder" } else { "" }, "aud": "ext-extend-test",
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", seen.lock().unwrap().len()),
+        "access": access,
+    });
+    let signing_input =
+        format!("{}.{}", base64(header.to_string().as_bytes(), true), base64(claims.to_string().as_bytes(), true));
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(signing_input.as_bytes())?;
+    let signature = child.wait_with_output()?.stdout;
+    let jwt = format!("{signing_input}.{}", base64(&signature, true));
+    let body = serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300}).to_string();
+    reply(&mut out, "200 OK", &body)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
