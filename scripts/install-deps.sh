@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmarks need from Debian's packages, if missing:
 # umoci and skopeo (independent image checkers), busybox-static (the real binary test images
-# are built from), docker-registry and apache2-utils (the local registry and its htpasswd).
+# are built from), docker-registry and apache2-utils (the local registry and its htpasswd),
+# openssl (the registry tests' token server signs its JWTs with it).
 # Pass extra package names as arguments (e.g. buildah for the benchmark).
 set -euo pipefail
 
-want=(umoci skopeo busybox-static docker-registry apache2-utils "$@")
+want=(umoci skopeo busybox-static docker-registry apache2-utils openssl "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
