@@ -1,7 +1,7 @@
 # ext-extend. `make demo` runs the bundled sample; `make test` runs every test (what CI runs).
 CARGO ?= cargo
 
-.PHONY: all build demo test deps lint fmt clean
+.PHONY: all build demo test deps lint fmt clean bench
 
 all: build
 
@@ -20,6 +20,12 @@ lint:
 
 test: deps lint
 	$(CARGO) test --workspace --locked
+
+# Benchmark against Buildah and the physical limit (README "Performance"); needs root.
+bench:
+	scripts/install-deps.sh buildah strace
+	$(CARGO) build --release --locked -p ext-extend -p bench-limit
+	python3 bench/bench.py
 
 fmt:
 	$(CARGO) fmt --all
