@@ -256,6 +256,8 @@ impl Session {
             for desc in self.base.layers() {
                 let digest = Digest::try_from(desc.digest())?;
                 let reader = self.base.store.open(&digest, Some(desc.size()))?;
+                let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(desc.size()));
+                let reader = ext_oci::progress::ProgressReader::new(reader, progress);
                 let tar = decompress(reader).map_err(|e| ExecError::Image(self.base.store.read_error(&digest, e)))?;
                 let stats = rootfs.add_layer(tar, digest.as_str()).map_err(|e| match e {
                     RootfsError::Unpack(u) => match self.base.store.verify(&digest, Some(desc.size())) {
