@@ -39,6 +39,9 @@ pub struct SessionOptions {
     /// Image paths whose changes never go into a layer (the CNB extender ignores `<app>`,
     /// `<layers>` and `<platform>`).
     pub ignore_paths: Vec<String>,
+    /// Where per-layer work that only depends on a layer's digest is kept between builds
+    /// (header indexes, unpacked layers). `None`: nothing is kept.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl SessionOptions {
@@ -48,6 +51,7 @@ impl SessionOptions {
             scratch: scratch.to_path_buf(),
             snapshot: SnapshotMode::Auto,
             ignore_paths: Vec::new(),
+            cache_dir: None,
         }
     }
 }
@@ -198,7 +202,7 @@ impl Session {
     fn tree(&mut self) -> Result<&mut ImageTree> {
         if self.tree.is_none() {
             let started = std::time::Instant::now();
-            let mut tree = ImageTree::from_image(&self.base)?;
+            let mut tree = ImageTree::from_image(&self.base, self.opts.cache_dir.as_deref())?;
             for layer in &self.layers {
                 tree.apply_blob(&layer.path, &layer.digest)?;
             }
@@ -252,30 +256,38 @@ impl Session {
             let dir = self.opts.scratch.join("rootfs");
             let mut rootfs =
                 Rootfs::create(&dir, self.opts.snapshot, &self.opts.ignore_paths).map_err(|e| rootfs_error(at, e))?;
+            if let Some(cache) = &self.opts.cache_dir {
+                rootfs = rootfs.with_layer_cache(cache);
+            }
             let mut bytes = 0u64;
             for desc in self.base.layers() {
                 let digest = Digest::try_from(desc.digest())?;
-                let reader = self.base.store.open(&digest, Some(desc.size()))?;
-                let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(desc.size()));
-                let reader = ext_oci::progress::ProgressReader::new(reader, progress);
-                let tar = decompress(reader).map_err(|e| ExecError::Image(self.base.store.read_error(&digest, e)))?;
-                let stats = rootfs.add_layer(tar, digest.as_str()).map_err(|e| match e {
-                    RootfsError::Unpack(u) => match self.base.store.verify(&digest, Some(desc.size())) {
+                let store = &self.base.store;
+                let open = || -> std::result::Result<_, RootfsError> {
+                    let reader =
+                        store.open(&digest, Some(desc.size())).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
+                    let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(desc.size()));
+                    let reader = ext_oci::progress::ProgressReader::new(reader, progress);
+                    decompress(reader).map_err(|e| RootfsError::Io { path: PathBuf::from(digest.as_str()), source: e })
+                };
+                let stats = rootfs.add_layer_by_digest(digest.hex(), digest.as_str(), open).map_err(|e| {
+                    // A damaged blob shows up as a gzip, tar or unpack error before its digest
+                    // is checked at the end; name the root cause when it is one.
+                    match store.verify(&digest, Some(desc.size())) {
                         Err(damaged) => ExecError::Image(damaged),
-                        Ok(()) => rootfs_error(at, RootfsError::Unpack(u)),
-                    },
-                    other => rootfs_error(at, other),
+                        Ok(()) => rootfs_error(at, e),
+                    }
                 })?;
-                self.base.store.verify(&digest, Some(desc.size())).ok();
                 bytes += stats.bytes;
             }
             for layer in &self.layers {
                 add_blob_to_rootfs(&mut rootfs, &layer.path, &layer.digest).map_err(|e| rootfs_error(at, e))?;
             }
             tracing::info!(
-                "unpacked {} layers ({:.1} MB) for RUN in {:.2}s ({})",
+                "unpacked {} layers ({:.1} MB, {} from the unpacked-layer cache) for RUN in {:.2}s ({})",
                 rootfs.layers_added(),
                 bytes as f64 / 1e6,
+                rootfs.cache_hits(),
                 started.elapsed().as_secs_f64(),
                 if rootfs.uses_overlay() { "overlayfs snapshots" } else { "stat-index snapshots" }
             );
