@@ -61,7 +61,12 @@ impl Cnb {
             args.push(s(&repo_root().join("testdata/cnb/extensions")));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Command::new(bin()).args(&args).env("TMPDIR", &self.root).output().unwrap()
+        Command::new(bin())
+            .args(&args)
+            .env("TMPDIR", &self.root)
+            .env("EXT_EXTEND_CACHE_DIR", self.root.join("cache"))
+            .output()
+            .unwrap()
     }
 
     fn ok(&self, phase: &str, extra: &[&str]) -> String {
@@ -95,11 +100,15 @@ fn blobs(layout: &Path) -> Vec<String> {
 }
 
 #[test]
-fn distroless_extension_layer_flow() {
+fn distroless_extension_layer_flow_through_a_registry() {
     let t = tempfile::tempdir().unwrap();
     let run = t.path().join("distroless");
     make_run_image(&run, "latest", true);
-    let run_ref = format!("oci:{}:latest", s(&run));
+    let reg = Registry::start();
+    reg.push_layout(&run, "latest", "cnb/distroless:latest");
+    let run_digest = reg.inspect("cnb/distroless:latest", &[]).unwrap()["Digest"].as_str().unwrap().to_string();
+    // As the lifecycle's analyzer writes it: a digest reference without a scheme.
+    let run_ref = format!("{}@{run_digest}", reg.url("cnb/distroless").trim_start_matches("docker://"));
     let cnb = Cnb::new(&run_ref, &["tools"]);
 
     let stderr = cnb.ok("generate", &[]);
@@ -112,12 +121,13 @@ fn distroless_extension_layer_flow() {
     assert!(cnb.analyzed().contains("extend = true"), "{}", cnb.analyzed());
 
     let out = cnb.ok("extend", &["--kind", "run"]);
-    assert!(out.contains("context"), "{out}");
+    assert!(out.contains(&format!("context {}", s(&layer))), "the extension layer is the build context: {out}");
     let ext = cnb.extended_run();
     let ext_info = skopeo_inspect(&ext, "latest", &[]);
     let base_layers = layer_digests(&skopeo_inspect(&run, "latest", &[]));
     let ext_layers = layer_digests(&ext_info);
     assert_eq!(ext_layers.len(), base_layers.len() + 2, "two COPY layers");
+    assert_eq!(ext_layers[..base_layers.len()], base_layers[..]);
     assert_eq!(ext_info["Labels"]["io.buildpacks.rebasable"], "false", "label unset -> not rebasable");
     // Sparse: the layout holds only manifest, config and the new layers.
     assert_eq!(blobs(&ext).len(), 2 + 2);
@@ -125,23 +135,28 @@ fn distroless_extension_layer_flow() {
         assert!(!blobs(&ext).contains(l), "base layer {l} copied into <extended>/run");
     }
 
-    let app_image = t.path().join("app-image");
-    cnb.ok("export", &["--output", &format!("oci:{}:app", s(&app_image))]);
-    let info = skopeo_inspect(&app_image, "app", &[]);
+    cnb.ok("export", &["--output", &reg.url("cnb/app:latest")]);
+    let info = reg.inspect("cnb/app:latest", &[]).unwrap();
     let layers = layer_digests(&info);
-    assert_eq!(layers[..ext_layers.len()], ext_layers[..], "extension layers reused by digest");
+    assert_eq!(layers[..ext_layers.len()], ext_layers[..], "run image and extension layers reused by digest");
     assert_eq!(layers.len(), ext_layers.len() + 2, "plus one launch layer and the app layer");
     assert_eq!(info["Labels"]["io.buildpacks.rebasable"], "false");
-    let cfg = skopeo_inspect(&app_image, "app", &["--config"]);
+    let cfg = reg.inspect("cnb/app:latest", &["--config"]).unwrap();
     assert_eq!(cfg["config"]["User"], "65532:65532", "user stays non-root");
     assert_eq!(cfg["config"]["WorkingDir"], s(&cnb.app));
     let metadata: serde_json::Value =
         serde_json::from_str(info["Labels"]["io.buildpacks.lifecycle.metadata"].as_str().unwrap()).unwrap();
     assert_eq!(metadata["buildpacks"][0]["layers"]["launchy"]["data"]["version"], "1.2.3");
     assert!(metadata["buildpacks"][0]["layers"].get("sneaky").is_none());
-    assert!(metadata["runImage"]["topLayer"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        metadata["runImage"]["topLayer"],
+        skopeo_inspect(&run, "latest", &["--config"])["rootfs"]["diff_ids"][1]
+    );
+    assert!(metadata["runImage"]["reference"].as_str().unwrap().ends_with(&run_digest));
 
-    let (_g, r) = umoci_unpack(&app_image, "app");
+    let pulled = t.path().join("pulled");
+    reg.pull_layout("cnb/app:latest", &pulled, "app");
+    let (_g, r) = umoci_unpack(&pulled, "app");
     assert!(r.join("usr/local/bin/busybox").is_file());
     assert!(fs::read_to_string(r.join("etc/app.conf")).unwrap().contains("tools extension"));
     let rel = |p: &Path| r.join(p.strip_prefix("/").unwrap());
@@ -151,7 +166,8 @@ fn distroless_extension_layer_flow() {
     assert!(!rel(&cnb.layers.join("example_bp/sneaky")).exists(), "a layer marked extension is never exported");
     assert!(!rel(&cnb.layers.join("tools")).exists(), "nothing from the extension layer dir");
     assert!(!rel(&cnb.layers.join("generated")).exists(), "nothing from <generated>");
-    // And the busybox the extension shipped runs in the app image.
+    assert!(!r.join("bin/sh").exists(), "still distroless: no shell");
+    // The busybox the extension shipped runs in the app image.
     let o = Command::new("chroot").arg(&r).args(["/usr/local/bin/busybox", "echo", "works"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "works");
 }
