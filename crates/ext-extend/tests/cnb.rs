@@ -278,7 +278,7 @@ fn run_image_switch_ignores_earlier_dockerfiles() {
     let other_ref = format!("oci:{}:v2", s(&other));
     let cnb = Cnb::new(&format!("oci:{}:latest", s(&run)), &["first", "switcher"]);
     write(&cnb.platform.join("env/OTHER_RUN_IMAGE"), &other_ref);
-    write(&cnb.root.join("run.toml"), &format!("[[images]]\nimage = \"{}\"\n", format!("oci:{}:latest", s(&run))));
+    write(&cnb.root.join("run.toml"), &format!("[[images]]\nimage = \"oci:{}:latest\"\n", s(&run)));
     let stderr = cnb.ok("generate", &["--run", &s(&cnb.root.join("run.toml"))]);
     assert!(stderr.contains("not found in run metadata"), "warns about an unlisted run image: {stderr}");
     assert!(cnb.layers.join("generated/first/run.Dockerfile.ignore").is_file(), "earlier run.Dockerfile ignored");
