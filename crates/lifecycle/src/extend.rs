@@ -342,7 +342,7 @@ mod tests {
 
     #[test]
     fn lifecycle_references() {
-        assert_eq!(image_ref("127.0.0.1:5000/run@sha256:".to_string().as_str()).is_err(), true);
+        assert!(image_ref("127.0.0.1:5000/run@sha256:").is_err(), "a truncated digest is refused");
         let d = format!("sha256:{}", "a".repeat(64));
         assert_eq!(
             image_ref(&format!("127.0.0.1:5000/run@{d}")).unwrap().to_string(),
