@@ -310,6 +310,10 @@ fn damaged_base_layouts_are_reported_by_digest() {
     let first = layer_digests(&info)[0].clone();
     let blob = base.join("blobs/sha256").join(first.trim_start_matches("sha256:"));
     let out = t.path().join("out");
+    // A cache of its own: with a warm header-index cache the COPY would not read the base
+    // layers at all (base layers pass through by digest, never re-hashed), so nothing would be
+    // there to notice the damage.
+    let cache = t.path().join("cache");
     let run = |code| {
         build_err(
             &[
@@ -322,6 +326,8 @@ fn damaged_base_layouts_are_reported_by_digest() {
                 &s(&ctx),
                 "--output",
                 &format!("oci:{}", s(&out)),
+                "--cache-dir",
+                &s(&cache),
             ],
             code,
         )

@@ -13,7 +13,13 @@ use common::*;
 const MODES: [&str; 2] = ["overlay", "stat"];
 
 fn build_with(tmp: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin()).args(args).env("TMPDIR", tmp).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
+    Command::new(bin())
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap()
 }
 
 /// Layer tars (uncompressed listings) of the new layers of `layout:tag`.
@@ -209,6 +215,7 @@ fn dockerfiles_in_one_session_share_one_rootfs() {
                 "--snapshot",
                 mode,
             ])
+            .env("EXT_EXTEND_CACHE_DIR", test_cache())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -294,6 +301,7 @@ fn sigterm_mid_run_cleans_up_everything() {
     let mut child = Command::new(bin())
         .args(["build", "--from", &format!("oci:{}", s(&base)), "-f", &s(&df), "--output", &format!("oci:{}", s(&out))])
         .env("TMPDIR", &tmp)
+        .env("EXT_EXTEND_CACHE_DIR", test_cache())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

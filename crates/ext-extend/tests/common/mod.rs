@@ -34,7 +34,17 @@ pub fn make_run_image(dir: &Path, tag: &str, distroless: bool) {
 }
 
 pub fn ext_extend(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).env_remove("SOURCE_DATE_EPOCH").output().unwrap()
+    Command::new(bin())
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        .output()
+        .unwrap()
+}
+
+/// The tests' blob/index/unpack cache: under the target dir, never the user's ~/.cache.
+pub fn test_cache() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("ext-extend-cache")
 }
 
 /// Runs ext-extend, expecting success; returns stdout's last line (the manifest digest).
