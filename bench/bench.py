@@ -314,6 +314,7 @@ class Workload:
     tools: dict  # tool name -> callable(env, run_name) -> Sample
     runs: int
     note: str = ""
+    no_warmup: bool = False
 
 
 def make_workloads(env: Env) -> list[Workload]:
@@ -379,22 +380,23 @@ def make_workloads(env: Env) -> list[Workload]:
             "ext-extend": ext("W3", w3), **({"buildah": buildah(w3)} if peers else {}),
             "limit 1 thread": limit_runs("W3", w3_steps, 1), "limit 2 threads": limit_runs("W3", w3_steps, 2)}, n),
         Workload("W1-cold", "W1 with ext-extend's caches emptied before each run", {
-            "ext-extend": ext("W1-cold", w1, cold=True)}, n,
-                 "no header-index cache: the base layers' headers are read again"),
+            "ext-extend": ext("W1-cold", w1, cold=True)}, 3,
+                 "no header-index cache: the base layers' headers are read again", no_warmup=True),
         Workload("W2-cold", "W2 with ext-extend's caches emptied before each run", {
-            "ext-extend": ext("W2-cold", w2, cold=True)}, n,
-                 "no unpacked-layer cache: the base is unpacked in the run"),
+            "ext-extend": ext("W2-cold", w2, cold=True)}, 3,
+                 "no unpacked-layer cache: the base is unpacked in the run", no_warmup=True),
     ]
     if not env.args.no_1g:
         b1g = f"oci:{env.base1g}:latest"
-        k = max(2, n // 2)
+        k = 1  # for peak RSS only
         wl += [
             Workload("W1-1G", "W1 on the 1 GB base (RSS goal)", {
                 "ext-extend": ext("W1-1G", w1, base=b1g, digests=env.base1g_digests)}, k),
             Workload("W2-1G", "W2 on the 1 GB base (RSS goal)", {
                 "ext-extend": ext("W2-1G", w2, base=b1g, digests=env.base1g_digests)}, k),
             Workload("W2-1G-cold", "W2 on the 1 GB base, caches emptied (RSS goal)", {
-                "ext-extend": ext("W2-1G-cold", w2, cold=True, base=b1g, digests=env.base1g_digests)}, k),
+                "ext-extend": ext("W2-1G-cold", w2, cold=True, base=b1g, digests=env.base1g_digests)}, k,
+                     no_warmup=True),
         ]
     return wl
 
@@ -454,13 +456,12 @@ def registry_new_bytes(addr: str, repo: str, base_digests: set[str]) -> int:
     return sum(b["size"] for b in blobs if b["digest"] not in base_digests) + len(raw.encode())
 
 
-def limit_upload(env: Env, name: str, addr: str, blob: Path) -> Sample:
-    """A monolithic blob upload of the limit's layer with curl: POST, then PUT of the bytes."""
+def limit_upload(env: Env, name: str, addr: str, blob: Path, digest: str) -> Sample:
+    """A monolithic blob upload of the limit's layer with curl (streamed): POST, then PUT."""
     script = (f'loc=$(curl -sfi -X POST http://{addr}/v2/bench/limit/blobs/uploads/ | tr -d "\\r" | '
               f'sed -n "s/^[Ll]ocation: //p"); '
               f'case "$loc" in http*) ;; *) loc="http://{addr}$loc";; esac; '
-              f'curl -sf -X PUT -H "Content-Type: application/octet-stream" --data-binary @{blob} '
-              f'"$loc&digest=sha256:$(sha256sum {blob} | cut -d" " -f1)"')
+              f'curl -sf -X PUT -H "Content-Type: application/octet-stream" -T {blob} "$loc&digest={digest}"')
     s, _, _ = measure(["sh", "-c", script], env.logs, name)
     return s
 
@@ -504,7 +505,8 @@ def make_w4(env: Env, reg: Registry) -> tuple[list[Workload], str | None]:
     def limit_w1(threads):
         def f(env, name):
             s = limit_copy(env, name, r / "ctx-w1", "opt/ext", threads)
-            up = limit_upload(env, name + "-upload", addr, env.scratch / "limit.tar.gz")
+            digest = json.loads((env.logs / f"{name}.out").read_text())["digest"]
+            up = limit_upload(env, name + "-upload", addr, env.scratch / "limit.tar.gz", digest)
             return s.add(up, "upload")
         return f
 
@@ -703,7 +705,9 @@ def report(env: Env, results: dict, skipped: dict, checks: dict, crit: list, sta
     L.append(f"Run {machine['date']} on {machine['cpus']} CPUs ({machine['cpu']}), {machine['mem_gib']:.0f} GiB, "
              f"kernel {machine['kernel']}; load average before/after: {machine['load_before']} / "
              f"{machine['load_after']}. {machine['ext_version']}, commit {machine['commit']}; "
-             f"{machine['buildah']}. Medians of {env.args.runs} runs after 1 warm-up (min–max in latest.json); "
+             f"{machine['buildah']}. Medians of {env.args.runs} runs after 1 warm-up (-cold rows: 3 runs, no "
+             f"warm-up; -1G rows: 1 run, for peak RSS), with `sync` before every run (untimed); min–max and "
+             f"every run in latest.json; "
              f"total bench time {(time.monotonic() - started) / 60:.1f} min.")
     L.append("")
     b = json.loads((env.root / "base-300.json").read_text())
@@ -915,7 +919,12 @@ def main() -> int:
             try:
                 for i in range(wl.runs + 1):
                     for tool, fn in wl.tools.items():
+                        if i == 0 and wl.no_warmup:
+                            continue
                         name = f"{wl.key}-{tool.replace(' ', '-')}-{i}"
+                        # Untimed: write back what the previous run left dirty (Buildah leaves
+                        # GBs), so no run pays for another's writeback in its fsyncs.
+                        os.sync()
                         s = fn(env, name)
                         if i > 0:
                             runs[tool].append(s)
