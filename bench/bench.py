@@ -204,7 +204,10 @@ class Env:
         self.scratch.mkdir()
         self.logs = self.tmp / "logs"
         self.ext_cache = self.tmp / "ext-cache"
-        self.bstore = self.tmp / "buildah"
+        # Buildah's vfs store lives in RAM (/dev/shm): it writes GBs per run (a full copy of the
+        # base per container), whose writeback would otherwise land in the next runs' fsyncs
+        # and make the whole bench slow. This favours Buildah (its store I/O is free).
+        self.bstore = Path("/dev/shm/ext-extend-bench-buildah")
         self.registry: str | None = None
         self.limit_rootfs = self.tmp / "limit-rootfs"
         self.ext_layers: dict[str, list[Path]] = {}  # workload -> new layers of the last ext-extend run
@@ -741,7 +744,8 @@ def report(env: Env, results: dict, skipped: dict, checks: dict, crit: list, sta
     L.append("Tools: **ext-extend** `build` with `--cache-dir` and `--scratch-dir` on the same disk (its "
              "header-index and unpacked-layer caches are warm after the warm-up, except in the *-cold rows, "
              "where the cache dir is removed before each run). **buildah** `--storage-driver vfs bud "
-             "--isolation chroot` then `buildah push` to an `oci:` layout (or the registry); its store is "
+             "--isolation chroot` then `buildah push` to an `oci:` layout (or the registry); its store is in "
+             "RAM (/dev/shm: its GBs of vfs copies cost it no disk writeback, which favours it) and "
              "warm (the base image is imported during the warm-up, as ext-extend's caches are) and the built "
              "images are removed after each run; W3 is three `bud`s, each FROM the previous result, then one "
              "push. **limit**: `bench-limit` (crates/bench-limit): tar + sha256 + gzip (flate2/zlib-rs, "
@@ -942,7 +946,11 @@ def main() -> int:
 
     if not args.no_buildah:
         shutil.rmtree(env.bstore, ignore_errors=True)
-    run_workloads(wls)
+    try:
+        run_workloads(wls)
+    except BaseException:
+        shutil.rmtree(env.bstore, ignore_errors=True)
+        raise
 
     if not args.no_registry and (only is None or "W4" in only):
         reg = Registry(env.tmp / "registry")
@@ -973,6 +981,7 @@ def main() -> int:
         "total_seconds": time.monotonic() - started}, indent=1, default=str))
     print(md)
     # Scratch is large and regenerated each run; generated workloads stay cached.
+    shutil.rmtree(env.bstore, ignore_errors=True)
     shutil.rmtree(env.scratch, ignore_errors=True)
     shutil.rmtree(env.limit_rootfs, ignore_errors=True)
     return 0
