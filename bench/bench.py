@@ -171,7 +171,8 @@ def dockerfile_runs(df: Path) -> list[str]:
 # Log parsing (ext-extend, info level)
 
 RE_UNPACK = re.compile(r"unpacked (\d+) layers \(([\d.]+) MB(?:, (\d+) from the unpacked-layer cache)?\) for RUN in ([\d.]+)s")
-RE_RUN = re.compile(r": (\d+) changes -> layer \S+ \((\d+) bytes\); command ([\d.]+)s, snapshot ([\d.]+)s")
+RE_RUN = re.compile(r": (\d+) changes -> layer \S+ \((\d+) bytes\); sandbox\+command ([\d.]+)s, diff ([\d.]+)s, "
+                    r"layer ([\d.]+)s, step ([\d.]+)s")
 
 
 def parse_ext_log(stderr: str) -> dict:
@@ -180,8 +181,11 @@ def parse_ext_log(stderr: str) -> dict:
         info["unpacks"].append({"layers": int(m.group(1)), "mb": float(m.group(2)),
                                 "cache_hits": int(m.group(3)) if m.group(3) else None, "seconds": float(m.group(4))})
     for m in RE_RUN.finditer(stderr):
+        # "command" includes the sandbox's setup (namespaces, mounts); "snapshot" is what
+        # follows the command: finding the changes and writing the layer.
         info["runs"].append({"changes": int(m.group(1)), "layer_bytes": int(m.group(2)),
-                             "command": float(m.group(3)), "snapshot": float(m.group(4))})
+                             "command": float(m.group(3)), "diff": float(m.group(4)), "layer": float(m.group(5)),
+                             "snapshot": float(m.group(4)) + float(m.group(5)), "step": float(m.group(6))})
     return info
 
 

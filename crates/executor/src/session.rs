@@ -346,7 +346,6 @@ impl Session {
             ),
             other => rootfs_error(at, other),
         })?;
-        let ran = started.elapsed();
         if !outcome.status.success() {
             return Err(ExecError::RunFailed {
                 at: at.clone(),
@@ -355,20 +354,22 @@ impl Session {
             });
         }
         let snapshot = outcome.snapshot.expect("a successful RUN has a snapshot");
+        let (command, diff) = (outcome.command_time.as_secs_f64(), outcome.diff_time.as_secs_f64());
         if snapshot.is_empty() {
-            tracing::info!("{at}: no changes (no layer) after {:.2}s", ran.as_secs_f64());
+            tracing::info!("{at}: no changes (no layer); sandbox+command {command:.3}s, diff {diff:.3}s");
             return Ok(None);
         }
+        let writing = std::time::Instant::now();
         let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
         ext_rootfs::write_snapshot(&snapshot, &mut writer).map_err(ExecError::io(&snapshot.source))?;
         let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
         tracing::info!(
-            "{at}: {} changes -> layer {} ({} bytes); command {:.2}s, snapshot {:.2}s",
+            "{at}: {} changes -> layer {} ({} bytes); sandbox+command {command:.3}s, diff {diff:.3}s, layer {:.3}s, step {:.3}s",
             snapshot.changes.len(),
             blob.digest.short(),
             blob.size,
-            ran.as_secs_f64(),
-            (started.elapsed() - ran).as_secs_f64()
+            writing.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64(),
         );
         if let Some(tree) = &mut self.tree {
             tree.apply_blob(&blob.path, &blob.digest)?;

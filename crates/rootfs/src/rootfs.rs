@@ -17,6 +17,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::diff::{self, IgnoreSet, Snapshot, StatIndex};
 use crate::error::RootfsError;
@@ -78,6 +79,10 @@ pub struct RunOutcome {
     pub status: std::process::ExitStatus,
     /// The changes, if the command succeeded.
     pub snapshot: Option<Snapshot>,
+    /// From spawning the sandbox to the command's exit (namespaces, mounts and the command).
+    pub command_time: std::time::Duration,
+    /// Finding the changes afterwards.
+    pub diff_time: std::time::Duration,
 }
 
 impl Rootfs {
@@ -285,21 +290,25 @@ impl Rootfs {
                     resolv_conf: resolv,
                     hosts,
                 };
+                let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
                     .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                let command_time = started.elapsed();
                 let work = self.scratch.join(&work_rel);
                 let _ = fs::remove_dir_all(&work);
                 let upper = self.scratch.join(&upper_rel);
                 if !status.success() {
                     let _ = fs::remove_dir_all(&run_dir);
-                    return Ok(RunOutcome { status, snapshot: None });
+                    return Ok(RunOutcome { status, snapshot: None, command_time, diff_time: Duration::ZERO });
                 }
+                let started = Instant::now();
                 let snapshot = diff::diff_upper(&upper, &self.ignore, &|rel| self.lower_metadata(&layers, rel))
                     .map_err(RootfsError::io(&upper))?;
+                let diff_time = started.elapsed();
                 if let Strategy::Overlay { layers } = &mut self.strategy {
                     layers.push(upper_rel);
                 }
-                Ok(RunOutcome { status, snapshot: Some(snapshot) })
+                Ok(RunOutcome { status, snapshot: Some(snapshot), command_time, diff_time })
             }
             Strategy::Stat { index } => {
                 let flat = self.scratch.join("rootfs");
@@ -314,17 +323,20 @@ impl Rootfs {
                     None => StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?,
                 };
                 let fs_spec = SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts };
+                let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
                     .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                let command_time = started.elapsed();
                 let _ = fs::remove_dir_all(&run_dir);
                 if !status.success() {
                     // A failed RUN fails the build: nothing else runs on this half-changed tree.
-                    return Ok(RunOutcome { status, snapshot: None });
+                    return Ok(RunOutcome { status, snapshot: None, command_time, diff_time: Duration::ZERO });
                 }
+                let started = Instant::now();
                 let after = StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?;
                 let snapshot = before.diff(&after, &flat);
                 *index = Some(after);
-                Ok(RunOutcome { status, snapshot: Some(snapshot) })
+                Ok(RunOutcome { status, snapshot: Some(snapshot), command_time, diff_time: started.elapsed() })
             }
         }
     }
