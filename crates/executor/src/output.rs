@@ -163,8 +163,8 @@ impl ExtendedImage {
     /// Commits the image into the layout `writer` was opened on, tagged `tag`. The new layer
     /// blobs must already be in `writer.staging_blobs()` (the session wrote them there).
     pub fn write_layout(&self, mut writer: LayoutWriter, tag: &str) -> Result<WrittenImage> {
-        for d in self.base.layer_digests()? {
-            writer.add_blob_from(&self.base.store, &d)?;
+        for (d, desc) in self.base.layer_digests()?.iter().zip(self.base.layers()) {
+            writer.add_blob_from(&self.base.store, d, desc.size())?;
         }
         self.commit_layout(writer, tag)
     }

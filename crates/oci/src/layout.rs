@@ -443,14 +443,24 @@ impl LayoutWriter {
 
     /// Carries a blob over from `source` by hard link, or by plain copy across filesystems: the
     /// bytes are neither decompressed nor re-hashed. A registry-backed `source` downloads the
-    /// blob into its cache first (once).
-    pub fn add_blob_from(&mut self, source: &BlobStore, digest: &Digest) -> Result<()> {
+    /// blob into its cache first (once). The size is checked (a `stat`, not a read), which
+    /// catches truncated blobs; bit flips in a passed-through layer are found by whoever reads it.
+    pub fn add_blob_from(&mut self, source: &BlobStore, digest: &Digest, size: u64) -> Result<()> {
         let dest = self.staging_blobs().join(digest.hex());
         if self.target_has(digest) || dest.exists() {
             return Ok(());
         }
-        source.ensure(digest, None)?;
+        source.ensure(digest, Some(size))?;
         let src = source.blob_path(digest);
+        let actual = fs::metadata(&src).map_err(OciError::io(&src))?.len();
+        if actual != size {
+            return Err(OciError::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual,
+                store: source.root().into(),
+            });
+        }
         if fs::hard_link(&src, &dest).is_err() {
             let tmp = dest.with_extension("tmp");
             fs::copy(&src, &tmp).map_err(OciError::io(&src))?;
