@@ -3,8 +3,8 @@
 
 For each workload and tool: 1 warm-up run, then --runs measured runs (default 5), tools
 interleaved run by run so background load hits them alike. Each run is one child process (or a
-few, summed) reaped with wait4: wall time, user+sys CPU, peak RSS (the largest of the process
-and its descendants), bytes it caused to be written (rusage oublock), and the bytes of the
+few, summed) reaped with wait4: wall time, user+sys CPU, peak RSS (GNU time's %M: the largest
+resident set in the tool's process tree), bytes it caused to be written (rusage oublock), and the bytes of the
 output image that are new (blobs whose digest the base image does not have).
 
 Writes bench/results/latest.md (printed) and bench/results/latest.json (every run).
@@ -90,10 +90,14 @@ def measure(argv: list, logdir: Path, name: str, env: dict | None = None, cwd: P
     """Runs argv as a child, reaps it with wait4. Returns (sample, exit code, stderr text)."""
     logdir.mkdir(parents=True, exist_ok=True)
     out_path, err_path = logdir / f"{name}.out", logdir / f"{name}.err"
+    rss_path = logdir / f"{name}.maxrss"
+    # Peak RSS comes from GNU time, which fork()s the tool from its own small process: a child
+    # that Python starts (vfork + exec) inherits Python's own high-water mark in ru_maxrss,
+    # which would report the harness's size instead of the tool's.
+    timed = ["/usr/bin/time", "-f", "%M", "-o", str(rss_path)] + [str(a) for a in argv]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen([str(a) for a in argv], stdout=out, stderr=err, env=env, cwd=cwd,
-                             stdin=subprocess.DEVNULL)
+        p = subprocess.Popen(timed, stdout=out, stderr=err, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
         _, status, ru = os.wait4(p.pid, 0)
         wall = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -101,8 +105,9 @@ def measure(argv: list, logdir: Path, name: str, env: dict | None = None, cwd: P
     if check and p.returncode != 0:
         tail = "\n".join(stderr.strip().splitlines()[-5:])
         raise RunFailed(f"{' '.join(map(str, argv[:4]))} ... exited {p.returncode}:\n{tail}")
-    s = Sample(wall=wall, user=ru.ru_utime, sys=ru.ru_stime, maxrss=ru.ru_maxrss * 1024,
-               io_written=ru.ru_oublock * 512)
+    rss_lines = [l for l in rss_path.read_text().splitlines() if l.strip().isdigit()] if rss_path.exists() else []
+    maxrss = int(rss_lines[-1]) * 1024 if rss_lines else ru.ru_maxrss * 1024
+    s = Sample(wall=wall, user=ru.ru_utime, sys=ru.ru_stime, maxrss=maxrss, io_written=ru.ru_oublock * 512)
     return s, p.returncode, stderr
 
 
@@ -208,10 +213,10 @@ class Env:
         self.scratch.mkdir()
         self.logs = self.tmp / "logs"
         self.ext_cache = self.tmp / "ext-cache"
-        # Buildah's vfs store lives in RAM (/dev/shm): it writes GBs per run (a full copy of the
-        # base per container), whose writeback would otherwise land in the next runs' fsyncs
-        # and make the whole bench slow. This favours Buildah (its store I/O is free).
-        self.bstore = Path("/dev/shm/ext-extend-bench-buildah")
+        # Buildah's vfs store is on the same disk as ext-extend's scratch and caches: equal
+        # conditions. It writes GBs per run (a full copy of the base per container); the
+        # untimed `sync` before every run keeps that writeback out of the next run's time.
+        self.bstore = self.tmp / "buildah-store"
         self.registry: str | None = None
         self.limit_rootfs = self.tmp / "limit-rootfs"
         self.ext_layers: dict[str, list[Path]] = {}  # workload -> new layers of the last ext-extend run
@@ -739,8 +744,8 @@ def report(env: Env, results: dict, skipped: dict, checks: dict, crit: list, sta
     for key, why in skipped.items():
         L.append(f"| {key} | – | {why} | | | | | | |")
     L.append("")
-    L.append("Columns: *wall* and *CPU* (user+sys, children included) per run; *peak RSS* of the process and "
-             "its descendants (wait4); *output MB*: blobs of the result that the base image does not have "
+    L.append("Columns: *wall* and *CPU* (user+sys, children included) per run; *peak RSS*: GNU time's `%M` "
+             "(the largest resident set of the tool's process tree); *output MB*: blobs of the result that the base image does not have "
              "(for Buildah that includes every base layer, which `buildah push` re-compresses; ext-extend "
              "passes base layers through by digest); *I/O written*: bytes the run dirtied (rusage oublock: "
              "output, scratch, caches). *ext-extend ÷ tool* < 1 means ext-extend is faster.")
@@ -748,8 +753,8 @@ def report(env: Env, results: dict, skipped: dict, checks: dict, crit: list, sta
     L.append("Tools: **ext-extend** `build` with `--cache-dir` and `--scratch-dir` on the same disk (its "
              "header-index and unpacked-layer caches are warm after the warm-up, except in the *-cold rows, "
              "where the cache dir is removed before each run). **buildah** `--storage-driver vfs bud "
-             "--isolation chroot` then `buildah push` to an `oci:` layout (or the registry); its store is in "
-             "RAM (/dev/shm: its GBs of vfs copies cost it no disk writeback, which favours it) and "
+             "--isolation chroot` then `buildah push` to an `oci:` layout (or the registry); its store is on "
+             "the same disk as ext-extend's scratch dir and caches, and "
              "warm (the base image is imported during the warm-up, as ext-extend's caches are) and the built "
              "images are removed after each run; W3 is three `bud`s, each FROM the previous result, then one "
              "push. **limit**: `bench-limit` (crates/bench-limit): tar + sha256 + gzip (flate2/zlib-rs, "
