@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dockerignore::DockerIgnore;
 use crate::error::{ExecError, Result};
+use crate::paths::clean_relative;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
@@ -243,22 +244,6 @@ fn join(a: &str, b: &str) -> String {
 
 fn parent(p: &str) -> &str {
     p.rsplit_once('/').map_or("", |(d, _)| d)
-}
-
-/// Cleans a context-relative path lexically; `None` if `..` would leave the root. A leading `/`
-/// means the context root, as in Docker.
-pub fn clean_relative(p: &str) -> Option<String> {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop()?;
-            }
-            c => out.push(c),
-        }
-    }
-    Some(out.join("/"))
 }
 
 #[cfg(test)]

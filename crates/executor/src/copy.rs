@@ -22,6 +22,7 @@ use ext_oci::{EntryMeta, LayerWriter};
 
 use crate::context::{BuildContext, ContextEntry, EntryKind};
 use crate::error::{ExecError, Result};
+use crate::paths::clean_clamped;
 use crate::tree::{ImageTree, Node, NodeKind, join};
 use crate::users::Ids;
 
@@ -451,19 +452,4 @@ fn split(path: &str) -> (&str, &str) {
         Some((d, n)) => (d, n),
         None => ("", path),
     }
-}
-
-/// Cleans an absolute image path to a tree key; `..` stops at the root as in the container.
-pub fn clean_clamped(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out.join("/")
 }

@@ -5,6 +5,8 @@
 
 use globset::{GlobBuilder, GlobMatcher};
 
+use crate::paths::clean_clamped;
+
 #[derive(Debug)]
 struct Pattern {
     matcher: GlobMatcher,
@@ -28,7 +30,8 @@ impl DockerIgnore {
                 Some(rest) => (true, rest.trim()),
                 None => (false, line),
             };
-            let cleaned = clean(pat);
+            // Like Go's `filepath.Clean`, relative to the context root.
+            let cleaned = clean_clamped(pat);
             if cleaned.is_empty() {
                 continue;
             }
@@ -70,21 +73,6 @@ impl DockerIgnore {
 
 fn parents(path: &str) -> impl Iterator<Item = &str> {
     path.match_indices('/').map(move |(i, _)| &path[..i])
-}
-
-/// Lexical clean like Go's `filepath.Clean`, relative to the context root.
-fn clean(p: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out.join("/")
 }
 
 #[cfg(test)]

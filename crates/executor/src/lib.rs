@@ -7,6 +7,7 @@ pub mod copy;
 pub mod dockerignore;
 pub mod error;
 pub mod output;
+pub mod paths;
 pub mod session;
 pub mod tree;
 pub mod users;

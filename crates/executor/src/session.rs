@@ -14,8 +14,9 @@ use ext_rootfs::{Network, Rootfs, RootfsError, RunSpec, SnapshotMode};
 use serde_json::{Value, json};
 
 use crate::context::BuildContext;
-use crate::copy::{CopyInput, CopyPlan, clean_clamped};
+use crate::copy::{CopyInput, CopyPlan};
 use crate::error::{ExecError, Result};
+use crate::paths::clean_clamped;
 use crate::tree::ImageTree;
 use crate::users::{self, GroupDefault};
 
@@ -225,7 +226,9 @@ impl Session {
         let workdir = self.workdir();
         let scratch = self.opts.scratch.join(format!("copy-{}", self.copies));
         self.copies += 1;
-        let tree = self.tree()?.clone();
+        self.tree()?;
+        // Borrowed, not cloned: a COPY must not cost a copy of the whole image's index.
+        let tree = self.tree.as_ref().expect("just built");
         let owner = match &op.chown {
             Some(spec) => Some(
                 users::resolve(spec, tree.captured("etc/passwd"), tree.captured("etc/group"), GroupDefault::SameAsUid)
@@ -233,8 +236,7 @@ impl Session {
             ),
             None => None,
         };
-        let plan =
-            CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree: &tree, owner, scratch: &scratch })?;
+        let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch })?;
         let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
         plan.write(&mut writer)?;
         let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;

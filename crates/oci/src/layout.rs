@@ -461,13 +461,7 @@ impl LayoutWriter {
                 store: source.root().into(),
             });
         }
-        if fs::hard_link(&src, &dest).is_err() {
-            let tmp = dest.with_extension("tmp");
-            fs::copy(&src, &tmp).map_err(OciError::io(&src))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(OciError::io(&tmp))?;
-            fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
-        }
-        Ok(())
+        link_or_copy(&src, &dest)
     }
 
     /// Carries over a blob file we wrote ourselves (a new layer in some other staging area),
@@ -477,13 +471,7 @@ impl LayoutWriter {
         if self.target_has(digest) || dest.exists() || path == dest {
             return Ok(());
         }
-        if fs::hard_link(path, &dest).is_err() {
-            let tmp = dest.with_extension("tmp");
-            fs::copy(path, &tmp).map_err(OciError::io(path))?;
-            File::open(&tmp).and_then(|f| f.sync_all()).map_err(OciError::io(&tmp))?;
-            fs::rename(&tmp, &dest).map_err(OciError::io(&dest))?;
-        }
-        Ok(())
+        link_or_copy(path, &dest)
     }
 
     /// Adds a small blob (config or manifest) and returns its digest.
@@ -556,6 +544,17 @@ impl LayoutWriter {
         }
         Ok(desc)
     }
+}
+
+/// Hard-links a blob into place, or copies it (synced, then renamed) across filesystems.
+fn link_or_copy(src: &Path, dest: &Path) -> Result<()> {
+    if fs::hard_link(src, dest).is_err() {
+        let tmp = dest.with_extension("tmp");
+        fs::copy(src, &tmp).map_err(OciError::io(src))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(OciError::io(&tmp))?;
+        fs::rename(&tmp, dest).map_err(OciError::io(dest))?;
+    }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
