@@ -331,3 +331,36 @@ fn generate_failures_use_lifecycle_exit_codes() {
     cnb.ok("generate", &[]);
     assert!(!cnb.layers.join("app-context/extension/stale").exists());
 }
+
+#[test]
+fn build_image_extension() {
+    let t = tempfile::tempdir().unwrap();
+    let build = t.path().join("build-image");
+    make_run_image(&build, "latest", false);
+    let run = t.path().join("run");
+    make_run_image(&run, "latest", false);
+    let build_ref = format!("oci:{}:latest", s(&build));
+    let cnb = Cnb::new(&format!("oci:{}:latest", s(&run)), &["build-tools"]);
+    cnb.ok("generate", &["--build-image", &build_ref]);
+    let analyzed = cnb.analyzed();
+    assert!(analyzed.contains("[build-image]") && analyzed.contains(&build_ref), "{analyzed}");
+    assert!(cnb.layers.join("generated/build-tools/build.Dockerfile").is_file());
+
+    let out = cnb.ok("extend", &["--kind", "build"]);
+    assert!(out.contains("extending build image"), "{out}");
+    let dirs: Vec<PathBuf> =
+        fs::read_dir(cnb.layers.join("extended/build")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    // A full layout (base layers included): umoci can unpack it on its own.
+    let (_g, r) = umoci_unpack(&dirs[0], "latest");
+    assert_eq!(fs::read_to_string(r.join("opt/tool/VERSION")).unwrap(), "tool 1.2.3\n", "extend-config build arg used");
+    let cfg = skopeo_inspect(&dirs[0], "latest", &["--config"]);
+    assert_eq!(cfg["config"]["User"], "1000:1000", "user restored from user_id/group_id");
+    assert!(cfg["config"]["Labels"].get("io.buildpacks.rebasable").is_none(), "rebasable is a run-image label");
+
+    let bad = Cnb::new(&format!("oci:{}:latest", s(&run)), &["bad-build"]);
+    let o = bad.run("generate", &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(92), "{stderr}");
+    assert!(stderr.contains("ARG base_image"), "{stderr}");
+}
