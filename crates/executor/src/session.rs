@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ext_dockerfile::{ConfigOp, Dockerfile, Location, Op, Plan, RunCommand, RunOp, Step};
 use ext_oci::layer::{decompress, rfc3339};
 use ext_oci::{Digest, HistoryEntry, Image, ImageConfig, LayerBlob, LayerOptions, LayerWriter};
-use ext_rootfs::{Network, Rootfs, RootfsError, RunSpec, SnapshotMode};
+use ext_rootfs::{CacheFill, Network, Rootfs, RootfsError, RunSpec, SnapshotMode};
 use serde_json::{Value, json};
 
 use crate::context::BuildContext;
@@ -262,16 +262,39 @@ impl Session {
                 rootfs = rootfs.with_layer_cache(cache);
             }
             let mut bytes = 0u64;
+            // Layers missing from the unpacked-layer cache unpack on every core at once (each
+            // into a directory of its own); the loop below then adds all layers in order.
+            let mut fills = Vec::new();
+            if rootfs.has_layer_cache() {
+                for desc in self.base.layers() {
+                    let digest = Digest::try_from(desc.digest())?;
+                    if rootfs.is_cached(digest.hex()) {
+                        continue;
+                    }
+                    // Downloads (if any) happen here, one at a time, before the parallel part.
+                    self.base.store.ensure(&digest, Some(desc.size()))?;
+                    let (store, size) = (self.base.store.clone(), desc.size());
+                    fills.push(CacheFill {
+                        digest_hex: digest.hex().to_string(),
+                        name: digest.to_string(),
+                        open: Box::new(move || open_layer(&store, &digest, size)),
+                    });
+                }
+            }
+            if fills.len() > 1 {
+                let stats = rootfs.fill_layer_cache(fills).map_err(|(hex, e)| {
+                    let damaged = self.base.layers().iter().find_map(|d| {
+                        let digest = Digest::try_from(d.digest()).ok().filter(|g| g.hex() == hex)?;
+                        self.base.store.verify(&digest, Some(d.size())).err()
+                    });
+                    damaged.map_or_else(|| rootfs_error(at, e), ExecError::Image)
+                })?;
+                bytes += stats.bytes;
+            }
             for desc in self.base.layers() {
                 let digest = Digest::try_from(desc.digest())?;
                 let store = &self.base.store;
-                let open = || -> std::result::Result<_, RootfsError> {
-                    let reader =
-                        store.open(&digest, Some(desc.size())).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
-                    let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(desc.size()));
-                    let reader = ext_oci::progress::ProgressReader::new(reader, progress);
-                    decompress(reader).map_err(|e| RootfsError::Io { path: PathBuf::from(digest.as_str()), source: e })
-                };
+                let open = || open_layer(store, &digest, desc.size());
                 let stats = rootfs.add_layer_by_digest(digest.hex(), digest.as_str(), open).map_err(|e| {
                     // A damaged blob shows up as a gzip, tar or unpack error before its digest
                     // is checked at the end; name the root cause when it is one.
@@ -434,6 +457,18 @@ impl Session {
     pub fn rootfs_unpacked(&self) -> bool {
         self.rootfs.is_some()
     }
+}
+
+/// A base layer's uncompressed tar stream, with unpack progress (bars on terminals only).
+fn open_layer(
+    store: &ext_oci::BlobStore,
+    digest: &Digest,
+    size: u64,
+) -> std::result::Result<Box<dyn std::io::Read + Send>, RootfsError> {
+    let reader = store.open(digest, Some(size)).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
+    let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(size));
+    let reader = ext_oci::progress::ProgressReader::new(reader, progress);
+    decompress(reader).map_err(|e| RootfsError::Io { path: PathBuf::from(digest.as_str()), source: e })
 }
 
 fn rootfs_error(at: &Location, e: RootfsError) -> ExecError {

@@ -270,10 +270,16 @@ fn hostile_base_layers_are_rejected() {
                     &format!("oci:{}", s(&t.path().join("out"))),
                     "--snapshot",
                     mode,
+                    // A fresh cache: every layer is unpacked, in parallel with overlayfs.
+                    "--cache-dir",
+                    &s(&t.path().join(format!("cache-{name}-{mode}"))),
                 ],
             );
             let stderr = String::from_utf8_lossy(&o.stderr);
             assert!(!o.status.success(), "{name}/{mode}: hostile layer accepted");
+            let cached =
+                t.path().join(format!("cache-{name}-{mode}/unpacked")).join(digest.trim_start_matches("sha256:"));
+            assert!(!cached.exists(), "{name}/{mode}: a rejected layer was cached");
             assert!(stderr.contains(&digest) && stderr.contains(needle), "{name}/{mode}: {stderr}");
             assert_eq!(fs::read_dir(&sentinel).unwrap().count(), 1, "{name}/{mode}: something was written outside");
             assert_eq!(fs::read_to_string(sentinel.join("keep")).unwrap(), "original\n");

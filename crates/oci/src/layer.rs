@@ -292,7 +292,7 @@ impl<R: Read> Read for ExactReader<R> {
 
 /// Decompresses a layer blob stream, recognising gzip by its magic bytes (some registries label
 /// gzipped layers as plain tar and vice versa); zstd is rejected with a clear message upstream.
-pub fn decompress(reader: impl Read + 'static) -> io::Result<Box<dyn Read>> {
+pub fn decompress(reader: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
     let mut buf = BufReader::with_capacity(256 * 1024, reader);
     let head = buf.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {

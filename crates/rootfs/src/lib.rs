@@ -16,7 +16,7 @@ pub mod unpack;
 
 pub use diff::{Change, IgnoreSet, Snapshot, StatIndex, write_snapshot};
 pub use error::{EscapeKind, ResolveError, RootfsError, UnpackError, UnsafeReason};
-pub use rootfs::{Rootfs, RunOutcome, SnapshotMode};
+pub use rootfs::{CacheFill, Rootfs, RunOutcome, SnapshotMode};
 pub use safe_path::{resolve_in_root, resolve_parent_in_root};
 pub use sandbox::{Network, RunSpec};
 pub use scratch::Scratch;

@@ -71,6 +71,17 @@ pub struct Rootfs {
     /// `<cache>/unpacked`: base layers unpacked once per machine (overlay strategy only).
     layer_cache: Option<PathBuf>,
     cache_hits: usize,
+    /// Layers this session just unpacked into the cache (not hits when they are added).
+    just_filled: std::collections::HashSet<String>,
+}
+
+/// One layer for [`Rootfs::fill_layer_cache`]: its digest, a name for messages, and how to
+/// open its uncompressed tar stream (called on the unpacking thread).
+pub struct CacheFill<'a> {
+    pub digest_hex: String,
+    pub name: String,
+    #[allow(clippy::type_complexity)]
+    pub open: Box<dyn FnOnce() -> Result<Box<dyn Read + Send>, RootfsError> + Send + 'a>,
 }
 
 /// What one RUN did.
@@ -123,6 +134,7 @@ impl Rootfs {
             layers_added: 0,
             layer_cache: None,
             cache_hits: 0,
+            just_filled: Default::default(),
         })
     }
 
@@ -155,17 +167,8 @@ impl Rootfs {
         let cached = cache.join(digest_hex);
         let mut stats = UnpackStats::default();
         if !cached.is_dir() {
-            fs::create_dir_all(cache).map_err(RootfsError::io(cache))?;
-            let tmp =
-                tempfile::Builder::new().prefix(".unpacking-").tempdir_in(cache).map_err(RootfsError::io(cache))?;
-            stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
-            // Complete layers appear under their digest atomically; if another build got there
-            // first, its copy is as good as ours.
-            let tmp = tmp.keep();
-            if fs::rename(&tmp, &cached).is_err() {
-                let _ = fs::remove_dir_all(&tmp);
-            }
-        } else {
+            stats = unpack_into_cache(cache, digest_hex, name, open)?;
+        } else if !self.just_filled.remove(digest_hex) {
             self.cache_hits += 1;
         }
         let rel = format!("l/{}", layers.len());
@@ -175,6 +178,53 @@ impl Rootfs {
         layers.push(rel);
         self.layers_added += 1;
         Ok(stats)
+    }
+
+    pub fn has_layer_cache(&self) -> bool {
+        self.layer_cache.is_some()
+    }
+
+    /// Whether a layer is already in the unpacked-layer cache (always false without one).
+    pub fn is_cached(&self, digest_hex: &str) -> bool {
+        self.layer_cache.as_ref().is_some_and(|c| c.join(digest_hex).is_dir())
+    }
+
+    /// Unpacks layers into the unpacked-layer cache on every core at once: each layer goes to a
+    /// directory of its own, so independent layers unpack in parallel (a base's layers then
+    /// join the rootfs in order with [`Rootfs::add_layer_by_digest`], as cache entries). On
+    /// failure, returns the digest of the layer that failed.
+    pub fn fill_layer_cache(&mut self, jobs: Vec<CacheFill<'_>>) -> Result<UnpackStats, (String, RootfsError)> {
+        let Some(cache) = self.layer_cache.clone() else { return Ok(UnpackStats::default()) };
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut total = UnpackStats::default();
+        let mut jobs = jobs.into_iter();
+        loop {
+            let wave: Vec<CacheFill<'_>> = jobs.by_ref().take(threads).collect();
+            if wave.is_empty() {
+                break;
+            }
+            let results: Vec<(String, Result<UnpackStats, RootfsError>)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .into_iter()
+                    .map(|job| {
+                        let cache = &cache;
+                        scope.spawn(move || {
+                            let r = unpack_into_cache(cache, &job.digest_hex, &job.name, job.open);
+                            (job.digest_hex, r)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("an unpack thread panicked")).collect()
+            });
+            for (hex, result) in results {
+                let stats = result.map_err(|e| (hex.clone(), e))?;
+                total.entries += stats.entries;
+                total.bytes += stats.bytes;
+                total.whiteouts += stats.whiteouts;
+                self.just_filled.insert(hex);
+            }
+        }
+        Ok(total)
     }
 
     pub fn uses_overlay(&self) -> bool {
@@ -363,6 +413,25 @@ impl Rootfs {
     pub fn remove(self) -> io::Result<()> {
         fs::remove_dir_all(&self.scratch)
     }
+}
+
+/// Unpacks a layer into `<cache>/<digest hex>/`: into a temporary directory first, renamed into
+/// place only when complete (if another build got there first, its copy is as good as ours).
+fn unpack_into_cache<R: Read>(
+    cache: &Path,
+    digest_hex: &str,
+    name: &str,
+    open: impl FnOnce() -> Result<R, RootfsError>,
+) -> Result<UnpackStats, RootfsError> {
+    fs::create_dir_all(cache).map_err(RootfsError::io(cache))?;
+    let tmp = tempfile::Builder::new().prefix(".unpacking-").tempdir_in(cache).map_err(RootfsError::io(cache))?;
+    let _cleanup = ext_oci::cleanup::register_path(tmp.path());
+    let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
+    let tmp = tmp.keep();
+    if fs::rename(&tmp, cache.join(digest_hex)).is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    Ok(stats)
 }
 
 /// Unpacks a layer and then reads its stream to the end: a verifying reader underneath checks
