@@ -36,9 +36,6 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
-
-    #[error("interrupted")]
-    Interrupted,
 }
 
 impl ExecError {

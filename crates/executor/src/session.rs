@@ -452,11 +452,6 @@ impl Session {
         }
         ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
     }
-
-    /// How many times the session materialized a rootfs (0 or 1), for tests and reports.
-    pub fn rootfs_unpacked(&self) -> bool {
-        self.rootfs.is_some()
-    }
 }
 
 /// A base layer's uncompressed tar stream, with unpack progress (bars on terminals only).
