@@ -8,8 +8,9 @@
 //! new files are owned by 0:0 unless `--chown`; `--chmod` sets the mode of what is copied;
 //! missing parent directories are created (0755, owned like the files); existing ones are left
 //! alone (they are not written into the layer, so their metadata cannot change); symlinks in
-//! the destination path are followed inside the image root; hard links within one COPY stay
-//! hard links; ADD extracts local tar archives (plain or gzip) and refuses URLs.
+//! the destination path are followed inside the image root; hard links within one source
+//! stay hard links (each link after its target in the layer), files linked across sources
+//! become separate copies, as in BuildKit; ADD extracts local tar archives (plain or gzip) and refuses URLs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -29,7 +30,12 @@ use crate::users::Ids;
 #[derive(Debug, Clone)]
 enum Content {
     Dir,
-    File { path: PathBuf },
+    /// `inode`: (source number, device, inode) of a multiply-linked file, so files that are
+    /// one inode within one source become hard links (see [`CopyPlan::link_hardlinks`]).
+    File {
+        path: PathBuf,
+        inode: Option<(usize, u64, u64)>,
+    },
     Inline(Vec<u8>),
     Symlink(String),
     Hardlink(String),
@@ -149,7 +155,6 @@ impl CopyPlan {
         };
 
         let mut plan = CopyPlan::default();
-        let mut links: HashMap<(u64, u64), String> = HashMap::new();
         let chmod = op.chmod.as_deref().map(|m| u32::from_str_radix(m, 8).expect("validated by the planner"));
         let owner_of = |e: &ContextEntry, keep: bool| -> (u64, u64) {
             match (input.owner, keep) {
@@ -159,7 +164,7 @@ impl CopyPlan {
             }
         };
 
-        for item in &items {
+        for (source, item) in items.iter().enumerate() {
             let e = item.entry;
             match &e.kind {
                 EntryKind::Dir => {
@@ -176,22 +181,14 @@ impl CopyPlan {
                             &target,
                             chmod,
                             owner_of(child, item.keep_owner),
-                            &mut links,
+                            source,
                             input.at,
                         )?;
                     }
                 }
                 _ => {
                     let target = if into_dir { join(&dest_resolved, leaf_name(&e.path)) } else { dest_file.clone() };
-                    plan.add_entry(
-                        item.context,
-                        e,
-                        &target,
-                        chmod,
-                        owner_of(e, item.keep_owner),
-                        &mut links,
-                        input.at,
-                    )?;
+                    plan.add_entry(item.context, e, &target, chmod, owner_of(e, item.keep_owner), source, input.at)?;
                 }
             }
         }
@@ -202,6 +199,7 @@ impl CopyPlan {
                 EntryMeta { path: target.clone(), mode: chmod.unwrap_or(0o644), uid, gid, mtime: 0, xattrs: vec![] };
             plan.add(&target, meta, Content::Inline(content));
         }
+        plan.link_hardlinks();
         if plan.entries.is_empty() && dest_resolved.is_empty() {
             return Ok(plan);
         }
@@ -213,6 +211,24 @@ impl CopyPlan {
         self.entries.insert(path.to_string(), Planned { meta, content });
     }
 
+    /// Files that are one inode within one source (BuildKit keeps hard links within a source,
+    /// not across sources) become hard links to the first of them in written (path) order, so
+    /// a link never precedes its target in the layer. Runs after every source is planned: a
+    /// later source may have replaced an entry of an earlier one.
+    fn link_hardlinks(&mut self) {
+        let mut first: HashMap<(usize, u64, u64), String> = HashMap::new();
+        for (path, planned) in &mut self.entries {
+            if let Content::File { inode: Some(key), .. } = planned.content {
+                match first.get(&key) {
+                    Some(target) => planned.content = Content::Hardlink(target.clone()),
+                    None => {
+                        first.insert(key, path.clone());
+                    }
+                }
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn add_entry(
         &mut self,
@@ -221,7 +237,7 @@ impl CopyPlan {
         target: &str,
         chmod: Option<u32>,
         (uid, gid): (u64, u64),
-        links: &mut HashMap<(u64, u64), String>,
+        source: usize,
         at: &Location,
     ) -> Result<()> {
         if target.is_empty() {
@@ -237,17 +253,8 @@ impl CopyPlan {
             }
             EntryKind::File { .. } => {
                 meta.xattrs = read_xattrs(&ctx.disk_path(e));
-                if e.nlink > 1 {
-                    match links.get(&(e.dev, e.ino)) {
-                        Some(first) if self.entries.contains_key(first) => Content::Hardlink(first.clone()),
-                        _ => {
-                            links.insert((e.dev, e.ino), target.to_string());
-                            Content::File { path: ctx.disk_path(e) }
-                        }
-                    }
-                } else {
-                    Content::File { path: ctx.disk_path(e) }
-                }
+                let inode = (e.nlink > 1).then_some((source, e.dev, e.ino));
+                Content::File { path: ctx.disk_path(e), inode }
             }
             EntryKind::Other => {
                 return Err(ExecError::step(
@@ -318,7 +325,7 @@ impl CopyPlan {
                         .map_err(io_err(Path::new(&meta.path)))?;
                     bytes += data.len() as u64;
                 }
-                Content::File { path } => {
+                Content::File { path, .. } => {
                     let mut f =
                         File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
                     let size = f.metadata().map_err(io_err(path))?.size();
@@ -341,7 +348,7 @@ impl CopyPlan {
             if ImageTree::is_captured(path) {
                 let content = match &p.content {
                     Content::Inline(d) => d.clone(),
-                    Content::File { path: disk } => std::fs::read(disk).map_err(ExecError::io(disk))?,
+                    Content::File { path: disk, .. } => std::fs::read(disk).map_err(ExecError::io(disk))?,
                     _ => Vec::new(),
                 };
                 tree.capture(path, content);
