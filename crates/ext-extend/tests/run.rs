@@ -382,3 +382,46 @@ fn base_layers_are_unpacked_once_per_machine() {
     assert_eq!(cached.len(), 2);
     assert!(cached.iter().any(|e| e.path().join("etc/motd").is_file()));
 }
+
+/// A base layer without entries for the directories it writes into (ext-extend's own COPY
+/// layers leave existing parents out) must not hide their metadata from a RUN, whether the
+/// layer was just unpacked into the unpacked-layer cache or is found there.
+#[test]
+fn implicit_parent_dirs_of_base_layers_keep_the_lower_metadata() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    write(&t.path().join("ctx/x.txt"), "x");
+    write(&t.path().join("copy.Dockerfile"), "FROM ${base_image}\nCOPY x.txt /tmp/\n");
+    let copied = t.path().join("copied");
+    build_ok(&[
+        "build",
+        "--from",
+        &format!("oci:{}", s(&base)),
+        "-f",
+        &s(&t.path().join("copy.Dockerfile")),
+        "--context",
+        &s(&t.path().join("ctx")),
+        "--output",
+        &format!("oci:{}", s(&copied)),
+    ]);
+    write(&t.path().join("run.Dockerfile"), "FROM ${base_image}\nUSER cnb\nRUN touch /tmp/by-cnb\n");
+    let cache = t.path().join("cache");
+    let mut digests = Vec::new();
+    for i in 0..2 {
+        let out = t.path().join(format!("out{i}"));
+        let o = Command::new(bin())
+            .args(["build", "--from", &format!("oci:{}", s(&copied)), "-f", &s(&t.path().join("run.Dockerfile"))])
+            .args(["--output", &format!("oci:{}", s(&out)), "--snapshot", "overlay"])
+            .args(["--cache-dir", &s(&cache)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "build {i}: {}", String::from_utf8_lossy(&o.stderr));
+        digests.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let (_g, r) = umoci_unpack(&out, "latest");
+        let tmp = fs::metadata(r.join("tmp")).unwrap();
+        assert_eq!(tmp.mode() & 0o7777, 0o1777, "build {i}: /tmp keeps its mode");
+        assert_eq!(fs::metadata(r.join("tmp/by-cnb")).unwrap().uid(), 1000);
+    }
+    assert_eq!(digests[0], digests[1]);
+}
