@@ -231,7 +231,7 @@ impl Session {
         let tree = self.tree.as_ref().expect("just built");
         let owner = match &op.chown {
             Some(spec) => Some(
-                users::resolve(spec, tree.captured("etc/passwd"), tree.captured("etc/group"), GroupDefault::SameAsUid)
+                users::resolve(spec, tree.captured("etc/passwd"), tree.captured("etc/group"), GroupDefault::Chown)
                     .map_err(|m| ExecError::step(at, format!("--chown={spec}: {m}")))?,
             ),
             None => None,
