@@ -203,7 +203,26 @@ impl CopyPlan {
         if plan.entries.is_empty() && dest_resolved.is_empty() {
             return Ok(plan);
         }
-        plan.add_missing_parents(input, if into_dir { &dest_resolved } else { &dest_file })?;
+        let owner = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
+        plan.add_missing_parents(input.tree, input.at, owner, if into_dir { &dest_resolved } else { &dest_file })?;
+        Ok(plan)
+    }
+
+    /// WORKDIR (BuildKit: `mkdir -p` as the USER in effect): the directory and its missing
+    /// parents, 0755, owned by `owner`; empty when the directory exists. `dir` is absolute.
+    pub fn workdir(tree: &ImageTree, dir: &str, owner: Ids, at: &Location) -> Result<CopyPlan> {
+        let mut plan = CopyPlan::default();
+        let resolved = tree.resolve(&clean_clamped(dir), true);
+        if tree.is_dir(&resolved) {
+            return Ok(plan);
+        }
+        if tree.get(&resolved).is_some() {
+            return Err(ExecError::step(at, format!("WORKDIR {dir}: `/{resolved}` is not a directory in the image")));
+        }
+        let (uid, gid) = (owner.uid.into(), owner.gid.into());
+        let meta = EntryMeta { path: resolved.clone(), mode: 0o755, uid, gid, mtime: 0, xattrs: vec![] };
+        plan.add(&resolved, meta, Content::Dir);
+        plan.add_missing_parents(tree, at, (uid, gid), &resolved)?;
         Ok(plan)
     }
 
@@ -271,7 +290,13 @@ impl CopyPlan {
     }
 
     /// Adds the destination's missing ancestors; errors if one of them is a file in the image.
-    fn add_missing_parents(&mut self, input: &CopyInput<'_>, dest: &str) -> Result<()> {
+    fn add_missing_parents(
+        &mut self,
+        tree: &ImageTree,
+        at: &Location,
+        (uid, gid): (u64, u64),
+        dest: &str,
+    ) -> Result<()> {
         let mut needed: Vec<String> = Vec::new();
         let paths: Vec<String> = self.entries.keys().cloned().chain(std::iter::once(dest.to_string())).collect();
         for path in &paths {
@@ -280,11 +305,11 @@ impl CopyPlan {
                 if self.entries.contains_key(ancestor) || needed.iter().any(|n| n == ancestor) {
                     break;
                 }
-                match input.tree.get(ancestor) {
+                match tree.get(ancestor) {
                     Some(Node { kind: NodeKind::Dir, .. }) => break,
                     Some(_) => {
                         return Err(ExecError::step(
-                            input.at,
+                            at,
                             format!("cannot copy to `/{path}`: `/{ancestor}` is not a directory in the image"),
                         ));
                     }
@@ -293,7 +318,6 @@ impl CopyPlan {
                 ancestor = split(ancestor).0;
             }
         }
-        let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
         for dir in needed {
             let meta = EntryMeta { path: dir.clone(), mode: 0o755, uid, gid, mtime: 0, xattrs: vec![] };
             self.add(&dir, meta, Content::Dir);

@@ -156,6 +156,10 @@ impl Session {
                 Op::Workdir(w) => {
                     let dir = self.resolve_workdir(w);
                     self.config.set_working_dir(&dir);
+                    if let Some((layer, paths)) = self.make_workdir(&dir, &at)? {
+                        report.layer = Some(layer);
+                        report.paths = paths;
+                    }
                 }
                 Op::Shell(s) => self.config.set_shell(s),
                 Op::Copy(op) => {
@@ -217,6 +221,39 @@ impl Session {
         Ok(self.tree.as_mut().expect("just built"))
     }
 
+    /// WORKDIR creates its directory (and missing parents) as the USER in effect, in a layer
+    /// of its own, as BuildKit does; nothing when it exists.
+    fn make_workdir(&mut self, dir: &str, at: &Location) -> Result<Option<(LayerBlob, Vec<String>)>> {
+        let user = match self.config.user() {
+            "" => "0".to_string(),
+            u => u.to_string(),
+        };
+        let tree = self.tree()?;
+        let owner = users::resolve(&user, tree.captured("etc/passwd"), tree.captured("etc/group"), GroupDefault::Chown)
+            .map_err(|m| ExecError::step(at, format!("WORKDIR as USER {user}: {m}")))?;
+        let plan = CopyPlan::workdir(tree, dir, owner, at)?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        self.commit_plan(&plan, at).map(Some)
+    }
+
+    /// Writes a planned COPY/ADD/WORKDIR layer and makes it part of the image (metadata tree,
+    /// RUN rootfs).
+    fn commit_plan(&mut self, plan: &CopyPlan, at: &Location) -> Result<(LayerBlob, Vec<String>)> {
+        let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
+        plan.write(&mut writer)?;
+        let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
+        plan.apply_to(self.tree()?)?;
+        if let Some(rootfs) = &mut self.rootfs {
+            // A later RUN must see what this layer added.
+            add_blob_to_rootfs(rootfs, &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
+        }
+        tracing::debug!("{at}: layer {} has {} entries", blob.digest.short(), blob.entries);
+        self.layers.push(blob.clone());
+        Ok((blob, plan.paths().map(|p| format!("/{p}")).collect()))
+    }
+
     fn copy(
         &mut self,
         op: &ext_dockerfile::CopyOp,
@@ -236,19 +273,10 @@ impl Session {
             ),
             None => None,
         };
-        let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch })?;
-        let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
-        plan.write(&mut writer)?;
-        let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
-        plan.apply_to(self.tree()?)?;
+        let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch });
+        let committed = plan.and_then(|plan| self.commit_plan(&plan, at));
         let _ = std::fs::remove_dir_all(&scratch);
-        if let Some(rootfs) = &mut self.rootfs {
-            // A later RUN must see what this COPY added.
-            add_blob_to_rootfs(rootfs, &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
-        }
-        tracing::debug!("{at}: layer {} has {} entries", blob.digest.short(), blob.entries);
-        self.layers.push(blob.clone());
-        Ok((blob, plan.paths().map(|p| format!("/{p}")).collect()))
+        committed
     }
 
     /// The RUN rootfs, unpacked from every layer so far on first use (once per session).

@@ -116,9 +116,11 @@ fn run_changes_become_layers_in_both_snapshot_modes() {
         assert_eq!(read("tmp/pwd"), "/home/made/by/workdir\n", "WORKDIR created and used");
         assert!(!r.join("proc/self").exists() && !r.join("dev/null").exists(), "sandbox mounts stay out");
 
-        // One layer per changing RUN: the `true` and the ignored write add none.
+        // One layer per changing RUN (the `true` and the ignored write add none), plus the
+        // WORKDIR that creates its directory.
         let listings = new_layer_listings(&out, "latest", 2);
-        assert_eq!(listings.len(), 8, "{mode}: {listings:#?}");
+        assert_eq!(listings.len(), 9, "{mode}: {listings:#?}");
+        assert!(listings[7].contains("home/made/by/workdir"), "WORKDIR layer: {}", listings[7]);
         assert!(listings[0].contains("etc/.wh.motd") && listings[0].contains("home/.wh.cnb"), "{}", listings[0]);
         assert!(listings[2].contains("bin/busybox"), "ctime/mtime change caught: {}", listings[2]);
         let cfg = skopeo_inspect(&out, "latest", &["--config"]);
