@@ -69,6 +69,8 @@ pub struct CopyInput<'a> {
 /// One resolved source: an entry of some context (the build context, or an extracted archive).
 struct Item<'a> {
     context: &'a BuildContext,
+    /// The source's own path (a symlink's copy is named after the link, not its target).
+    name: &'a str,
     entry: &'a ContextEntry,
     /// Archive contents keep their owners (unless `--chown`).
     keep_owner: bool,
@@ -88,7 +90,8 @@ impl CopyPlan {
         // Archives are extracted into contexts of their own, which must outlive the items.
         let mut archives: Vec<BuildContext> = Vec::new();
         let mut inline: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut matched: Vec<(usize, &ContextEntry)> = Vec::new(); // (archive index + 1 or 0, entry)
+        // (archive index + 1 or 0, the source's own name, the entry it leads to)
+        let mut matched: Vec<(usize, String, &ContextEntry)> = Vec::new();
         for src in &op.sources {
             match src {
                 CopySource::Url(url) => {
@@ -102,35 +105,42 @@ impl CopyPlan {
                         ExecError::Context { message, .. } => step(format!("{name} source {message}")),
                         other => other,
                     })?;
+                    if found.is_empty() && has_wildcard(p) {
+                        // BuildKit skips a wildcard that matches nothing.
+                        tracing::info!("{}: {name} source `{p}` matches nothing in the build context", input.at);
+                        continue;
+                    }
                     if found.is_empty() {
                         return Err(step(format!(
                             "{name} source `{p}` not found in the build context {}",
                             input.context.root().display()
                         )));
                     }
-                    for e in found {
+                    for m in found {
+                        let e = m.entry;
                         if op.add && matches!(e.kind, EntryKind::File { .. }) {
                             let disk = input.context.disk_path(e);
                             if let Some(ctx) = extract_archive(&disk, input.scratch, archives.len(), input.at)? {
                                 archives.push(ctx);
-                                matched.push((archives.len(), e));
+                                matched.push((archives.len(), m.name, e));
                                 continue;
                             }
                         }
-                        matched.push((0, e));
+                        matched.push((0, m.name, e));
                     }
                 }
             }
         }
         let items: Vec<Item<'_>> = matched
             .iter()
-            .map(|&(a, e)| -> Result<Item<'_>> {
-                Ok(match a {
-                    0 => Item { context: input.context, entry: e, keep_owner: false },
+            .map(|(a, name, e)| -> Result<Item<'_>> {
+                Ok(match *a {
+                    0 => Item { context: input.context, name, entry: e, keep_owner: false },
                     n => {
                         let ctx = &archives[n - 1];
                         Item {
                             context: ctx,
+                            name,
                             entry: ctx.get("")?.expect("an archive context has a root"),
                             keep_owner: true,
                         }
@@ -138,6 +148,10 @@ impl CopyPlan {
                 })
             })
             .collect::<Result<_>>()?;
+        if items.is_empty() && inline.is_empty() {
+            // Only wildcards that matched nothing: no layer at all, as in BuildKit.
+            return Ok(CopyPlan::default());
+        }
 
         let count = items.len() + inline.len();
         let dest_resolved = input.tree.resolve(&dest_clean, true);
@@ -187,7 +201,7 @@ impl CopyPlan {
                     }
                 }
                 _ => {
-                    let target = if into_dir { join(&dest_resolved, leaf_name(&e.path)) } else { dest_file.clone() };
+                    let target = if into_dir { join(&dest_resolved, leaf_name(item.name)) } else { dest_file.clone() };
                     plan.add_entry(item.context, e, &target, chmod, owner_of(e, item.keep_owner), source, input.at)?;
                 }
             }
@@ -472,6 +486,10 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+fn has_wildcard(source: &str) -> bool {
+    source.contains(['*', '?', '['])
 }
 
 fn leaf_name(path: &str) -> &str {

@@ -163,9 +163,10 @@ impl Session {
                 }
                 Op::Shell(s) => self.config.set_shell(s),
                 Op::Copy(op) => {
-                    let (layer, paths) = self.copy(op, &at, context)?;
-                    report.layer = Some(layer);
-                    report.paths = paths;
+                    if let Some((layer, paths)) = self.copy(op, &at, context)? {
+                        report.layer = Some(layer);
+                        report.paths = paths;
+                    }
                 }
                 Op::Run(run) => {
                     report.layer = self.run(run, &at, &step.text)?;
@@ -259,7 +260,7 @@ impl Session {
         op: &ext_dockerfile::CopyOp,
         at: &Location,
         context: &BuildContext,
-    ) -> Result<(LayerBlob, Vec<String>)> {
+    ) -> Result<Option<(LayerBlob, Vec<String>)>> {
         let workdir = self.workdir();
         let scratch = self.opts.scratch.join(format!("copy-{}", self.copies));
         self.copies += 1;
@@ -274,7 +275,12 @@ impl Session {
             None => None,
         };
         let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch });
-        let committed = plan.and_then(|plan| self.commit_plan(&plan, at));
+        let committed = match plan {
+            // Only wildcards that matched nothing: no layer (BuildKit drops the empty one).
+            Ok(plan) if plan.is_empty() => Ok(None),
+            Ok(plan) => self.commit_plan(&plan, at).map(Some),
+            Err(e) => Err(e),
+        };
         let _ = std::fs::remove_dir_all(&scratch);
         committed
     }

@@ -18,6 +18,8 @@ use std::process::Command;
 use common::*;
 
 const MODES: [&str; 2] = ["overlay", "stat"];
+/// Layers of the test image (make-run-image.sh).
+const BASE_LAYERS: usize = 2;
 
 fn cases_dir() -> PathBuf {
     repo_root().join("testdata/conformance")
@@ -207,6 +209,12 @@ fn run_case(base: &Base, case: &Path, bless: bool) -> Vec<String> {
         (Outcome::Built { digest: a, layout }, Outcome::Built { digest: b, .. }) => {
             if a != b {
                 problems.push(format!("{name}: overlay and stat snapshots differ: {a} vs {b}"));
+            }
+            if let Some(want) = lines_of(&case.join("layers")).first() {
+                let got = skopeo_inspect(layout, "latest", &[])["Layers"].as_array().unwrap().len() - BASE_LAYERS;
+                if want.parse::<usize>().unwrap() != got {
+                    problems.push(format!("{name}: {got} new layers, expected {want}"));
+                }
             }
             match unpack(layout) {
                 Ok((_guard, rootfs)) => manifest(&base.tree, &scan(&rootfs)),
