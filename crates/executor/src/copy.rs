@@ -10,7 +10,8 @@
 //! alone (they are not written into the layer, so their metadata cannot change); symlinks in
 //! the destination path are followed inside the image root; hard links within one source
 //! stay hard links (each link after its target in the layer), files linked across sources
-//! become separate copies, as in BuildKit; ADD extracts local tar archives (plain or gzip) and refuses URLs.
+//! become separate copies, as in BuildKit; ADD extracts local tar archives (plain, gzip, bzip2,
+//! xz; `--chmod` not applied to their members) and refuses URLs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -72,7 +73,8 @@ struct Item<'a> {
     /// The source's own path (a symlink's copy is named after the link, not its target).
     name: &'a str,
     entry: &'a ContextEntry,
-    /// Archive contents keep their owners (unless `--chown`).
+    /// An extracted archive: its members keep their owners (unless `--chown`) and modes
+    /// (`--chmod` does not apply to them).
     keep_owner: bool,
 }
 
@@ -180,11 +182,18 @@ impl CopyPlan {
 
         for (source, item) in items.iter().enumerate() {
             let e = item.entry;
+            // BuildKit applies --chmod to what COPY/ADD copies, never to an archive's members.
+            let chmod = if item.keep_owner { None } else { chmod };
             match &e.kind {
                 EntryKind::Dir => {
                     let (uid, gid) = owner_of(e, item.keep_owner);
                     if !input.tree.is_dir(&dest_resolved) && !dest_resolved.is_empty() {
-                        plan.add(&dest_resolved, meta_of(&dest_resolved, e, chmod, uid, gid), Content::Dir);
+                        let mut meta = meta_of(&dest_resolved, e, chmod, uid, gid);
+                        if item.keep_owner {
+                            // An archive's destination is made like a missing parent.
+                            meta.mode = 0o755;
+                        }
+                        plan.add(&dest_resolved, meta, Content::Dir);
                     }
                     let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };
                     for child in item.context.children_of(&e.path)? {
@@ -426,42 +435,61 @@ fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// If `file` is a tar archive (plain or gzip), extracts it safely into a fresh directory and
-/// indexes that as a context; `None` if it is not an archive (ADD then copies it as a file).
-fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Result<Option<BuildContext>> {
-    let mut head = [0u8; 512];
-    let mut f = File::open(file).map_err(ExecError::io(file))?;
-    let got = read_up_to(&mut f, &mut head).map_err(ExecError::io(file))?;
-    let gzip = got >= 2 && head[..2] == [0x1f, 0x8b];
-    let is_bzip2 = got >= 3 && &head[..3] == b"BZh";
-    let is_xz = got >= 6 && head[..6] == [0xfd, b'7', b'z', b'X', b'Z', 0];
-    if is_bzip2 || is_xz {
-        return Err(ExecError::step(
-            at,
-            format!("ADD {}: bzip2 and xz archives are not supported; use a .tar or .tar.gz", file.display()),
-        ));
+/// How an ADD source is compressed (by its magic bytes, as BuildKit's DecompressStream).
+#[derive(Debug, Clone, Copy)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
     }
-    let tar_head = if gzip {
-        // Only a gzipped *tarball* is extracted; another gzip file is copied as is, like Docker.
-        let mut gz = flate2::read::MultiGzDecoder::new(File::open(file).map_err(ExecError::io(file))?);
-        let n = read_up_to(&mut gz, &mut head).unwrap_or(0);
-        &head[..n]
-    } else {
-        &head[..got]
-    };
+
+    fn reader(self, file: File) -> Box<dyn Read> {
+        let file = std::io::BufReader::new(file);
+        match self {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+            Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
+        }
+    }
+}
+
+/// If `file` is a tar archive (plain, gzip, bzip2 or xz), extracts it safely into a fresh
+/// directory and indexes that as a context; `None` if it is not an archive (ADD then copies it
+/// as a file, like Docker: a compressed file that is not a tarball stays as it is).
+fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Result<Option<BuildContext>> {
+    let open = || File::open(file).map_err(ExecError::io(file));
+    let mut head = [0u8; 512];
+    let got = read_up_to(&mut open()?, &mut head).map_err(ExecError::io(file))?;
+    let compression = Compression::sniff(&head[..got]);
+    let got = read_up_to(&mut compression.reader(open()?), &mut head).unwrap_or(0);
+    let tar_head = &head[..got];
     let is_tar = (tar_head.len() >= 262 && &tar_head[257..262] == b"ustar") || is_v7_tar(tar_head);
     if !is_tar {
         return Ok(None);
     }
-    let f = File::open(file).map_err(ExecError::io(file))?;
-    let reader: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) };
     let dir = scratch.join(format!("add-{n}"));
     std::fs::create_dir_all(&dir).map_err(ExecError::io(&dir))?;
     let opts = ext_rootfs::UnpackOptions {
         whiteouts: ext_rootfs::WhiteoutMode::Apply,
         layer_name: file.display().to_string(),
     };
-    ext_rootfs::unpack_layer(&dir, reader, &opts).map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
+    ext_rootfs::unpack_layer(&dir, compression.reader(open()?), &opts)
+        .map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
     Ok(Some(BuildContext::open(&dir)?))
 }
 
