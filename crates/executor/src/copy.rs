@@ -20,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ext_dockerfile::{CopyOp, CopySource, Location};
-use ext_oci::{EntryMeta, LayerWriter};
+use ext_oci::{BUILD_TIME, EntryMeta, LayerWriter};
 
 use crate::context::{BuildContext, ContextEntry, EntryKind};
 use crate::error::{ExecError, Result};
@@ -192,6 +192,7 @@ impl CopyPlan {
                         if item.keep_owner {
                             // An archive's destination is made like a missing parent.
                             meta.mode = 0o755;
+                            meta.mtime = BUILD_TIME;
                         }
                         plan.add(&dest_resolved, meta, Content::Dir);
                     }
@@ -218,8 +219,14 @@ impl CopyPlan {
         for (name, content) in inline {
             let target = if into_dir { join(&dest_resolved, &name) } else { dest_file.clone() };
             let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
-            let meta =
-                EntryMeta { path: target.clone(), mode: chmod.unwrap_or(0o644), uid, gid, mtime: 0, xattrs: vec![] };
+            let meta = EntryMeta {
+                path: target.clone(),
+                mode: chmod.unwrap_or(0o644),
+                uid,
+                gid,
+                mtime: BUILD_TIME,
+                xattrs: vec![],
+            };
             plan.add(&target, meta, Content::Inline(content));
         }
         plan.link_hardlinks();
@@ -243,7 +250,7 @@ impl CopyPlan {
             return Err(ExecError::step(at, format!("WORKDIR {dir}: `/{resolved}` is not a directory in the image")));
         }
         let (uid, gid) = (owner.uid.into(), owner.gid.into());
-        let meta = EntryMeta { path: resolved.clone(), mode: 0o755, uid, gid, mtime: 0, xattrs: vec![] };
+        let meta = EntryMeta { path: resolved.clone(), mode: 0o755, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
         plan.add(&resolved, meta, Content::Dir);
         plan.add_missing_parents(tree, at, (uid, gid), &resolved)?;
         Ok(plan)
@@ -342,7 +349,7 @@ impl CopyPlan {
             }
         }
         for dir in needed {
-            let meta = EntryMeta { path: dir.clone(), mode: 0o755, uid, gid, mtime: 0, xattrs: vec![] };
+            let meta = EntryMeta { path: dir.clone(), mode: 0o755, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
             self.add(&dir, meta, Content::Dir);
         }
         Ok(())

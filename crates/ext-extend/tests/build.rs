@@ -444,3 +444,55 @@ fn config_instructions_and_json_output() {
     assert_eq!(cfg["config"]["Healthcheck"]["Interval"], 30_000_000_000u64);
     assert_eq!(cfg["config"]["Shell"], serde_json::json!(["/bin/ash", "-c"]));
 }
+
+/// `SOURCE_DATE_EPOCH` is one rule for every entry of every new layer: times newer than the
+/// epoch are clamped to it, older ones kept, and entries the build makes itself (missing
+/// parents, here-documents, WORKDIR directories, whiteouts, RUN output) get the epoch, never
+/// 1970.
+#[test]
+fn source_date_epoch_clamps_every_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("new.txt"), "new\n");
+    write(&ctx.join("old.txt"), "old\n");
+    let touched = Command::new("touch").args(["-d", "2001-02-03 04:05:06 UTC"]).arg(ctx.join("old.txt")).status();
+    assert!(touched.unwrap().success());
+    let df = t.path().join("Dockerfile");
+    write(
+        &df,
+        "FROM ${base_image}\nCOPY new.txt old.txt /deep/new/dir/\nCOPY <<EOF /etc/inline\nhi\nEOF\nUSER root\nWORKDIR /made/by/workdir\nRUN rm /etc/motd && echo x > /tmp/run\n",
+    );
+    let out = t.path().join("out");
+    let o = ext_extend_env(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}", s(&base)),
+            "-f",
+            &s(&df),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}", s(&out)),
+        ],
+        &[("SOURCE_DATE_EPOCH", "1700000000"), ("EXT_EXTEND_CACHE_DIR", &s(&test_cache()))],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let layers = layer_digests(&skopeo_inspect(&out, "latest", &[]));
+    let mut seen = 0;
+    for digest in &layers[2..] {
+        let blob = out.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+        let list =
+            Command::new("tar").args(["--numeric-owner", "--full-time", "-tvzf"]).arg(&blob).env("TZ", "UTC").output();
+        let list = String::from_utf8(list.unwrap().stdout).unwrap();
+        for line in list.lines() {
+            let time = line.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" ");
+            let want = if line.ends_with("/old.txt") { "2001-02-03 04:05:06" } else { "2023-11-14 22:13:20" };
+            assert_eq!(time, want, "{line}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 12, "{seen} entries checked");
+}
