@@ -45,6 +45,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         }
         dockerfiles.push((df, context.clone()));
     }
+    warn_unconsumed_build_args(&build_args, &dockerfiles);
 
     let store = args.store.options();
     let base = ext_oci::open_image(&from, &platform, &store)?;
@@ -96,6 +97,20 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// BuildKit's warning for build args no ARG declares (typos, or args meant for another file).
+fn warn_unconsumed_build_args(build_args: &BTreeMap<String, String>, dockerfiles: &[(Dockerfile, PathBuf)]) {
+    let declared: std::collections::BTreeSet<String> =
+        dockerfiles.iter().flat_map(|(df, _)| df.declared_args()).collect();
+    let unused: Vec<&str> = build_args
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "base_image" && !ext_dockerfile::plan::PREDEFINED_ARGS.contains(k) && !declared.contains(*k))
+        .collect();
+    if !unused.is_empty() {
+        tracing::warn!("build args not consumed by any ARG: {}", unused.join(", "));
+    }
+}
+
 /// `KEY=VALUE`, or `KEY` from the environment (as `docker build` does); `base_image` is the
 /// `--from` reference unless given explicitly.
 fn parse_build_args(raw: &[String], from: &str) -> Result<BTreeMap<String, String>, Failure> {
@@ -107,6 +122,9 @@ fn parse_build_args(raw: &[String], from: &str) -> Result<BTreeMap<String, Strin
                 args.insert(k.to_string(), v.to_string());
             }
             Some(_) => return Err(Failure::input(anyhow!("--build-arg `{a}`: expected KEY=VALUE"))),
+            None if a.trim().is_empty() => {
+                return Err(Failure::input(anyhow!("--build-arg with an empty name: expected KEY=VALUE or KEY")));
+            }
             None => {
                 if let Ok(v) = std::env::var(a) {
                     args.insert(a.clone(), v);

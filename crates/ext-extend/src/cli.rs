@@ -13,8 +13,8 @@ use clap::{Args, Parser, Subcommand};
     after_help = "Examples:\n  ext-extend build --from oci:run-image:latest -f run.Dockerfile --context ext-layer --output oci:out:extended\n  ext-extend build --from oci:base -f a.Dockerfile --context a -f b.Dockerfile --context b --output oci:out --json\n\nExit codes: 0 success, 2 bad input (usage, Dockerfile, context, reference), 1 other failures."
 )]
 pub struct Cli {
-    /// Log level: error, warn, info, debug, trace (or set EXT_EXTEND_LOG).
-    #[arg(long, global = true, value_name = "LEVEL")]
+    /// Log level (EXT_EXTEND_LOG takes tracing directives instead).
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: Option<String>,
 
     /// Only print warnings and errors on stderr.

@@ -496,3 +496,44 @@ fn source_date_epoch_clamps_every_entry() {
     }
     assert!(seen >= 12, "{seen} entries checked");
 }
+
+/// Flags a new user gets wrong are refused or warned about, and every error is one line that
+/// names its cause once.
+#[test]
+fn new_user_mistakes_get_clear_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("bad.Dockerfile");
+    write(&df, "FROM ${base_image}\nARG USED\nENV A=${B\n");
+    let from = format!("oci:{}", s(&base));
+    let out = format!("oci:{}", s(&t.path().join("out")));
+    let common = ["build", "--from", &from, "-f", &s(&df), "--context", &s(t.path()), "--output", &out];
+    let with = |extra: &[&str]| -> Vec<String> { common.iter().chain(extra).map(|a| a.to_string()).collect() };
+    let run = |a: Vec<String>, code| build_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), code);
+
+    let e = run(with(&["--build-arg", ""]), 2);
+    assert!(e.contains("--build-arg with an empty name"), "{e}");
+    let e = run([vec!["--log-level".to_string(), "bogus".into()], with(&[])].concat(), 2);
+    assert!(e.contains("invalid value 'bogus'"), "{e}");
+
+    let e = run(with(&["--build-arg", "USED=1", "--build-arg", "TYPO=1", "--build-arg", "HTTP_PROXY=x"]), 2);
+    assert!(e.contains("build args not consumed by any ARG: TYPO\n"), "only TYPO is unused: {e}");
+    let last = e.lines().last().unwrap();
+    assert_eq!(last.matches("missing '}'").count(), 1, "one cause, once: {last}");
+
+    let e = run(
+        vec![
+            "build".into(),
+            "--from".into(),
+            from.clone(),
+            "-f".into(),
+            "nope.Dockerfile".into(),
+            "--output".into(),
+            out.clone(),
+        ],
+        2,
+    );
+    let last = e.lines().last().unwrap();
+    assert_eq!(last.matches("No such file or directory").count(), 1, "{last}");
+}
