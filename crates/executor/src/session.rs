@@ -288,6 +288,15 @@ impl Session {
     /// The RUN rootfs, unpacked from every layer so far on first use (once per session).
     fn rootfs(&mut self, at: &Location) -> Result<&mut Rootfs> {
         if self.rootfs.is_none() {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                // Unpacking the image's files with their owners and entering namespaces both
+                // need root; without this, the first chown of the unpacking fails obscurely.
+                return Err(ExecError::step(
+                    at,
+                    "RUN needs root: run ext-extend as root (or use --live-root where the image's filesystem is this machine's own)",
+                ));
+            }
             let started = std::time::Instant::now();
             let dir = self.opts.scratch.join("rootfs");
             let mut rootfs =

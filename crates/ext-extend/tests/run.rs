@@ -427,3 +427,31 @@ fn implicit_parent_dirs_of_base_layers_keep_the_lower_metadata() {
     }
     assert_eq!(digests[0], digests[1]);
 }
+
+/// As a non-root user, a Dockerfile with RUN fails with one line saying RUN needs root
+/// (instead of the unpacker's `chown ... Operation not permitted`), and exit code 2.
+#[test]
+fn run_as_non_root_says_it_needs_root() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("run.Dockerfile");
+    write(&df, "FROM ${base_image}\nRUN true\n");
+    for p in [t.path(), &base] {
+        // nobody must be able to read the inputs and write the output next to them.
+        Command::new("chmod").arg("-R").arg("a+rwX").arg(p).status().unwrap();
+    }
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["build", "--from", &format!("oci:{}", s(&base)), "-f", &s(&df), "--context", &s(t.path())])
+        .args(["--output", &format!("oci:{}", s(&t.path().join("out")))])
+        .env("TMPDIR", t.path())
+        .env("EXT_EXTEND_CACHE_DIR", t.path().join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.contains("run.Dockerfile:2: RUN needs root") && last.contains("--live-root"), "{stderr}");
+}
