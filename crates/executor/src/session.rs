@@ -173,6 +173,7 @@ impl Session {
                 }
                 Op::Config(c) => self.apply_config(c, &mut cmd_set),
             }
+            log_layer(&report);
             self.record_history(step, &report, provenance);
             reports.push(report);
         }
@@ -494,6 +495,22 @@ impl Session {
             let _ = rootfs.remove();
         }
         ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
+    }
+}
+
+/// How many paths of a COPY/ADD/WORKDIR layer the log lists.
+const MAX_LISTED_PATHS: usize = 20;
+
+/// Logs what a COPY/ADD/WORKDIR layer holds, as the step ends, so the log follows the
+/// Dockerfile's order (RUN steps log their own progress while they run).
+fn log_layer(report: &StepReport) {
+    let (Some(layer), false) = (&report.layer, report.paths.is_empty()) else { return };
+    tracing::info!("{} {} -> layer {} ({} bytes)", report.location, report.text, layer.digest.short(), layer.size);
+    for p in report.paths.iter().take(MAX_LISTED_PATHS) {
+        tracing::info!("  + {p}");
+    }
+    if report.paths.len() > MAX_LISTED_PATHS {
+        tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);
     }
 }
 

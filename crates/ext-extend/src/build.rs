@@ -11,8 +11,6 @@ use ext_oci::{ImageRef, LayerOptions, MtimePolicy, Platform};
 use crate::Failure;
 use crate::cli::BuildArgs;
 
-const MAX_LISTED_PATHS: usize = 20;
-
 pub fn run(args: BuildArgs) -> Result<(), Failure> {
     let from: ImageRef = args.from.parse()?;
     let output: ImageRef = args.output.parse()?;
@@ -66,24 +64,8 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
     for (df, context_dir) in &dockerfiles {
         let context = BuildContext::open(context_dir)?;
         tracing::info!("applying {} (context {})", df.file, context_dir.display());
-        for report in session.apply(df, &build_args, &context, &Provenance::Standalone)? {
-            // RUN steps report their own progress; list what COPY/ADD layers hold.
-            if let (Some(layer), false) = (&report.layer, report.paths.is_empty()) {
-                tracing::info!(
-                    "{} {} -> layer {} ({} bytes)",
-                    report.location,
-                    report.text,
-                    layer.digest.short(),
-                    layer.size
-                );
-                for p in report.paths.iter().take(MAX_LISTED_PATHS) {
-                    tracing::info!("  + {p}");
-                }
-                if report.paths.len() > MAX_LISTED_PATHS {
-                    tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);
-                }
-            }
-        }
+        // Each step logs as it ends (Session), in Dockerfile order.
+        session.apply(df, &build_args, &context, &Provenance::Standalone)?;
     }
     let image = session.finish();
     let destination = target.describe();

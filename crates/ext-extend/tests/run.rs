@@ -455,3 +455,33 @@ fn run_as_non_root_says_it_needs_root() {
     let last = stderr.lines().last().unwrap();
     assert!(last.contains("run.Dockerfile:2: RUN needs root") && last.contains("--live-root"), "{stderr}");
 }
+
+/// Steps log in Dockerfile order: a COPY's line comes before the RUN after it.
+#[test]
+fn log_follows_the_dockerfile_order() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    write(&t.path().join("ctx/x"), "x");
+    let df = t.path().join("order.Dockerfile");
+    write(&df, "FROM ${base_image}\nCOPY x /x\nUSER root\nRUN echo hi > /y\nCOPY x /z\n");
+    let o = build_with(
+        t.path(),
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}", s(&base)),
+            "-f",
+            &s(&df),
+            "--context",
+            &s(&t.path().join("ctx")),
+            "--output",
+            &format!("oci:{}", s(&t.path().join("out"))),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let at = |needle: &str| stderr.find(needle).unwrap_or_else(|| panic!("no `{needle}` in {stderr}"));
+    assert!(at("order.Dockerfile:2 COPY x /x") < at("order.Dockerfile:4 RUN echo hi"), "{stderr}");
+    assert!(at("order.Dockerfile:4 RUN echo hi") < at("order.Dockerfile:5 COPY x /z"), "{stderr}");
+}
