@@ -128,8 +128,11 @@ pub struct ExportArgs {
     /// The app image, as the lifecycle's exporter takes it (same as --output).
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
+    /// Platform (os/arch[/variant]) to pick from a multi-platform run image. Default: this
+    /// machine's.
     #[arg(long = "target-platform", value_name = "PLATFORM")]
     pub target_platform: Option<String>,
+    /// gzip level for new layers (0-9).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
     /// Print a JSON summary instead of the digest.

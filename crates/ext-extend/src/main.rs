@@ -17,6 +17,11 @@ fn main() -> ExitCode {
     let is_phase = args.get(1).is_some_and(|a| matches!(a.as_str(), "generate" | "extend" | "export"));
     if is_phase {
         args = cnb::lifecycle_style_args(args);
+        if args.iter().any(|a| a == "--version") {
+            // The lifecycle's phases answer `-version` with the bare version.
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
     }
     let cli = cli::Cli::parse_from(args);
     init_logging(cli.log_level.as_deref(), cli.quiet);

@@ -537,3 +537,34 @@ fn new_user_mistakes_get_clear_answers() {
     let last = e.lines().last().unwrap();
     assert_eq!(last.matches("No such file or directory").count(), 1, "{last}");
 }
+
+/// Every option of every command has a description, help examples are not wrapped mid-command
+/// on an 80-column terminal, and `extender -version` answers like the lifecycle's phases.
+#[test]
+fn help_describes_every_option_and_extender_knows_its_version() {
+    for cmd in ["build", "generate", "extend", "export"] {
+        let o = Command::new(bin()).args([cmd, "--help"]).env("COLUMNS", "80").output().unwrap();
+        let help = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_option = line.starts_with("  -") || line.starts_with("      --");
+            if is_option && !line.contains("--help") {
+                let described = line.trim_start().contains("  ")
+                    || lines.get(i + 1).is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+                assert!(described, "{cmd}: `{line}` has no description:\n{help}");
+            }
+        }
+        assert!(!help.contains("--platform <PLATFORM>"), "{cmd}: --platform is the platform dir in the phases");
+    }
+    let o = Command::new(bin()).arg("--help").env("COLUMNS", "80").output().unwrap();
+    let help = String::from_utf8(o.stdout).unwrap();
+    for l in help.lines().skip_while(|l| !l.starts_with("Examples:")).skip(1).take_while(|l| !l.is_empty()) {
+        assert!(l.len() <= 80 && (l.ends_with('\\') || l.starts_with("      -")), "example line `{l}`");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let extender = t.path().join("extender");
+    std::os::unix::fs::symlink(bin(), &extender).unwrap();
+    let o = Command::new(&extender).arg("-version").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), env!("CARGO_PKG_VERSION"));
+}
