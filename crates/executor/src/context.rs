@@ -337,6 +337,17 @@ mod tests {
         assert_eq!(kids, vec!["src/a.txt", "src/b.txt", "src/sub", "src/sub/c.txt"]);
     }
 
+    /// docker/Dockerfile sends the repository as its context: its .dockerignore must keep the
+    /// build output (several GB) out, as any context reader that honours it does.
+    #[test]
+    fn the_repository_context_leaves_out_build_output() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let c = BuildContext::open(&repo).unwrap();
+        assert!(c.get("Cargo.toml").unwrap().is_some() && c.get("docker/Dockerfile").unwrap().is_some());
+        assert!(c.get("target").unwrap().is_none(), "target/ is ignored");
+        assert!(c.get(".git").unwrap().is_none(), ".git/ is ignored");
+    }
+
     #[test]
     fn escapes_are_errors() {
         let (_d, c) = ctx();
