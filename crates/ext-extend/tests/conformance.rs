@@ -109,9 +109,9 @@ impl Drop for Base {
     }
 }
 
-fn base() -> Base {
+fn base(name: &str) -> Base {
     // Lower case: Buildah takes the layout's path as an image name.
-    let layout = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("conformance-base-{}", std::process::id()));
+    let layout = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("conformance-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&layout);
     make_run_image(&layout, "latest", false);
     let (_guard, rootfs) = umoci_unpack(&layout, "latest");
@@ -322,10 +322,8 @@ fn buildah(base: &Base, case: &Path, ctx: &Path, work: &Path) -> String {
     r
 }
 
-#[test]
-fn conformance_table_in_both_snapshot_modes() {
+fn cases() -> Vec<PathBuf> {
     let only = std::env::var("CONFORMANCE_CASE").ok();
-    let bless = std::env::var("CONFORMANCE_BLESS").is_ok();
     let mut cases: Vec<PathBuf> = fs::read_dir(cases_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -334,7 +332,35 @@ fn conformance_table_in_both_snapshot_modes() {
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no conformance cases found in {}", cases_dir().display());
-    let base = base();
+    cases
+}
+
+/// Buildah, an independent builder, gives the expected tree of every case where it agrees
+/// with BuildKit (a case's `buildah-differs` file says why it does not).
+#[test]
+fn buildah_builds_the_same_trees() {
+    let cases: Vec<PathBuf> = cases().into_iter().filter(|c| !c.join("buildah-differs").exists()).collect();
+    let base = base("buildah");
+    let mut problems = Vec::new();
+    for case in &cases {
+        let work = tempfile::tempdir().unwrap();
+        let ctx = prepare_context(case, work.path());
+        let expected = fs::read_to_string(case.join("expected")).unwrap_or_default();
+        let theirs = buildah(&base, case, &ctx, work.path());
+        let agrees = if expected.starts_with("error: ") { theirs.starts_with("error: ") } else { theirs == expected };
+        if !agrees {
+            let name = case.file_name().unwrap().to_string_lossy();
+            problems.push(format!("{name}: Buildah built\n{theirs}expected\n{expected}"));
+        }
+    }
+    assert!(problems.is_empty(), "{} of {} cases differ:\n\n{}", problems.len(), cases.len(), problems.join("\n"));
+}
+
+#[test]
+fn conformance_table_in_both_snapshot_modes() {
+    let bless = std::env::var("CONFORMANCE_BLESS").is_ok();
+    let cases = cases();
+    let base = base("base");
     let problems: Vec<String> = cases.iter().flat_map(|c| run_case(&base, c, bless)).collect();
     assert!(problems.is_empty(), "{} of {} cases failed:\n\n{}", problems.len(), cases.len(), problems.join("\n\n"));
 }
