@@ -289,8 +289,11 @@ impl Session {
         if self.rootfs.is_none() {
             let root: Box<dyn RunRoot> = match &self.opts.executor {
                 RunExecutor::LiveRoot(dir) => {
+                    // Our own files never belong to a layer: cache, and the blobs being written
+                    // (an output next to `/` in a build stages them there).
                     let mut ignore = self.opts.ignore_paths.clone();
-                    ignore.extend(self.opts.cache_dir.iter().map(|c| c.display().to_string()));
+                    let ours = self.opts.cache_dir.iter().chain([&self.blob_dir]);
+                    ignore.extend(ours.filter_map(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string()));
                     let live = LiveRoot::open(dir, &ignore, &self.opts.scratch).map_err(|e| rootfs_error(at, e))?;
                     tracing::info!("RUN on the live root {} (stat-index snapshots)", dir.display());
                     // Layers written so far are on the live root already (COPY applies them).

@@ -341,3 +341,50 @@ fn kind_build_goes_on_to_the_build_phase_as_the_build_user() {
     assert_eq!(fs::metadata(&p.layers).unwrap().uid(), 1000, "<layers> handed to the build user");
     assert!(p.rootfs.join("build-file").is_file() && p.rootfs.join("shared-build").is_file());
 }
+
+#[test]
+fn live_root_is_refused_where_nothing_says_container_unless_forced() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    make_image(&run, "latest", "--fake-apt");
+    let (_bundle, rootfs) = umoci_unpack(&run, "latest");
+    fs::copy(bin(), rootfs.join("ext-extend")).unwrap();
+    // The base for `--from`: a layout inside the root, as a user on a host would have one.
+    let out = std::process::Command::new("cp").arg("-a").arg(&run).arg(rootfs.join("base")).output().unwrap();
+    assert!(out.status.success());
+    write(
+        &rootfs.join("Dockerfile"),
+        "FROM ${base_image}\nUSER root\nRUN apt-get install -y jq\nRUN apt-get install -y yq\nUSER 1000\n",
+    );
+    let host = Container::new(&rootfs).without_container_marker();
+    let build = |mode: &str| {
+        host.command("/ext-extend")
+            .args([
+                "build",
+                "--from",
+                "oci:/base:latest",
+                "-f",
+                "/Dockerfile",
+                "--context",
+                "/tmp",
+                "--output",
+                "oci:/out",
+            ])
+            .arg(mode)
+            .output()
+            .unwrap()
+    };
+    let o = build("--live-root");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refusing to change this machine's own root filesystem"), "{}", stderr(&o));
+    assert!(!rootfs.join("usr/bin/jq").exists(), "nothing changed");
+    let o = build("--live-root=force");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(rootfs.join("usr/bin/jq").is_file(), "applied in place");
+    let inspect = skopeo_inspect(&rootfs.join("out"), "latest", &[]);
+    let layers = layer_digests(&inspect);
+    assert_eq!(layers.len(), 4, "the base's 2 layers + one per RUN");
+    // Only what the second RUN changed: not the output's staging blobs (also under `/`).
+    let names = file_names_in_layer(&rootfs.join("out"), &layers[3]);
+    assert_eq!(names, vec!["usr", "usr/bin", "usr/bin/yq"], "{names:?}");
+}

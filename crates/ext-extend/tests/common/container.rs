@@ -71,6 +71,13 @@ impl Container {
         self
     }
 
+    /// Removes `/.dockerenv`: nothing then says this is a container (a host, as far as
+    /// ext-extend can tell).
+    pub fn without_container_marker(self) -> Container {
+        let _ = std::fs::remove_file(self.rootfs.join(".dockerenv"));
+        self
+    }
+
     /// Runs as this non-root user with every capability dropped (how kpack runs phases).
     pub fn non_root(mut self, uid: u32, gid: u32) -> Container {
         self.user = Some((uid, gid));
