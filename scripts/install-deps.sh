@@ -8,7 +8,7 @@
 # Pass extra package names as arguments (e.g. strace for the benchmark).
 set -euo pipefail
 
-want=(umoci skopeo busybox-static docker-registry apache2-utils openssl xz-utils bzip2 buildah "$@")
+want=(umoci skopeo busybox-static docker-registry apache2-utils openssl file xz-utils bzip2 buildah "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

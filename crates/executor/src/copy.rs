@@ -25,7 +25,7 @@ use ext_oci::{BUILD_TIME, EntryMeta, LayerWriter};
 use crate::context::{BuildContext, ContextEntry, EntryKind};
 use crate::error::{ExecError, Result};
 use crate::paths::clean_clamped;
-use crate::tree::{ImageTree, Node, NodeKind, join};
+use crate::tree::{ImageTree, Node, NodeKind, TreeView, join};
 use crate::users::Ids;
 
 #[derive(Debug, Clone)]
@@ -60,7 +60,7 @@ pub struct CopyInput<'a> {
     /// Absolute WORKDIR in effect.
     pub workdir: &'a str,
     pub context: &'a BuildContext,
-    pub tree: &'a ImageTree,
+    pub tree: &'a dyn TreeView,
     /// `--chown`, resolved.
     pub owner: Option<Ids>,
     /// Where ADD may extract archives.
@@ -240,13 +240,13 @@ impl CopyPlan {
 
     /// WORKDIR (BuildKit: `mkdir -p` as the USER in effect): the directory and its missing
     /// parents, 0755, owned by `owner`; empty when the directory exists. `dir` is absolute.
-    pub fn workdir(tree: &ImageTree, dir: &str, owner: Ids, at: &Location) -> Result<CopyPlan> {
+    pub fn workdir(tree: &dyn TreeView, dir: &str, owner: Ids, at: &Location) -> Result<CopyPlan> {
         let mut plan = CopyPlan::default();
         let resolved = tree.resolve(&clean_clamped(dir), true);
         if tree.is_dir(&resolved) {
             return Ok(plan);
         }
-        if tree.get(&resolved).is_some() {
+        if tree.node(&resolved).is_some() {
             return Err(ExecError::step(at, format!("WORKDIR {dir}: `/{resolved}` is not a directory in the image")));
         }
         let (uid, gid) = (owner.uid.into(), owner.gid.into());
@@ -322,7 +322,7 @@ impl CopyPlan {
     /// Adds the destination's missing ancestors; errors if one of them is a file in the image.
     fn add_missing_parents(
         &mut self,
-        tree: &ImageTree,
+        tree: &dyn TreeView,
         at: &Location,
         (uid, gid): (u64, u64),
         dest: &str,
@@ -335,7 +335,7 @@ impl CopyPlan {
                 if self.entries.contains_key(ancestor) || needed.iter().any(|n| n == ancestor) {
                     break;
                 }
-                match tree.get(ancestor) {
+                match tree.node(ancestor) {
                     Some(Node { kind: NodeKind::Dir, .. }) => break,
                     Some(_) => {
                         return Err(ExecError::step(

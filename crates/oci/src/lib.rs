@@ -17,6 +17,7 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod tls;
 
 pub use config::{HistoryEntry, ImageConfig};
 pub use digest::{Digest, HashingWriter, VerifyingReader};
