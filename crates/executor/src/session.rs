@@ -57,6 +57,8 @@ pub struct SessionOptions {
     /// (header indexes, unpacked layers). `None`: nothing is kept.
     pub cache_dir: Option<PathBuf>,
     pub executor: RunExecutor,
+    /// `-q`: a RUN's output is kept in the scratch dir and shown only if the command fails.
+    pub quiet: bool,
 }
 
 impl SessionOptions {
@@ -68,6 +70,7 @@ impl SessionOptions {
             ignore_paths: Vec::new(),
             cache_dir: None,
             executor: RunExecutor::Sandbox,
+            quiet: false,
         }
     }
 }
@@ -435,6 +438,7 @@ impl Session {
         let workdir = self.workdir();
         let user_spec = self.config.user().to_string();
         let mut env = self.config.env();
+        let output = self.opts.quiet.then(|| self.opts.scratch.join("run-output"));
         let rootfs = self.rootfs(at)?;
         let passwd = rootfs.read_file("etc/passwd");
         let group = rootfs.read_file("etc/group");
@@ -462,6 +466,7 @@ impl Session {
             workdir,
             network: if op.network.as_deref() == Some("none") { Network::None } else { Network::Host },
             script,
+            output,
         };
         tracing::info!("{at} {text}");
         let started = std::time::Instant::now();
@@ -472,6 +477,14 @@ impl Session {
             ),
             other => rootfs_error(at, other),
         })?;
+        if let Some(path) = &spec.output {
+            // Quiet: the output of a command that failed is what the user needs to see.
+            if !outcome.status.success() {
+                let mut stderr = std::io::stderr().lock();
+                let _ = std::io::copy(&mut std::fs::File::open(path).map_err(ExecError::io(path))?, &mut stderr);
+            }
+            let _ = std::fs::remove_file(path);
+        }
         if !outcome.status.success() {
             return Err(ExecError::RunFailed {
                 at: at.clone(),

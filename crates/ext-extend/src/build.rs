@@ -11,7 +11,8 @@ use ext_oci::{ImageRef, LayerOptions, MtimePolicy, Platform};
 use crate::Failure;
 use crate::cli::BuildArgs;
 
-pub fn run(args: BuildArgs) -> Result<(), Failure> {
+/// `quiet`: `-q`, which also keeps RUN output off the terminal unless a command fails.
+pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
     let from: ImageRef = args.from.parse()?;
     let output: ImageRef = args.output.parse()?;
     let platform = match &args.platform {
@@ -60,6 +61,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         ignore_paths: args.ignore_paths.clone(),
         cache_dir: Some(store.cache_dir()),
         executor,
+        quiet,
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);

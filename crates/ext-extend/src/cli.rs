@@ -17,7 +17,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: Option<String>,
 
-    /// Only print warnings and errors on stderr.
+    /// Only print warnings and errors on stderr (build: RUN output only when a command fails).
     #[arg(short, long, global = true)]
     pub quiet: bool,
 

@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_level.as_deref(), cli.quiet);
     install_signal_cleanup();
     let result = match cli.command {
-        cli::Command::Build(args) => build::run(args),
+        cli::Command::Build(args) => build::run(args, cli.quiet),
         cli::Command::Generate(args) => cnb::generate(args),
         cli::Command::Extend(args) => cnb::extend(args, cli.log_level.as_deref()),
         cli::Command::Export(args) => cnb::export(args),

@@ -485,3 +485,33 @@ fn log_follows_the_dockerfile_order() {
     assert!(at("order.Dockerfile:2 COPY x /x") < at("order.Dockerfile:4 RUN echo hi"), "{stderr}");
     assert!(at("order.Dockerfile:4 RUN echo hi") < at("order.Dockerfile:5 COPY x /z"), "{stderr}");
 }
+
+/// With `-q`, a RUN's output stays off the terminal, unless the command fails: then it is
+/// what the user needs to see.
+#[test]
+fn quiet_keeps_run_output_unless_the_command_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    for (body, ok) in [("echo chatty-output && true", true), ("echo chatty-output && false", false)] {
+        let df = t.path().join("q.Dockerfile");
+        write(&df, &format!("FROM ${{base_image}}\nRUN {body}\n"));
+        let o = build_with(
+            t.path(),
+            &[
+                "-q",
+                "build",
+                "--from",
+                &format!("oci:{}", s(&base)),
+                "-f",
+                &s(&df),
+                "--output",
+                &format!("oci:{}", s(&t.path().join("out"))),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.success(), ok, "{stderr}");
+        assert_eq!(stderr.contains("chatty-output"), !ok, "{body}: {stderr}");
+        assert!(!stderr.contains("INFO"), "{stderr}");
+    }
+}

@@ -258,8 +258,7 @@ fn spawn_as(argv: &[String], spec: &RunSpec, workdir: &Path) -> io::Result<std::
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let change_ids = spec.uid != euid || spec.gid != egid || euid == 0;
     let (uid, gid, groups) = (spec.uid, spec.gid, spec.groups.clone());
-    let stderr = io::stderr();
-    let out = std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?;
+    let out = crate::sandbox::command_output(spec)?;
     cmd.stdin(Stdio::null()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
     // SAFETY (parent side): getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
