@@ -6,7 +6,7 @@
 //! destination ending in `/`, an existing directory, or several sources mean "copy into this
 //! directory"; a directory source copies its contents; globs match within one path component;
 //! new files are owned by 0:0 unless `--chown`; `--chmod` sets the mode of what is copied;
-//! missing parent directories are created (0755, owned like the files); existing ones are left
+//! missing parent directories are created (0755, or the `--chmod` mode; owned like the files); existing ones are left
 //! alone (they are not written into the layer, so their metadata cannot change); symlinks in
 //! the destination path are followed inside the image root; hard links within one source
 //! stay hard links (each link after its target in the layer), files linked across sources
@@ -156,6 +156,7 @@ impl CopyPlan {
         }
 
         let count = items.len() + inline.len();
+        let copies_files = items.iter().any(|i| !i.keep_owner) || !inline.is_empty();
         let dest_resolved = input.tree.resolve(&dest_clean, true);
         let into_dir = dir_syntax || count > 1 || input.tree.is_dir(&dest_resolved);
         if count > 1 && !dir_syntax && !input.tree.is_dir(&dest_resolved) {
@@ -234,7 +235,14 @@ impl CopyPlan {
             return Ok(plan);
         }
         let owner = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
-        plan.add_missing_parents(input.tree, input.at, owner, if into_dir { &dest_resolved } else { &dest_file })?;
+        // BuildKit (fsutil since 2025) makes missing parents with the --chmod mode when there
+        // is one, except for an archive's destination (its unpack makes them 0755).
+        let parent_mode = match chmod {
+            Some(mode) if copies_files => mode,
+            _ => 0o755,
+        };
+        let dest = if into_dir { &dest_resolved } else { &dest_file };
+        plan.add_missing_parents(input.tree, input.at, owner, parent_mode, dest)?;
         Ok(plan)
     }
 
@@ -252,7 +260,7 @@ impl CopyPlan {
         let (uid, gid) = (owner.uid.into(), owner.gid.into());
         let meta = EntryMeta { path: resolved.clone(), mode: 0o755, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
         plan.add(&resolved, meta, Content::Dir);
-        plan.add_missing_parents(tree, at, (uid, gid), &resolved)?;
+        plan.add_missing_parents(tree, at, (uid, gid), 0o755, &resolved)?;
         Ok(plan)
     }
 
@@ -325,6 +333,7 @@ impl CopyPlan {
         tree: &dyn TreeView,
         at: &Location,
         (uid, gid): (u64, u64),
+        mode: u32,
         dest: &str,
     ) -> Result<()> {
         let mut needed: Vec<String> = Vec::new();
@@ -349,7 +358,7 @@ impl CopyPlan {
             }
         }
         for dir in needed {
-            let meta = EntryMeta { path: dir.clone(), mode: 0o755, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
+            let meta = EntryMeta { path: dir.clone(), mode, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
             self.add(&dir, meta, Content::Dir);
         }
         Ok(())
