@@ -187,14 +187,20 @@ impl CopyPlan {
             let chmod = if item.keep_owner { None } else { chmod };
             match &e.kind {
                 EntryKind::Dir => {
-                    let (uid, gid) = owner_of(e, item.keep_owner);
                     if !input.tree.is_dir(&dest_resolved) && !dest_resolved.is_empty() {
-                        let mut meta = meta_of(&dest_resolved, e, chmod, uid, gid);
-                        if item.keep_owner {
-                            // An archive's destination is made like a missing parent.
-                            meta.mode = 0o755;
-                            meta.mtime = BUILD_TIME;
-                        }
+                        // The destination is made like a missing parent (BuildKit's MkdirAll:
+                        // 0755 or the --chmod mode, the --chown owner), not with the source
+                        // directory's metadata; an archive's is always 0755.
+                        let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
+                        let mode = chmod.unwrap_or(0o755);
+                        let meta = EntryMeta {
+                            path: dest_resolved.clone(),
+                            mode,
+                            uid,
+                            gid,
+                            mtime: BUILD_TIME,
+                            xattrs: vec![],
+                        };
                         plan.add(&dest_resolved, meta, Content::Dir);
                     }
                     let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };

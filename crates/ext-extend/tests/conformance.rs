@@ -59,6 +59,8 @@ fn scan(root: &Path) -> BTreeMap<String, Entry> {
             let p = item.unwrap().path();
             let md = fs::symlink_metadata(&p).unwrap();
             let ft = md.file_type();
+            // A directory's link count only says how many subdirectories it has.
+            let nlink = if ft.is_dir() { 0 } else { md.nlink() };
             let (kind, detail) = if ft.is_dir() {
                 stack.push(p.clone());
                 ("dir", String::new())
@@ -72,10 +74,7 @@ fn scan(root: &Path) -> BTreeMap<String, Entry> {
                 ("other", String::new())
             };
             let rel = format!("/{}", p.strip_prefix(root).unwrap().display());
-            out.insert(
-                rel,
-                Entry { kind, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), detail, nlink: md.nlink() },
-            );
+            out.insert(rel, Entry { kind, mode: md.mode() & 0o7777, uid: md.uid(), gid: md.gid(), detail, nlink });
         }
     }
     out
