@@ -248,12 +248,12 @@ def ext_live(env: Env, name: str, df: str, ctx: Path, base_digests: set[str]) ->
     (a copy of the unpacked 300 MB base), with the live-root executor. The benchmark's inputs
     and outputs are bind-mounted in (mount points never reach a layer). Afterwards the tree is
     restored from the new layer's entries (untimed)."""
+    # bench/work (base, output, scratch, cache) is mounted whole, so the output hard-links the
+    # base blobs as in W2 (a link across mount points would be a copy).
     root, out = env.live_rootfs, env.tmp / "out-live"
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
     env.ext_cache.mkdir(parents=True, exist_ok=True)
-    binds = {EXT: "ext-extend", env.base: "bench/base", out: "bench/out", DOCKERFILES: "bench/dockerfiles",
-             ctx: "bench/ctx", env.scratch: "bench/scratch", env.ext_cache: "bench/cache"}
+    binds = {EXT: "ext-extend", WORK: "bench/work", DOCKERFILES: "bench/dockerfiles"}
     for src, dst in binds.items():
         (root / dst).parent.mkdir(parents=True, exist_ok=True)
         if Path(src).is_dir():
@@ -262,10 +262,13 @@ def ext_live(env: Env, name: str, df: str, ctx: Path, base_digests: set[str]) ->
             (root / dst).touch()
     (root / ".dockerenv").touch()
     (root / "proc").mkdir(exist_ok=True)
-    mounts = [f"mount -t proc proc {root}/proc"] + [f"mount --bind {src} {root}/{dst}" for src, dst in binds.items()]
-    inner = ["/ext-extend", "build", "--live-root", "--from", "oci:/bench/base:latest", "--output",
-             "oci:/bench/out:latest", "--scratch-dir", "/bench/scratch", "--cache-dir", "/bench/cache",
-             "--log-level", "info", "-f", f"/bench/dockerfiles/{df}", "--context", "/bench/ctx"]
+    (root / "dev").mkdir(exist_ok=True)
+    mounts = [f"mount -t proc proc {root}/proc", f"mount --rbind /dev {root}/dev"] + \
+        [f"mount --bind {src} {root}/{dst}" for src, dst in binds.items()]
+    inside = lambda p: "/bench/work/" + str(Path(p).relative_to(WORK))
+    inner = ["/ext-extend", "build", "--live-root", "--from", f"oci:{inside(env.base)}:latest", "--output",
+             f"oci:{inside(out)}:latest", "--scratch-dir", inside(env.scratch), "--cache-dir", inside(env.ext_cache),
+             "--log-level", "info", "-f", f"/bench/dockerfiles/{df}", "--context", inside(ctx)]
     script = " && ".join(mounts + ["exec chroot " + str(root) + " " + " ".join(inner)])
     s, _, stderr = measure(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env.logs, name,
                            env=RUN_ENV)
