@@ -356,7 +356,9 @@ fn live_root_is_refused_where_nothing_says_container_unless_forced() {
         &rootfs.join("Dockerfile"),
         "FROM ${base_image}\nUSER root\nRUN apt-get install -y jq\nRUN apt-get install -y yq\nUSER 1000\n",
     );
-    let host = Container::new(&rootfs).without_container_marker();
+    // Also without /dev: RUN must not need /dev/null from the root (it once failed as if
+    // `/bin/sh` were missing).
+    let host = Container::new(&rootfs).without_container_marker().without_dev();
     let build = |mode: &str| {
         host.command("/ext-extend")
             .args([
