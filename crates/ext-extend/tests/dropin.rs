@@ -390,3 +390,24 @@ fn live_root_is_refused_where_nothing_says_container_unless_forced() {
     let names = file_names_in_layer(&rootfs.join("out"), &layers[3]);
     assert_eq!(names, vec!["usr", "usr/bin", "usr/bin/yq"], "{names:?}");
 }
+
+/// `-q` keeps RUN output off the terminal in the extend phase too, unless the command fails.
+#[test]
+fn quiet_extender_shows_run_output_only_when_a_command_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    make_image(&run, "latest", "--fake-apt");
+    for (body, ok) in [("echo chatty-output", true), ("echo chatty-output && false", false)] {
+        let p = Platform::new(&run, "latest");
+        let digest = p.save_base(&run, "latest", false);
+        write(
+            &p.layers.join("analyzed.toml"),
+            &format!("[run-image]\nreference = \"registry.invalid/run@{digest}\"\n"),
+        );
+        write(&p.layers.join("group.toml"), "[[group-extensions]]\nid = \"q\"\nversion = \"1\"\napi = \"0.9\"\n");
+        write(&p.layers.join("generated/q/run.Dockerfile"), &format!("FROM ${{base_image}}\nRUN {body}\nUSER 1000\n"));
+        let o = p.extender(&["-kind", "run", "-q"], &[]);
+        assert_eq!(o.status.success(), ok, "{}", stderr(&o));
+        assert_eq!(stderr(&o).contains("chatty-output"), !ok, "{body}: {}", stderr(&o));
+    }
+}
