@@ -187,6 +187,29 @@ mod tests {
         assert_eq!(out, input);
     }
 
+    /// Layer digests must not depend on the machine: zlib-rs picks SIMD code paths (AVX2,
+    /// PCLMULQDQ, ...) at run time, and every path must give the same bytes. These digests were
+    /// taken with the portable code (runtime detection off); the test runs the detected paths.
+    /// A zlib-rs upgrade that changes them changes every layer digest: say so in the changelog.
+    #[test]
+    fn output_bytes_are_pinned_whatever_the_cpu() {
+        let mut input = data(2 * CHUNK + 4321);
+        input.extend((0..300_000u32).flat_map(|i| format!("line {i} of some text\n").into_bytes()));
+        input.extend(std::iter::repeat_n(0u8, 200_000));
+        let digests: Vec<String> = [1, 2, 6, 9]
+            .iter()
+            .map(|&level| {
+                let mut w = ParallelGzWriter::new(Vec::new(), level, 2);
+                w.write_all(&input).unwrap();
+                crate::Digest::of(&w.finish().unwrap()).short().to_string()
+            })
+            .collect();
+        assert_eq!(
+            digests,
+            ["sha256:a2a8d9a3f605", "sha256:f05fae591539", "sha256:0e97ff6da2bb", "sha256:e6de024a6d54"]
+        );
+    }
+
     #[test]
     fn small_and_empty_streams_are_single_members() {
         let input = data(1000);
