@@ -446,7 +446,7 @@ impl Session {
         let ids = users::resolve(&user, passwd.as_deref(), group.as_deref(), GroupDefault::Primary)
             .map_err(|m| ExecError::step(at, format!("USER {user}: {m}")))?;
         let groups = users::supplementary_groups(&user, ids.gid, passwd.as_deref(), group.as_deref());
-        for (k, v) in &op.args_env {
+        for (k, v) in op.args_env.iter().chain(&op.proxy_env) {
             if !env.iter().any(|(ek, _)| ek == k) {
                 env.push((k.clone(), v.clone()));
             }
