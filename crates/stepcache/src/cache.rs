@@ -130,6 +130,12 @@ fn now_secs() -> u64 {
 
 impl StepCache {
     pub fn open(opts: StepCacheOptions) -> Result<StepCache> {
+        // Made now, before anything watches the filesystem for changes: on a live root a
+        // directory created during the build would change its parent, which a RUN's snapshot
+        // would then take for the command's doing. What is created inside it later is ignored.
+        if let Err(e) = std::fs::create_dir_all(&opts.dir) {
+            tracing::warn!("step cache {}: {e}", opts.dir.display());
+        }
         let local = LocalStore::open(&opts.dir);
         let remote: Option<Box<dyn EntryStore>> = match &opts.repository {
             Some(r) => Some(Box::new(RegistryStore::open(r, &opts.dir, &opts.store)?)),
