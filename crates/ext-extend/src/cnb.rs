@@ -204,7 +204,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn extend(args: ExtendArgs, log_level: Option<&str>) -> Result<(), Failure> {
+pub fn extend(args: ExtendArgs, log_level: Option<&str>, quiet: bool) -> Result<(), Failure> {
     let d = &args.dirs;
     let output = match &args.output {
         Some(o) => Some(o.parse()?),
@@ -263,6 +263,7 @@ pub fn extend(args: ExtendArgs, log_level: Option<&str>) -> Result<(), Failure> 
         executor,
         kaniko_dir: kaniko,
         step_cache: Some(step_cache),
+        quiet,
     };
     let report = ext_lifecycle::extend(&opts).map_err(phase_failure(Phase::Extend))?;
     if let Some(w) = report.output.as_ref().or(report.written.as_ref()) {

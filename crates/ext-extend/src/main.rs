@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Build(args) => build::run(args, cli.quiet),
         cli::Command::Generate(args) => cnb::generate(args),
-        cli::Command::Extend(args) => cnb::extend(args, cli.log_level.as_deref()),
+        cli::Command::Extend(args) => cnb::extend(args, cli.log_level.as_deref(), cli.quiet),
         cli::Command::Export(args) => cnb::export(args),
         cli::Command::Cache { command } => cache::run(command),
     };

@@ -461,3 +461,24 @@ fn live_root_step_cache_hits_land_on_the_root_for_later_steps_and_the_build_phas
     assert_eq!(stderr(&o).matches("expired").count(), 1, "{}", stderr(&o));
     assert_ne!(fs::read_to_string(p3.rootfs.join("one")).unwrap(), one, "the RUN ran again");
 }
+
+/// `-q` keeps RUN output off the terminal in the extend phase too, unless the command fails.
+#[test]
+fn quiet_extender_shows_run_output_only_when_a_command_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    make_image(&run, "latest", "--fake-apt");
+    for (body, ok) in [("echo chatty-output", true), ("echo chatty-output && false", false)] {
+        let p = Platform::new(&run, "latest");
+        let digest = p.save_base(&run, "latest", false);
+        write(
+            &p.layers.join("analyzed.toml"),
+            &format!("[run-image]\nreference = \"registry.invalid/run@{digest}\"\n"),
+        );
+        write(&p.layers.join("group.toml"), "[[group-extensions]]\nid = \"q\"\nversion = \"1\"\napi = \"0.9\"\n");
+        write(&p.layers.join("generated/q/run.Dockerfile"), &format!("FROM ${{base_image}}\nRUN {body}\nUSER 1000\n"));
+        let o = p.extender(&["-kind", "run", "-q"], &[]);
+        assert_eq!(o.status.success(), ok, "{}", stderr(&o));
+        assert_eq!(stderr(&o).contains("chatty-output"), !ok, "{body}: {}", stderr(&o));
+    }
+}

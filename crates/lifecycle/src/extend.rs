@@ -71,6 +71,8 @@ pub struct ExtendOptions {
     pub kaniko_dir: Option<PathBuf>,
     /// The step cache (the lifecycle runs Kaniko with its layer cache on).
     pub step_cache: Option<std::sync::Arc<ext_stepcache::StepCache>>,
+    /// `-q`: RUN output is kept and shown only when a command fails.
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         cache_dir: Some(opts.store.cache_dir()),
         executor: opts.executor.clone(),
         step_cache: opts.step_cache.clone(),
+        quiet: opts.quiet,
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, blobs.path(), session_opts);
