@@ -115,6 +115,8 @@ pub struct Session {
     hasher: SourceHasher,
     cache_hits: usize,
     cache_misses: usize,
+    /// New layers that step cache hits found in a registry repository.
+    layer_stores: BTreeMap<Digest, ext_oci::BlobStore>,
 }
 
 /// The result of a session: the base image plus new layers and the final config.
@@ -123,6 +125,9 @@ pub struct ExtendedImage {
     pub base: Image,
     pub config: ImageConfig,
     pub new_layers: Vec<LayerBlob>,
+    /// New layers that are also in a registry repository (step cache hits from a registry): a
+    /// push to another repository of that registry mounts them instead of uploading them.
+    pub layer_stores: BTreeMap<Digest, ext_oci::BlobStore>,
 }
 
 impl Session {
@@ -143,6 +148,7 @@ impl Session {
             hasher,
             cache_hits: 0,
             cache_misses: 0,
+            layer_stores: BTreeMap::new(),
         }
     }
 
@@ -328,6 +334,9 @@ impl Session {
         }
         if let Some(rootfs) = &mut self.rootfs {
             add_blob_to_rootfs(rootfs.as_mut(), &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
+        }
+        if let Some(origin) = &hit.origin {
+            self.layer_stores.insert(blob.digest.clone(), origin.clone());
         }
         self.layers.push(blob.clone());
         Ok(Some((blob, hit.entry.outcome.paths.clone())))
@@ -722,7 +731,7 @@ impl Session {
                 Err(e) => tracing::warn!("step cache: cannot enforce its size bound: {e}"),
             }
         }
-        ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
+        ExtendedImage { base: self.base, config: self.config, new_layers: self.layers, layer_stores: self.layer_stores }
     }
 }
 

@@ -76,14 +76,18 @@ impl Fixture {
     }
 
     fn try_build_in(&self, cache: &Path, dockerfile: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let out = format!("oci:{}", s(&self.path(&format!("out-{}", self.builds.get() + 1))));
+        self.try_build_to(cache, dockerfile, &out, args, env)
+    }
+
+    fn try_build_to(&self, cache: &Path, dockerfile: &str, out: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let n = self.builds.get() + 1;
         self.builds.set(n);
         let df = self.path(&format!("Dockerfile-{n}"));
         write(&df, dockerfile);
-        let out = self.path(&format!("out-{n}"));
         let mut cmd = Command::new(bin());
         cmd.args(["build", "--from", &format!("oci:{}", s(&self.base)), "-f", &s(&df), "--context", &s(&self.ctx)])
-            .args(["--output", &format!("oci:{}", s(&out))])
+            .args(["--output", out])
             .args(args)
             .env("EXT_EXTEND_CACHE_DIR", cache)
             .env_remove("EXT_EXTEND_NO_CACHE")
@@ -313,6 +317,32 @@ fn entries_travel_between_cache_dirs_through_a_registry() {
     let local = f.build_in(&f.path("cache-b"), STAMPED, &[], &[]);
     assert_eq!(local.count("step cache hit (local"), 5, "{}", local.log);
     assert_eq!(local.digest, builder_a.digest);
+
+    // Pushed to another repository of the registry, the layers from the cache are mounted, not
+    // uploaded again.
+    let before = reg.requests().len();
+    let o = f.try_build_to(&f.path("cache-d"), STAMPED, &reg.url("apps/app:v1"), &["--cache-repo", &repo], &[]);
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    assert_eq!(log.matches("step cache hit (registry ").count(), 5, "{log}");
+    let requests = &reg.requests()[before..];
+    let mounted: Vec<&String> = requests
+        .iter()
+        .filter(|(m, uri, st)| {
+            m == "POST" && uri.contains("/v2/apps/app/blobs/uploads/?") && uri.contains("from=cache") && *st == 201
+        })
+        .map(|(_, uri, _)| uri)
+        .collect();
+    let new_layers: Vec<String> =
+        layer_digests(&skopeo_inspect(&builder_a.out, "latest", &[]))[2..].iter().map(|d| d.to_string()).collect();
+    assert_eq!(new_layers.len(), 4, "COPY, two RUNs and WORKDIR made layers");
+    for d in &new_layers {
+        let hex = d.trim_start_matches("sha256:");
+        assert!(mounted.iter().any(|uri| uri.contains(hex)), "{d} mounted: {requests:?}");
+        let uploaded =
+            requests.iter().any(|(m, uri, _)| m == "PUT" && uri.contains("/v2/apps/app/blobs/") && uri.contains(hex));
+        assert!(!uploaded, "{d} was uploaded: {requests:?}");
+    }
 
     // A registry that is down never fails a build: one warning, then the steps run.
     let down = format!("docker://127.0.0.1:{}/cache/steps", free_port());

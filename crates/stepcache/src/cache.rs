@@ -88,6 +88,8 @@ pub struct Hit {
     pub entry: Entry,
     pub layer_path: Option<PathBuf>,
     pub store: String,
+    /// The registry repository's blob store, for a hit from the registry (see [`Found::origin`]).
+    pub origin: Option<ext_oci::BlobStore>,
 }
 
 /// Why a lookup missed.
@@ -175,7 +177,12 @@ impl StepCache {
                 if let Some(expired) = self.expired(&found.entry) {
                     return Err(expired);
                 }
-                return Ok(Hit { entry: found.entry, layer_path: found.layer_path, store: "local".into() });
+                return Ok(Hit {
+                    entry: found.entry,
+                    layer_path: found.layer_path,
+                    store: "local".into(),
+                    origin: None,
+                });
             }
             Ok(None) => {}
             Err(e) => {
@@ -195,7 +202,12 @@ impl StepCache {
                     if let Err(e) = self.local.put(&found.entry, found.layer_path.as_deref()) {
                         tracing::warn!("step cache: cannot keep entry {} locally: {e}", key.digest().short());
                     }
-                    return Ok(Hit { entry: found.entry, layer_path: found.layer_path, store: remote.name() });
+                    return Ok(Hit {
+                        entry: found.entry,
+                        layer_path: found.layer_path,
+                        store: remote.name(),
+                        origin: found.origin,
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => {

@@ -42,6 +42,9 @@ pub struct Found {
     pub entry: Entry,
     /// The layer blob (verified against its digest), if the step made a layer.
     pub layer_path: Option<PathBuf>,
+    /// For an entry from a registry: the blob store of its repository, from which a push to
+    /// another repository of the same registry can mount the layer instead of uploading it.
+    pub origin: Option<BlobStore>,
 }
 
 /// What `cache prune` (or the size bound after a build) removed and kept.
@@ -121,7 +124,7 @@ impl LocalStore {
         if let Ok(f) = fs::File::options().append(true).open(&path) {
             let _ = f.set_modified(SystemTime::now());
         }
-        Ok(Some(Found { entry, layer_path }))
+        Ok(Some(Found { entry, layer_path, origin: None }))
     }
 
     /// Removes the entry for `key` (a damaged one, so the next build stores a fresh one).

@@ -53,7 +53,7 @@ impl RegistryStore {
             }
             None => None,
         };
-        Ok(Some(Found { entry, layer_path }))
+        Ok(Some(Found { entry, layer_path, origin: Some(self.blobs.clone()) }))
     }
 
     /// Pushes `entry` (its layer from `layer`), tagged with its key.
