@@ -133,6 +133,9 @@ impl Entry {
         if config.key != *key {
             return Err(bad(format!("its config is the entry of {}", config.key)));
         }
+        if StepKey::digest_of(&config.components) != *key {
+            return Err(bad("its components do not hash to its key".into()));
+        }
         let layers = doc["layers"].as_array().cloned().unwrap_or_default();
         let layer = match (layers.as_slice(), &config.outcome.layer) {
             ([], None) => None,
@@ -209,6 +212,9 @@ mod tests {
             String::from_utf8(manifest.clone()).unwrap().replace(&Digest::of(b"gz").to_string(), &other.to_string());
         let err = Entry::parse(key.digest(), tampered.as_bytes(), |_, _| Ok(config.clone())).unwrap_err().to_string();
         assert!(err.contains("not the layer"), "{err}");
+        let forged = String::from_utf8(config.clone()).unwrap().replace("RUN x", "RUN y").into_bytes();
+        let err = Entry::parse(key.digest(), &e.manifest_bytes(&forged), |_, _| Ok(forged.clone())).unwrap_err();
+        assert!(err.to_string().contains("do not hash to its key"), "{err}");
         let image = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json"}}"#;
         assert!(Entry::parse(key.digest(), image, |_, _| Ok(config.clone())).is_err());
     }

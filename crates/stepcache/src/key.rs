@@ -65,9 +65,13 @@ impl StepKey {
         names
     }
 
+    /// The digest of a set of components: sha256 of their JSON, keys sorted.
+    pub fn digest_of(components: &BTreeMap<String, String>) -> Digest {
+        Digest::of(&serde_json::to_vec(components).expect("a map of strings serializes"))
+    }
+
     fn from_components(components: BTreeMap<String, String>) -> StepKey {
-        let json = serde_json::to_vec(&components).expect("a map of strings serializes");
-        StepKey { digest: Digest::of(&json), components }
+        StepKey { digest: Self::digest_of(&components), components }
     }
 }
 
