@@ -15,8 +15,8 @@ use crate::cli::StoreArgs;
 pub struct StepCacheArgs {
     /// Do not look steps up in the step cache: every COPY/ADD, RUN and WORKDIR runs (what
     /// they make is still stored, as with `docker build --no-cache`). EXT_EXTEND_NO_CACHE=1
-    /// (or true, yes, on) does the same.
-    #[arg(long, env = "EXT_EXTEND_NO_CACHE", value_parser = clap::builder::BoolishValueParser::new())]
+    /// (any value but 0, false, no, off or empty) does the same.
+    #[arg(long, env = "EXT_EXTEND_NO_CACHE", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_cache: bool,
 
     /// Also share step cache entries through this registry repository
