@@ -11,8 +11,12 @@ use ext_oci::Digest;
 pub const PARENT: &str = "parent";
 
 /// The component naming the cache format and the ext-extend version: a new version may write
-/// different bytes for the same step, so its entries are its own.
+/// different bytes for the same step, so its entries are its own. Within a version, bump
+/// [`FORMAT_VERSION`] with any change that makes a step write other bytes from the same inputs
+/// (tar headers, compression, ordering), or a hit would keep giving the old bytes.
 pub const FORMAT: &str = "format";
+
+pub const FORMAT_VERSION: u32 = 1;
 
 /// Values longer than this are replaced by their digest.
 const MAX_INLINE_VALUE: usize = 160;
@@ -28,8 +32,10 @@ impl StepKey {
     pub fn builder(parent: &Digest) -> KeyBuilder {
         let mut components = BTreeMap::new();
         components.insert(PARENT.to_string(), parent.to_string());
-        components
-            .insert(FORMAT.to_string(), format!("ext-extend step cache v1, ext-extend {}", env!("CARGO_PKG_VERSION")));
+        components.insert(
+            FORMAT.to_string(),
+            format!("step cache v{FORMAT_VERSION}, ext-extend {}", env!("CARGO_PKG_VERSION")),
+        );
         KeyBuilder { components }
     }
 
