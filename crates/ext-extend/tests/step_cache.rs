@@ -344,6 +344,14 @@ fn entries_travel_between_cache_dirs_through_a_registry() {
         assert!(!uploaded, "{d} was uploaded: {requests:?}");
     }
 
+    // Another artifact under an entry's tag (here: the base image) is a miss for that step
+    // only; the registry stays in use for the others.
+    reg.push_layout(&f.base, "latest", &format!("cache/steps:{}", tags[0]));
+    let overwritten = f.build_in(&f.path("cache-e"), STAMPED, &["--cache-repo", &repo], &[]);
+    assert_eq!(overwritten.count("is unusable"), 1, "{}", overwritten.log);
+    assert_eq!(overwritten.count("step cache hit (registry "), 4, "{}", overwritten.log);
+    assert_eq!(overwritten.digest, builder_a.digest, "the COPY ran again and made the same layer");
+
     // A registry that is down never fails a build: one warning, then the steps run.
     let down = format!("docker://127.0.0.1:{}/cache/steps", free_port());
     let b = f.build_in(

@@ -210,6 +210,12 @@ impl StepCache {
                     });
                 }
                 Ok(None) => {}
+                Err(e) if e.is_damaged_entry() => {
+                    // One bad entry (another artifact under the tag, a corrupt blob) is a miss;
+                    // the registry stays in use.
+                    tracing::warn!("step cache: entry {} in {} is unusable: {e}", key.digest().short(), remote.name());
+                    unusable.get_or_insert(e.to_string());
+                }
                 Err(e) => {
                     tracing::warn!("step cache: {} unusable for this build: {e}", remote.name());
                     self.remote_failed.store(true, Ordering::Relaxed);

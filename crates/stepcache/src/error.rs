@@ -34,6 +34,23 @@ impl StepCacheError {
         move |source| StepCacheError::Io { path, source }
     }
 
+    /// The entry itself is bad (not ours, inconsistent, a blob that does not match its digest),
+    /// as opposed to a store that cannot be reached.
+    pub fn is_damaged_entry(&self) -> bool {
+        use ext_oci::OciError;
+        matches!(
+            self,
+            StepCacheError::Malformed { .. }
+                | StepCacheError::Oci(
+                    OciError::RemoteDigestMismatch { .. }
+                        | OciError::RemoteSizeMismatch { .. }
+                        | OciError::DigestMismatch { .. }
+                        | OciError::SizeMismatch { .. }
+                        | OciError::MissingBlob { .. }
+                )
+        )
+    }
+
     /// Bad flags are the user's to fix (exit 2); the rest is the machine's.
     pub fn is_user_error(&self) -> bool {
         matches!(self, StepCacheError::BadDuration(_) | StepCacheError::BadSize(_) | StepCacheError::BadRepository(_))
