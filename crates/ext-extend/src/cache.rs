@@ -9,7 +9,6 @@ use clap::{Args, Subcommand};
 use ext_stepcache::{LocalStore, PrunePolicy, StepCache, StepCacheError, StepCacheOptions, units};
 
 use crate::Failure;
-use crate::cli::StoreArgs;
 
 #[derive(Debug, Args, Clone)]
 pub struct StepCacheArgs {
@@ -81,8 +80,10 @@ pub enum CacheCommand {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    #[command(flatten)]
-    pub store: StoreArgs,
+    /// ext-extend's cache directory, whose `steps/` is the step cache. Default:
+    /// $XDG_CACHE_HOME/ext-extend or ~/.cache/ext-extend.
+    #[arg(long, value_name = "DIR", env = "EXT_EXTEND_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
 
     /// The local step cache directory. Default: <cache-dir>/steps.
     #[arg(long, value_name = "DIR", env = "EXT_EXTEND_STEP_CACHE_DIR")]
@@ -103,7 +104,8 @@ pub struct PruneArgs {
 
 pub fn run(command: CacheCommand) -> Result<(), Failure> {
     let CacheCommand::Prune(args) = command;
-    let dir = args.step_cache_dir.clone().unwrap_or_else(|| args.store.options().cache_dir().join("steps"));
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(ext_oci::default_cache_dir);
+    let dir = args.step_cache_dir.clone().unwrap_or_else(|| cache_dir.join("steps"));
     let ttl = match &args.cache_ttl {
         Some(t) => units::parse_duration(t).map_err(flag_error)?,
         None => ext_stepcache::DEFAULT_TTL,
