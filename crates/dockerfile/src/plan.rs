@@ -100,6 +100,9 @@ pub struct RunOp {
     pub command: RunCommand,
     /// Declared ARGs with a value, passed to the command as environment (image ENV wins).
     pub args_env: Vec<(String, String)>,
+    /// Docker's predefined proxy args (`HTTP_PROXY`, ...) given as build args but not declared
+    /// by an ARG: passed to the command too, but, as in Docker, no part of the step cache key.
+    pub proxy_env: Vec<(String, String)>,
     pub network: Option<String>,
 }
 
@@ -303,16 +306,17 @@ impl Dockerfile {
                                 ));
                             }
                         };
-                        let mut args_env: Vec<(String, String)> =
+                        let args_env: Vec<(String, String)> =
                             args.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        let mut proxy_env = Vec::new();
                         for p in PREDEFINED_ARGS {
                             if let Some(v) = build_args.get(*p)
                                 && !args.contains_key(*p)
                             {
-                                args_env.push(((*p).to_string(), v.clone()));
+                                proxy_env.push(((*p).to_string(), v.clone()));
                             }
                         }
-                        Op::Run(RunOp { command, args_env, network })
+                        Op::Run(RunOp { command, args_env, proxy_env, network })
                     }
                     Kind::Cmd(c) => {
                         let (args, prepend_shell) = command_args(c);

@@ -446,7 +446,7 @@ fn meta_of(target: &str, e: &ContextEntry, chmod: Option<u32>, uid: u64, gid: u6
 
 /// Extended attributes worth carrying into a layer (capabilities, user data); SELinux labels
 /// belong to the build host, not the image.
-fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else { return Vec::new() };
     let mut out: Vec<(String, Vec<u8>)> = names
         .filter_map(|n| n.into_string().ok())

@@ -142,11 +142,11 @@ impl ExtendedImage {
             });
         }
         for l in &self.new_layers {
-            layers.push(PushLayer {
-                digest: l.digest.clone(),
-                size: l.size,
-                source: LayerSource::File(l.path.clone()),
-            });
+            let source = match self.layer_stores.get(&l.digest) {
+                Some(store) => LayerSource::Store(store.clone()),
+                None => LayerSource::File(l.path.clone()),
+            };
+            layers.push(PushLayer { digest: l.digest.clone(), size: l.size, source });
         }
         let config = self.config_bytes();
         let config_digest = Digest::of(&config);

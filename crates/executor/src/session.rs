@@ -6,19 +6,24 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ext_dockerfile::{ConfigOp, Dockerfile, Location, Op, Plan, RunCommand, RunOp, Step};
 use ext_oci::layer::{decompress, rfc3339};
 use ext_oci::{Digest, HistoryEntry, Image, ImageConfig, LayerBlob, LayerOptions, LayerWriter};
 use ext_rootfs::{CacheFill, LiveRoot, Network, Rootfs, RootfsError, RunRoot, RunSpec, SnapshotMode};
+use ext_stepcache::StepCache;
 use serde_json::{Value, json};
 
 use crate::context::BuildContext;
 use crate::copy::{CopyInput, CopyPlan};
 use crate::error::{ExecError, Result};
 use crate::paths::clean_clamped;
+use crate::step_key::SourceHasher;
 use crate::tree::{ImageTree, LiveTree, TreeView};
 use crate::users::{self, GroupDefault};
+
+mod step_cache;
 
 /// How history entries name the instruction that made them.
 #[derive(Debug, Clone, Default)]
@@ -59,6 +64,9 @@ pub struct SessionOptions {
     pub executor: RunExecutor,
     /// `-q`: a RUN's output is kept in the scratch dir and shown only if the command fails.
     pub quiet: bool,
+    /// Where COPY/ADD, RUN and WORKDIR results are looked up before the step runs, and stored
+    /// after it ran. `None`: every step runs.
+    pub step_cache: Option<Arc<StepCache>>,
 }
 
 impl SessionOptions {
@@ -71,6 +79,7 @@ impl SessionOptions {
             cache_dir: None,
             executor: RunExecutor::Sandbox,
             quiet: false,
+            step_cache: None,
         }
     }
 }
@@ -85,8 +94,13 @@ pub struct StepReport {
     pub text: String,
     /// The layer it added, if any.
     pub layer: Option<LayerBlob>,
-    /// Image paths the layer holds (COPY/ADD), for reporting.
+    /// Image paths the layer holds (COPY/ADD/WORKDIR), for reporting; from the step cache,
+    /// only the first few.
     pub paths: Vec<String>,
+    /// How many paths the layer holds.
+    pub path_count: usize,
+    /// The step cache store the result came from (`local`, `registry HOST/REPO`), if it did.
+    pub cached: Option<String>,
 }
 
 pub struct Session {
@@ -99,6 +113,12 @@ pub struct Session {
     rootfs: Option<Box<dyn RunRoot>>,
     created: String,
     copies: usize,
+    /// Content digests of COPY sources, remembered across builds in the step cache.
+    hasher: SourceHasher,
+    cache_hits: usize,
+    cache_misses: usize,
+    /// New layers that step cache hits found in a registry repository.
+    layer_stores: BTreeMap<Digest, ext_oci::BlobStore>,
 }
 
 /// The result of a session: the base image plus new layers and the final config.
@@ -107,12 +127,16 @@ pub struct ExtendedImage {
     pub base: Image,
     pub config: ImageConfig,
     pub new_layers: Vec<LayerBlob>,
+    /// New layers that are also in a registry repository (step cache hits from a registry): a
+    /// push to another repository of that registry mounts them instead of uploading them.
+    pub layer_stores: BTreeMap<Digest, ext_oci::BlobStore>,
 }
 
 impl Session {
     /// Starts a session on `base`; new layer blobs are written into `blob_dir`.
     pub fn new(base: Image, blob_dir: &Path, opts: SessionOptions) -> Session {
         let created = rfc3339(opts.layer.mtime.created_seconds());
+        let hasher = SourceHasher::new(opts.step_cache.as_ref().map(|c| c.dir().join("contexts")));
         Session {
             config: base.config.clone(),
             base,
@@ -123,6 +147,10 @@ impl Session {
             rootfs: None,
             created,
             copies: 0,
+            hasher,
+            cache_hits: 0,
+            cache_misses: 0,
+            layer_stores: BTreeMap::new(),
         }
     }
 
@@ -164,8 +192,14 @@ impl Session {
         let mut cmd_set = false;
         for step in &plan.steps {
             let at = step.location(&plan.file);
-            let mut report =
-                StepReport { location: at.clone(), text: step.text.clone(), layer: None, paths: Vec::new() };
+            let mut report = StepReport {
+                location: at.clone(),
+                text: step.text.clone(),
+                layer: None,
+                paths: Vec::new(),
+                path_count: 0,
+                cached: None,
+            };
             match &step.op {
                 Op::Arg(_) => {}
                 Op::Env(pairs) => pairs.iter().for_each(|(k, v)| self.config.set_env(k, v)),
@@ -174,20 +208,17 @@ impl Session {
                 Op::Workdir(w) => {
                     let dir = self.resolve_workdir(w);
                     self.config.set_working_dir(&dir);
-                    if let Some((layer, paths)) = self.make_workdir(&dir, &at)? {
-                        report.layer = Some(layer);
-                        report.paths = paths;
-                    }
+                    let key = self.workdir_key(&dir);
+                    self.cached_step(key, &mut report, |s| s.make_workdir(&dir, &at))?;
                 }
                 Op::Shell(s) => self.config.set_shell(s),
                 Op::Copy(op) => {
-                    if let Some((layer, paths)) = self.copy(op, &at, context)? {
-                        report.layer = Some(layer);
-                        report.paths = paths;
-                    }
+                    let key = self.copy_key(op, context);
+                    self.cached_step(key, &mut report, |s| s.copy(op, &at, context))?;
                 }
                 Op::Run(run) => {
-                    report.layer = self.run(run, &at, &step.text)?;
+                    let key = self.run_key(run);
+                    self.cached_step(key, &mut report, |s| Ok(s.run(run, &at, &step.text)?.map(|l| (l, Vec::new()))))?;
                 }
                 Op::Config(c) => self.apply_config(c, &mut cmd_set),
             }
@@ -332,10 +363,11 @@ impl Session {
         if self.rootfs.is_none() {
             let root: Box<dyn RunRoot> = match &self.opts.executor {
                 RunExecutor::LiveRoot(dir) => {
-                    // Our own files never belong to a layer: cache, and the blobs being written
+                    // Our own files never belong to a layer: caches, and the blobs being written
                     // (an output next to `/` in a build stages them there).
                     let mut ignore = self.opts.ignore_paths.clone();
-                    let ours = self.opts.cache_dir.iter().chain([&self.blob_dir]);
+                    let step_cache = self.opts.step_cache.as_ref().map(|c| c.dir().to_path_buf());
+                    let ours = self.opts.cache_dir.iter().chain([&self.blob_dir]).chain(step_cache.as_ref());
                     ignore.extend(ours.filter_map(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string()));
                     let live = LiveRoot::open(dir, &ignore, &self.opts.scratch).map_err(|e| rootfs_error(at, e))?;
                     tracing::info!("RUN on the live root {} (stat-index snapshots)", dir.display());
@@ -446,7 +478,7 @@ impl Session {
         let ids = users::resolve(&user, passwd.as_deref(), group.as_deref(), GroupDefault::Primary)
             .map_err(|m| ExecError::step(at, format!("USER {user}: {m}")))?;
         let groups = users::supplementary_groups(&user, ids.gid, passwd.as_deref(), group.as_deref());
-        for (k, v) in &op.args_env {
+        for (k, v) in op.args_env.iter().chain(&op.proxy_env) {
             if !env.iter().any(|(ek, _)| ek == k) {
                 env.push((k.clone(), v.clone()));
             }
@@ -564,7 +596,29 @@ impl Session {
         if let Some(rootfs) = self.rootfs.take() {
             rootfs.finish();
         }
-        ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
+        if let Some(cache) = &self.opts.step_cache {
+            self.hasher.save();
+            if self.cache_hits + self.cache_misses > 0 {
+                tracing::info!(
+                    "step cache {}: {} hits, {} misses",
+                    cache.describe(),
+                    self.cache_hits,
+                    self.cache_misses
+                );
+            }
+            match cache.enforce_bounds() {
+                Ok(Some(r)) => tracing::info!(
+                    "step cache over its size bound: removed {} entries ({:.1} MB), kept {} ({:.1} MB)",
+                    r.entries_removed,
+                    r.bytes_freed as f64 / 1e6,
+                    r.entries_kept,
+                    r.bytes_kept as f64 / 1e6
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("step cache: cannot enforce its size bound: {e}"),
+            }
+        }
+        ExtendedImage { base: self.base, config: self.config, new_layers: self.layers, layer_stores: self.layer_stores }
     }
 }
 
@@ -579,8 +633,9 @@ fn log_layer(report: &StepReport) {
     for p in report.paths.iter().take(MAX_LISTED_PATHS) {
         tracing::info!("  + {p}");
     }
-    if report.paths.len() > MAX_LISTED_PATHS {
-        tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);
+    let count = report.path_count.max(report.paths.len());
+    if count > MAX_LISTED_PATHS {
+        tracing::info!("  ... and {} more", count - MAX_LISTED_PATHS);
     }
 }
 

@@ -55,6 +55,7 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
     let scratch = ext_rootfs::Scratch::create(args.scratch_dir.as_deref())
         .context("cannot create a scratch directory")
         .map_err(Failure::other)?;
+    let step_cache = args.step_cache.open(&store.cache_dir().join("steps"), None, &store)?;
     let opts = SessionOptions {
         layer: LayerOptions { compression_level: args.compression_level, mtime, ..LayerOptions::default() },
         snapshot: args.snapshot,
@@ -62,6 +63,7 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
         cache_dir: Some(store.cache_dir()),
         executor,
         quiet,
+        step_cache: Some(step_cache),
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);

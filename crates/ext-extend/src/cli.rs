@@ -38,6 +38,11 @@ pub enum Command {
     /// CNB export phase: the app image from the (extended) run image, the app and the launch
     /// layers; extension layers are never exported.
     Export(crate::cnb::ExportArgs),
+    /// Manage the step cache.
+    Cache {
+        #[command(subcommand)]
+        command: crate::cache::CacheCommand,
+    },
 }
 
 /// Image store settings shared by every command.
@@ -171,6 +176,9 @@ pub struct BuildArgs {
 
     #[command(flatten)]
     pub executor: ExecutorArgs,
+
+    #[command(flatten)]
+    pub step_cache: crate::cache::StepCacheArgs,
 
     /// Print a JSON summary (manifest digest, config digest, layers) instead of the digest.
     #[arg(long)]

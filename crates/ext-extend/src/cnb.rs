@@ -107,10 +107,13 @@ pub struct ExtendArgs {
     pub kaniko_dir: PathBuf,
     #[command(flatten)]
     pub executor: ExecutorArgs,
+    #[command(flatten)]
+    pub step_cache: crate::cache::StepCacheArgs,
     /// Set when started as the lifecycle's `extender` (by the program name).
     #[arg(long, hide = true)]
     pub lifecycle_drop_in: bool,
-    /// Accepted for compatibility; ext-extend keeps no Kaniko layer cache.
+    /// The lifecycle's TTL for Kaniko's layer cache: the step cache's TTL unless --cache-ttl
+    /// is given.
     #[arg(long, env = "CNB_KANIKO_CACHE_TTL", hide = true)]
     pub kaniko_cache_ttl: Option<String>,
     #[arg(long, env = "CNB_BUILDPACKS_DIR", hide = true)]
@@ -235,6 +238,13 @@ pub fn extend(args: ExtendArgs, log_level: Option<&str>, quiet: bool) -> Result<
         store.cache_dir.get_or_insert_with(|| k.join("cache").join("ext-extend"));
         scratch_dir.get_or_insert_with(|| k.clone());
     }
+    // The drop-in keeps its steps where the lifecycle keeps Kaniko's layer cache (a volume that
+    // platforms keep between builds); elsewhere with the other caches.
+    let step_dir = match (&kaniko, drop_in) {
+        (Some(k), true) => k.join("cache").join("layers"),
+        _ => store.cache_dir().join("steps"),
+    };
+    let step_cache = args.step_cache.open(&step_dir, args.kaniko_cache_ttl.as_deref(), &store)?;
     let opts = ExtendOptions {
         analyzed: d.analyzed(),
         app: d.app.clone(),
@@ -252,6 +262,7 @@ pub fn extend(args: ExtendArgs, log_level: Option<&str>, quiet: bool) -> Result<
         scratch_dir,
         executor,
         kaniko_dir: kaniko,
+        step_cache: Some(step_cache),
         quiet,
     };
     let report = ext_lifecycle::extend(&opts).map_err(phase_failure(Phase::Extend))?;

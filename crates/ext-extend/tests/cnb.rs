@@ -65,6 +65,7 @@ impl Cnb {
             .args(&args)
             .env("TMPDIR", &self.root)
             .env("EXT_EXTEND_CACHE_DIR", self.root.join("cache"))
+            .env("EXT_EXTEND_NO_CACHE", "1")
             .output()
             .unwrap()
     }
@@ -202,6 +203,8 @@ fn contexts_sessions_user_and_drop_in_extender() {
             "info",
         ])
         .env("TMPDIR", &cnb.root)
+        .env("EXT_EXTEND_CACHE_DIR", cnb.root.join("cache"))
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);

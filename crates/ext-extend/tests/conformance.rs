@@ -181,6 +181,7 @@ fn build(base: &Base, case: &Path, ctx: &Path, work: &Path, mode: &str) -> Outco
         .args(lines_of(&case.join("args")))
         .env("TMPDIR", &tmp)
         .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .env_remove("SOURCE_DATE_EPOCH");
     for kv in lines_of(&case.join("env")) {
         let (k, v) = kv.split_once('=').unwrap();

@@ -391,6 +391,77 @@ fn live_root_is_refused_where_nothing_says_container_unless_forced() {
     assert_eq!(names, vec!["usr", "usr/bin", "usr/bin/yq"], "{names:?}");
 }
 
+#[test]
+fn live_root_step_cache_hits_land_on_the_root_for_later_steps_and_the_build_phase() {
+    let t = tempfile::tempdir().unwrap();
+    let build = t.path().join("build");
+    make_image(&build, "latest", "--fake-apt");
+    // A RUN whose output differs every time it runs, and a COPY.
+    let first = "ARG base_image\nFROM ${base_image}\nUSER root\nRUN head -c 16 /dev/urandom | od -An -tx1 > /one\nCOPY f.txt /f.txt\n";
+    let node = |dockerfile: &str| {
+        let p = Platform::new(&build, "latest");
+        let digest = p.save_base(&build, "latest", false);
+        write(
+            &p.layers.join("analyzed.toml"),
+            &format!("[build-image]\nreference = \"registry.invalid/build@{digest}\"\n"),
+        );
+        write(&p.layers.join("group.toml"), "[[group-extensions]]\nid = \"x\"\nversion = \"1\"\napi = \"0.9\"\n");
+        write(&p.layers.join("generated/x/build.Dockerfile"), dockerfile);
+        write(&p.layers.join("generated/x/context/f.txt"), "from the context\n");
+        let builder = p.rootfs.join("cnb/lifecycle/builder");
+        write(&builder, "#!/bin/sh\ncat /one /f.txt > /layers/seen-by-the-build-phase\n");
+        fs::set_permissions(&builder, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let build_as_user = [("CNB_USER_ID", "1000"), ("CNB_GROUP_ID", "1000")];
+    let p1 = node(first);
+    let o = p1.extender(&["-kind", "build"], &build_as_user);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o).matches("step cache miss").count(), 2, "{}", stderr(&o));
+    assert!(p1.kaniko.join("cache/layers/entries").is_dir(), "the drop-in keeps steps where Kaniko kept layers");
+
+    // The next build on a fresh node of the same image; the platform kept the Kaniko volume.
+    let second = format!("{first}RUN cat /one /f.txt > /both\n");
+    let p2 = node(&second);
+    fs::create_dir_all(p2.kaniko.join("cache")).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p1.kaniko.join("cache/layers"))
+        .arg(p2.kaniko.join("cache/layers"))
+        .output()
+        .unwrap();
+    assert!(cp.status.success());
+    let o = p2.extender(&["-kind", "build"], &build_as_user);
+    let log = stderr(&o);
+    assert!(o.status.success(), "{log}");
+    assert_eq!(log.matches("step cache hit (local").count(), 2, "{log}");
+    assert_eq!(log.matches("step cache miss").count(), 1, "{log}");
+    let one = fs::read_to_string(p1.rootfs.join("one")).unwrap();
+    assert_eq!(fs::read_to_string(p2.rootfs.join("one")).unwrap(), one, "the cached layer, applied to /");
+    assert_eq!(fs::read_to_string(p2.rootfs.join("f.txt")).unwrap(), "from the context\n");
+    let both = format!("{one}from the context\n");
+    assert_eq!(fs::read_to_string(p2.rootfs.join("both")).unwrap(), both, "a later RUN sees the hits' files");
+    assert_eq!(fs::read_to_string(p2.layers.join("seen-by-the-build-phase")).unwrap(), both, "so does the build phase");
+
+    // The lifecycle's TTL for Kaniko's cache is the step cache's.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let p3 = node(first);
+    fs::create_dir_all(p3.kaniko.join("cache")).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(p2.kaniko.join("cache/layers"))
+        .arg(p3.kaniko.join("cache/layers"))
+        .output()
+        .unwrap();
+    assert!(cp.status.success());
+    let ttl = [build_as_user[0], build_as_user[1], ("CNB_KANIKO_CACHE_TTL", "0s")];
+    let o = p3.extender(&["-kind", "build"], &ttl);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The RUN's entry expired; the COPY after it starts from the new RUN layer.
+    assert_eq!(stderr(&o).matches("expired").count(), 1, "{}", stderr(&o));
+    assert_ne!(fs::read_to_string(p3.rootfs.join("one")).unwrap(), one, "the RUN ran again");
+}
+
 /// `-q` keeps RUN output off the terminal in the extend phase too, unless the command fails.
 #[test]
 fn quiet_extender_shows_run_output_only_when_a_command_fails() {

@@ -318,6 +318,7 @@ fn registry_dying_mid_push_leaves_no_tag_and_a_rerun_succeeds() {
         .args(&args)
         .env("DOCKER_CONFIG", t.path())
         .env_remove("CNB_REGISTRY_AUTH")
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -17,6 +17,7 @@ fn build_with(tmp: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("TMPDIR", tmp)
         .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .unwrap()
@@ -218,6 +219,7 @@ fn dockerfiles_in_one_session_share_one_rootfs() {
                 mode,
             ])
             .env("EXT_EXTEND_CACHE_DIR", test_cache())
+            .env("EXT_EXTEND_NO_CACHE", "1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -310,6 +312,7 @@ fn sigterm_mid_run_cleans_up_everything() {
         .args(["build", "--from", &format!("oci:{}", s(&base)), "-f", &s(&df), "--output", &format!("oci:{}", s(&out))])
         .env("TMPDIR", &tmp)
         .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -369,6 +372,7 @@ fn base_layers_are_unpacked_once_per_machine() {
                 &format!("oci:{}", s(&out)),
             ])
             .args(["--cache-dir", &s(&cache), "--snapshot", "overlay"])
+            .env("EXT_EXTEND_NO_CACHE", "1")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&o.stderr);
@@ -416,6 +420,7 @@ fn implicit_parent_dirs_of_base_layers_keep_the_lower_metadata() {
             .args(["build", "--from", &format!("oci:{}", s(&copied)), "-f", &s(&t.path().join("run.Dockerfile"))])
             .args(["--output", &format!("oci:{}", s(&out)), "--snapshot", "overlay"])
             .args(["--cache-dir", &s(&cache)])
+            .env("EXT_EXTEND_NO_CACHE", "1")
             .output()
             .unwrap();
         assert!(o.status.success(), "build {i}: {}", String::from_utf8_lossy(&o.stderr));
@@ -448,6 +453,7 @@ fn run_as_non_root_says_it_needs_root() {
         .args(["--output", &format!("oci:{}", s(&t.path().join("out")))])
         .env("TMPDIR", t.path())
         .env("EXT_EXTEND_CACHE_DIR", t.path().join("cache"))
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);

@@ -153,7 +153,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportReport> {
     config.set_label(REBASABLE_LABEL, if rebasable { "true" } else { "false" });
     config.set_created(&created);
 
-    let image = ExtendedImage { base, config, new_layers };
+    let image = ExtendedImage { base, config, new_layers, layer_stores: Default::default() };
     let written = image.write(target, &opts.store)?;
     Ok(ExportReport { written, extension_layers, launch_layers, skipped_extension_layers: skipped })
 }

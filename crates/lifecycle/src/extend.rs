@@ -69,6 +69,8 @@ pub struct ExtendOptions {
     /// The lifecycle's Kaniko directory: the restorer saves the base image's manifest and
     /// config in `<kaniko-dir>/cache/base/<digest>/`, which we read instead of the registry.
     pub kaniko_dir: Option<PathBuf>,
+    /// The step cache (the lifecycle runs Kaniko with its layer cache on).
+    pub step_cache: Option<std::sync::Arc<ext_stepcache::StepCache>>,
     /// `-q`: RUN output is kept and shown only when a command fails.
     pub quiet: bool,
 }
@@ -188,6 +190,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         ignore_paths,
         cache_dir: Some(opts.store.cache_dir()),
         executor: opts.executor.clone(),
+        step_cache: opts.step_cache.clone(),
         quiet: opts.quiet,
         ..SessionOptions::new(scratch.path())
     };

@@ -60,6 +60,20 @@ impl fmt::Debug for Digest {
     }
 }
 
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Deserializing checks the form, as parsing does.
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl From<&Digest> for oci_spec::image::Digest {
     fn from(d: &Digest) -> Self {
         d.0.parse().expect("a Digest is always a valid sha256 digest")

@@ -618,6 +618,33 @@ pub fn open_image(r: &RegistryRef, platform: &Platform, opts: &StoreOptions) -> 
     resolve_descriptor(&store, &desc, platform, &name)
 }
 
+/// The manifest `reference` (a tag or a digest) of `r`'s repository, or `None` when the
+/// registry has no such tag or repository: a lookup that may miss, as the step cache's are.
+pub fn find_manifest(r: &RegistryRef, reference: &str, opts: &StoreOptions) -> Result<Option<Vec<u8>>> {
+    let client = client_for(&r.registry, opts)?;
+    match client.get_manifest(&r.repository, reference) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(OciError::ImageNotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A blob store in `dir` (`<dir>/blobs/sha256/<hex>`) that downloads the blobs it lacks from
+/// `r`'s repository, verified, when they are first opened or [`BlobStore::ensure`]d; its
+/// origin lets a push to another repository of the same registry mount them.
+pub fn remote_store(r: &RegistryRef, dir: &Path, opts: &StoreOptions) -> Result<BlobStore> {
+    let client = client_for(&r.registry, opts)?;
+    let fetcher = Arc::new(RegistryFetcher {
+        client,
+        origin: RegistryRef { registry: r.registry.clone(), repository: r.repository.clone(), tag: None, digest: None },
+        manifests: Mutex::default(),
+        sizes: Mutex::default(),
+    });
+    let store = BlobStore::new(dir);
+    store.remove_stale_downloads();
+    Ok(store.with_fetcher(fetcher))
+}
+
 /// One blob to push and where its bytes are if the registry needs them.
 pub struct PushLayer {
     pub digest: Digest,

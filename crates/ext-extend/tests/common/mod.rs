@@ -52,6 +52,8 @@ pub fn ext_extend(args: &[&str]) -> Output {
         .args(args)
         .env_remove("SOURCE_DATE_EPOCH")
         .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        // The step cache would turn repeated builds into hits: tests of the step cache turn it on.
+        .env("EXT_EXTEND_NO_CACHE", "1")
         .output()
         .unwrap()
 }
@@ -260,6 +262,7 @@ pub fn ext_extend_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(bin());
     cmd.args(args).env_remove("SOURCE_DATE_EPOCH").env_remove("CNB_REGISTRY_AUTH");
     cmd.env("DOCKER_CONFIG", no_config.path());
+    cmd.env("EXT_EXTEND_NO_CACHE", "1");
     for (k, v) in env {
         cmd.env(k, v);
     }
