@@ -300,7 +300,7 @@ impl SourceHasher {
 mod tests {
     use super::*;
     use ext_dockerfile::Dockerfile;
-    use ext_oci::MtimePolicy;
+    use ext_oci::{Compression, MtimePolicy};
     use std::collections::BTreeMap;
 
     fn plan_op(text: &str, args: &[(&str, &str)]) -> ext_dockerfile::Op {
@@ -373,8 +373,10 @@ mod tests {
             ["shell"]
         );
         assert_eq!(changed(Run { ignore: vec!["/a".into()], ..Run::new(base.op.clone()) }), ["ignore"]);
-        let level6 = LayerOptions { compression_level: 6, ..LayerOptions::default() };
+        let level6 = LayerOptions { compression: Compression::Gzip { level: 6 }, ..LayerOptions::default() };
         assert_eq!(changed(Run { layer: level6, ..Run::new(base.op.clone()) }), ["layer"]);
+        let zstd = LayerOptions { compression: Compression::Zstd { level: 3 }, ..LayerOptions::default() };
+        assert_eq!(changed(Run { layer: zstd, ..Run::new(base.op.clone()) }), ["layer"]);
         let epoch = LayerOptions { mtime: MtimePolicy::Clamp(1_700_000_000), ..LayerOptions::default() };
         assert_eq!(changed(Run { layer: epoch, ..Run::new(base.op.clone()) }), ["layer"]);
         assert_eq!(changed(Run::new(run_op("ARG V=1\nRUN echo $V", &[("V", "2")]))), ["args"]);

@@ -57,7 +57,7 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
         .map_err(Failure::other)?;
     let step_cache = args.step_cache.open(&store.cache_dir().join("steps"), None, &store)?;
     let opts = SessionOptions {
-        layer: LayerOptions { compression_level: args.compression_level, mtime, ..LayerOptions::default() },
+        layer: LayerOptions { compression: args.compression.compression()?, mtime, ..LayerOptions::default() },
         snapshot: args.snapshot,
         ignore_paths: args.ignore_paths.clone(),
         cache_dir: Some(store.cache_dir()),

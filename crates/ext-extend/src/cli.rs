@@ -111,6 +111,25 @@ impl ExecutorArgs {
     }
 }
 
+/// How new layers are compressed.
+#[derive(Debug, Clone, Args)]
+pub struct CompressionArgs {
+    /// Compression of new layers: `gzip` (read by every tool) or `zstd` (smaller and faster;
+    /// needs containerd 1.5+, Docker 23+, Podman/Buildah; README, "Layer compression").
+    #[arg(long = "compression", default_value = "gzip", value_name = "FORMAT",
+          value_parser = ["gzip", "zstd"])]
+    pub format: String,
+    /// Level for new layers: gzip 0-9 (default 1), zstd 1-19 (default 3).
+    #[arg(long = "compression-level", value_name = "N", allow_negative_numbers = true)]
+    pub level: Option<i32>,
+}
+
+impl CompressionArgs {
+    pub fn compression(&self) -> Result<ext_oci::Compression, crate::Failure> {
+        ext_oci::Compression::parse(&self.format, self.level).map_err(|m| crate::Failure::input(anyhow::anyhow!(m)))
+    }
+}
+
 impl StoreArgs {
     pub fn options(&self) -> ext_oci::StoreOptions {
         ext_oci::StoreOptions {
@@ -156,9 +175,8 @@ pub struct BuildArgs {
     #[arg(long = "target-platform", alias = "platform", value_name = "PLATFORM")]
     pub platform: Option<String>,
 
-    /// gzip level for new layers (0-9). 1 is fast and what Kaniko uses; 6 is smaller.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
-    pub compression_level: u32,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
 
     /// How RUN changes are found: `overlay` (an overlayfs upper dir: cost follows the
     /// changes), `stat` (a stat index of the rootfs before and after), or `auto` (overlay when

@@ -9,7 +9,7 @@ use ext_lifecycle::{ExportOptions, ExtendOptions, GenerateOptions, Kind, Phase};
 use ext_oci::{LayerOptions, MtimePolicy, Platform};
 
 use crate::Failure;
-use crate::cli::{ExecutorArgs, StoreArgs};
+use crate::cli::{CompressionArgs, ExecutorArgs, StoreArgs};
 
 /// Directories shared by the phases.
 #[derive(Debug, Args, Clone)]
@@ -129,9 +129,8 @@ pub struct ExtendArgs {
     /// Where the private scratch directory is created. Default: $TMPDIR.
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
-    /// gzip level for new layers (0-9).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
-    pub compression_level: u32,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
 }
 
 #[derive(Debug, Args)]
@@ -153,9 +152,8 @@ pub struct ExportArgs {
     /// machine's.
     #[arg(long = "target-platform", value_name = "PLATFORM")]
     pub target_platform: Option<String>,
-    /// gzip level for new layers (0-9).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
-    pub compression_level: u32,
+    #[command(flatten)]
+    pub compression: CompressionArgs,
     /// Print a JSON summary instead of the digest.
     #[arg(long)]
     pub json: bool,
@@ -172,9 +170,9 @@ fn platform(p: &Option<String>) -> Result<Platform, Failure> {
     }
 }
 
-fn layer_options(level: u32) -> Result<LayerOptions, Failure> {
+fn layer_options(compression: &CompressionArgs) -> Result<LayerOptions, Failure> {
     let mtime = MtimePolicy::from_env().map_err(|m| Failure::input(anyhow!(m)))?;
-    Ok(LayerOptions { compression_level: level, mtime, ..LayerOptions::default() })
+    Ok(LayerOptions { compression: compression.compression()?, mtime, ..LayerOptions::default() })
 }
 
 pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
@@ -257,7 +255,7 @@ pub fn extend(args: ExtendArgs, log_level: Option<&str>, quiet: bool) -> Result<
         output,
         store,
         target_platform: platform(&args.target_platform)?,
-        layer: layer_options(args.compression_level)?,
+        layer: layer_options(&args.compression)?,
         snapshot: args.snapshot,
         scratch_dir,
         executor,
@@ -307,7 +305,7 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         output: target.parse()?,
         store: args.store.options(),
         target_platform: platform(&args.target_platform)?,
-        layer: layer_options(args.compression_level)?,
+        layer: layer_options(&args.compression)?,
     };
     let report = ext_lifecycle::export(&opts).map_err(phase_failure(Phase::Export))?;
     tracing::info!(

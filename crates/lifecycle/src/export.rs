@@ -196,12 +196,16 @@ fn extended_run_image(opts: &ExportOptions, base: &ext_oci::Image) -> Result<(ex
             .get(i)
             .ok_or_else(|| LifecycleError::file(dir, "config has fewer diff_ids than layers"))?
             .parse()?;
+        // The extend phase may have written zstd layers (`--compression zstd`): keep the type.
+        let media_type = ext_oci::media::known_layer_type(desc.media_type().as_ref()).ok_or_else(|| {
+            LifecycleError::file(dir, format!("extension layer {digest} has media type {}", desc.media_type()))
+        })?;
         layers.push(LayerBlob {
             digest: digest.clone(),
             diff_id,
             size: desc.size(),
             uncompressed_size: 0,
-            media_type: ext_oci::media::OCI_LAYER_GZIP,
+            media_type,
             path,
             entries: 0,
         });

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod cleanup;
+pub mod compression;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod registry;
 pub mod store;
 pub mod tls;
 
+pub use compression::Compression;
 pub use config::{HistoryEntry, ImageConfig};
 pub use digest::{Digest, HashingWriter, VerifyingReader};
 pub use error::{OciError, Result};

@@ -32,3 +32,8 @@ pub fn oci_layer_type(media_type: &str) -> &str {
         other => other,
     }
 }
+
+/// The layer media types a [`crate::LayerBlob`] can have (a static string), from a descriptor's.
+pub fn known_layer_type(media_type: &str) -> Option<&'static str> {
+    [OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_LAYER_TAR].into_iter().find(|t| *t == oci_layer_type(media_type))
+}

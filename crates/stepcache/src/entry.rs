@@ -163,7 +163,7 @@ pub struct ManifestRefs {
 
 /// Layer media types the session can reuse (a static string, as `LayerBlob` keeps it).
 pub fn known_layer_type(media_type: &str) -> Option<&'static str> {
-    [media::OCI_LAYER_GZIP, media::OCI_LAYER_ZSTD, media::OCI_LAYER_TAR].into_iter().find(|t| *t == media_type)
+    media::known_layer_type(media_type)
 }
 
 #[cfg(test)]
