@@ -169,6 +169,17 @@ impl Session {
                 Op::Config(c) => self.apply_config(c, &mut cmd_set),
             }
             self.record_history(step, &report, provenance);
+            let size = self.config.canonical_len();
+            if size > ext_oci::config::MAX_CONFIG_BYTES {
+                return Err(ExecError::step(
+                    &at,
+                    format!(
+                        "{} makes the image config {size} bytes, more than the {} MiB container tools accept",
+                        step.text.split_whitespace().next().unwrap_or("this instruction").to_uppercase(),
+                        ext_oci::config::MAX_CONFIG_BYTES >> 20
+                    ),
+                ));
+            }
             reports.push(report);
         }
         Ok(reports)

@@ -238,7 +238,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
 
     // <extended>/<kind>/<escaped manifest digest>/: one image, replacing any earlier one.
     let kind_dir = opts.extended.join(opts.kind.name());
-    let config_bytes = image.config_bytes();
+    let config_bytes = image.config_bytes()?;
     let manifest = image.manifest_bytes(&ext_oci::Digest::of(&config_bytes), config_bytes.len() as u64);
     let digest = ext_oci::Digest::of(&manifest);
     let layout_dir = kind_dir.join(format!("sha256_{}", digest.hex()));

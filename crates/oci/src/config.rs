@@ -11,6 +11,10 @@ use serde_json::{Map, Value, json};
 
 use crate::digest::Digest;
 
+/// The largest config ext-extend writes: container tools refuse bigger ones (containers/image's
+/// `MaxConfigBodySize` and the distribution registry's manifest limit are both 4 MiB).
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageConfig {
     root: Value,
@@ -50,6 +54,23 @@ impl ImageConfig {
     /// `tests::serialization_sorts_keys` fails if something enables `preserve_order`.
     pub fn to_canonical_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.root).expect("a JSON value always serializes")
+    }
+
+    /// The length of [`ImageConfig::to_canonical_bytes`], without keeping the bytes.
+    pub fn canonical_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &self.root).expect("a JSON value always serializes");
+        count.0
     }
 
     pub fn as_json(&self) -> &Value {

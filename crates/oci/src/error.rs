@@ -78,6 +78,10 @@ pub enum OciError {
     #[error("blob {digest} from {origin} has {actual} bytes, but its descriptor says {expected}")]
     RemoteSizeMismatch { digest: Digest, expected: u64, actual: u64, origin: String },
 
+    /// The config to write is larger than [`crate::config::MAX_CONFIG_BYTES`].
+    #[error("the image config would be {size} bytes, more than the {} MiB container tools accept", crate::config::MAX_CONFIG_BYTES >> 20)]
+    ConfigTooLarge { size: usize },
+
     /// Malformed `CNB_REGISTRY_AUTH` or Docker config.
     #[error("{source_name}: {reason}")]
     BadCredentials { source_name: String, reason: String },
@@ -104,6 +108,7 @@ impl OciError {
                 | OciError::RegistryAuth { .. }
                 | OciError::ImageNotFound { .. }
                 | OciError::BadCredentials { .. }
+                | OciError::ConfigTooLarge { .. }
         )
     }
 }
