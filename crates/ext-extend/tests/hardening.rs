@@ -46,3 +46,115 @@ fn config_over_4_mib_is_refused_before_writing() {
     let leftovers: Vec<_> = fs::read_dir(t.path()).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 2, "only base and ctx remain: {leftovers:?}");
 }
+
+/// Rewrites the config of `layout:tag` with `edit` (new config, manifest and index entry), as a
+/// hostile or broken image tool would.
+fn rewrite_config(layout: &std::path::Path, tag: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    use serde_json::Value;
+    let blob = |bytes: &[u8]| -> String {
+        let d = ext_oci::Digest::of(bytes);
+        fs::write(layout.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+        d.to_string()
+    };
+    let read = |d: &str| -> Value {
+        serde_json::from_slice(&fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap())
+            .unwrap()
+    };
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let mut manifest = read(entry["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    edit(&mut config);
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = blob(&config_bytes).into();
+    manifest["config"]["size"] = config_bytes.len().into();
+    let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
+    entry["digest"] = blob(&manifest_bytes).into();
+    entry["size"] = manifest_bytes.len().into();
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+fn build_with(
+    base: &std::path::Path,
+    tag: &str,
+    dockerfile: &str,
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+) -> std::process::Output {
+    let ctx = dir.join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    write(&ctx.join("hello.txt"), "hello\n");
+    write(&ctx.join("run.Dockerfile"), dockerfile);
+    let out = dir.join("out");
+    let _ = fs::remove_dir_all(&out);
+    ext_extend_env(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}:{tag}", s(base)),
+            "-f",
+            &s(&ctx.join("run.Dockerfile")),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}:x", s(&out)),
+        ],
+        &[("EXT_EXTEND_CACHE_DIR", &s(cache))],
+    )
+}
+
+#[test]
+fn wrong_diff_ids_are_caught_whenever_a_layer_is_read_and_with_warm_caches() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    make_run_image(&base, "lying", false);
+    rewrite_config(&base, "lying", |c| {
+        c["rootfs"]["diff_ids"][1] = ext_oci::Digest::of(b"not the layer").to_string().into()
+    });
+    let cache = t.path().join("cache");
+    for (what, df) in [
+        ("COPY", "FROM ${base_image}\nCOPY hello.txt /hello.txt\n"),
+        ("RUN", "FROM ${base_image}\nRUN echo hi > /tmp/hi\n"),
+    ] {
+        for warm in [false, true] {
+            if warm {
+                // The same layers under a correct config fill every cache first.
+                let ok = build_with(&base, "latest", df, t.path(), &cache);
+                assert!(ok.status.success(), "{what}: {}", String::from_utf8_lossy(&ok.stderr));
+            } else {
+                let _ = fs::remove_dir_all(&cache);
+            }
+            let out = build_with(&base, "lying", df, t.path(), &cache);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{what} warm={warm}: {stderr}");
+            assert!(
+                stderr.contains("is corrupt or mislabelled")
+                    && stderr.contains("but the image config lists diff_id sha256:"),
+                "{what} warm={warm}: {stderr}"
+            );
+            assert!(!t.path().join("out").exists(), "{what} warm={warm}: no output");
+        }
+    }
+}
+
+#[test]
+fn schema_invalid_configs_are_refused_on_read() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    rewrite_config(&base, "latest", |c| c["rootfs"]["diff_ids"][0] = 42.into());
+    let out = build_with(&base, "latest", "FROM ${base_image}\nLABEL a=b\n", t.path(), &t.path().join("cache"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("malformed image config: `rootfs.diff_ids[0]` must be a digest string, not the number 42"),
+        "{stderr}"
+    );
+}

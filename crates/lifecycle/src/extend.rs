@@ -365,7 +365,7 @@ mod tests {
 
     #[test]
     fn history_matches_layers() {
-        let mut c = ext_oci::ImageConfig::from_slice(br#"{"rootfs":{"diff_ids":["a","b"]},"history":[{"created_by":"x"},{"created_by":"e","empty_layer":true},{"created_by":"y"},{"created_by":"ARG","empty_layer":true},{"created_by":"Layer: 'RUN z', Created by extension: e"}]}"#).unwrap();
+        let mut c = ext_oci::ImageConfig::from_slice(format!(r#"{{"os":"linux","architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{a}","{b}"]}},"history":[{{"created_by":"x"}},{{"created_by":"e","empty_layer":true}},{{"created_by":"y"}},{{"created_by":"ARG","empty_layer":true}},{{"created_by":"Layer: 'RUN z', Created by extension: e"}}]}}"#, a = ext_oci::Digest::of(b"a"), b = ext_oci::Digest::of(b"b")).as_bytes()).unwrap();
         cnb_history(&mut c, 2, 3);
         let h = c.history();
         let by: Vec<&str> = h.iter().map(|v| v["created_by"].as_str().unwrap_or("")).collect();

@@ -57,6 +57,8 @@ impl std::fmt::Debug for BlobStore {
 
 /// Temporary download directories in a fetching store: `<root>/tmp/.fetch-<pid>-<random>`.
 const FETCH_PREFIX: &str = ".fetch-";
+/// Prefix of a [`LayoutWriter`]'s staging directory beside its target (`<prefix><pid>-...`).
+pub const STAGING_PREFIX: &str = ".ext-extend-staging-";
 
 impl BlobStore {
     pub fn new(root: impl Into<PathBuf>) -> BlobStore {
@@ -100,15 +102,7 @@ impl BlobStore {
 
     /// Removes download directories left by runs that were killed outright (their pid is gone).
     pub fn remove_stale_downloads(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(FETCH_PREFIX)) else { continue };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
+        crate::cleanup::remove_stale(&self.root.join("tmp"), FETCH_PREFIX);
     }
 
     pub fn root(&self) -> &Path {
@@ -175,6 +169,11 @@ impl BlobStore {
                 actual: *actual,
                 store: self.root.clone(),
             },
+            Some(f @ BlobCheckFailure::DiffId { .. }) => OciError::DiffIdMismatch {
+                image: self.root.display().to_string(),
+                layer: digest.clone(),
+                failure: f.clone(),
+            },
             None => OciError::Io { path: self.blob_path(digest), source: e },
         }
     }
@@ -200,6 +199,32 @@ impl Image {
     /// Layer digests in order.
     pub fn layer_digests(&self) -> Result<Vec<Digest>> {
         self.layers().iter().map(|l| Digest::try_from(l.digest())).collect()
+    }
+
+    /// The diffID the config lists for layer `index` (validated on read: one per layer).
+    pub fn diff_id(&self, index: usize) -> Result<Digest> {
+        let ids = self.config.diff_ids();
+        ids.get(index).map_or_else(
+            || {
+                Err(OciError::Malformed {
+                    path: self.store.blob_path(&self.config_digest),
+                    what: "image config",
+                    reason: format!("no diff_id for layer {index}"),
+                })
+            },
+            |d| d.parse(),
+        )
+    }
+
+    /// The error to report when reading layer `layer` failed with `e`: the diffID mismatch it
+    /// carries, if any.
+    pub fn diff_id_failure(&self, layer: &Digest, e: &(dyn std::error::Error + 'static)) -> Option<OciError> {
+        match crate::digest::BlobCheckFailure::find_in(e)? {
+            f @ crate::digest::BlobCheckFailure::DiffId { .. } => {
+                Some(OciError::DiffIdMismatch { image: self.name.clone(), layer: layer.clone(), failure: f.clone() })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -352,6 +377,24 @@ pub fn resolve_descriptor(store: &BlobStore, desc: &Descriptor, platform: &Platf
             what: "image config",
             reason,
         })?;
+        let diff_ids = config.diff_ids().len();
+        if diff_ids != manifest.layers().len() {
+            return Err(OciError::Malformed {
+                path: store.blob_path(&config_digest),
+                what: "image config",
+                reason: format!(
+                    "`rootfs.diff_ids` lists {diff_ids} layers, but manifest {digest} has {}",
+                    manifest.layers().len()
+                ),
+            });
+        }
+        for (i, l) in manifest.layers().iter().enumerate() {
+            Digest::try_from(l.digest()).map_err(|_| OciError::Malformed {
+                path: store.blob_path(&digest),
+                what: "image manifest",
+                reason: format!("layer {i} has the digest {}, not a sha256 digest", l.digest()),
+            })?;
+        }
         if !platform.matches(config.os(), config.architecture(), config.variant()) {
             return Err(OciError::PlatformNotFound {
                 image: name.into(),
@@ -418,8 +461,10 @@ impl LayoutWriter {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).map_err(OciError::io(&parent))?;
+        // Staging dirs of builds killed outright (SIGKILL) would otherwise pile up here.
+        crate::cleanup::remove_stale(&parent, STAGING_PREFIX);
         let staging = tempfile::Builder::new()
-            .prefix(".ext-extend-staging-")
+            .prefix(&crate::cleanup::owned_prefix(STAGING_PREFIX))
             .tempdir_in(&parent)
             .map_err(OciError::io(&parent))?;
         let blobs = staging.path().join("blobs").join("sha256");

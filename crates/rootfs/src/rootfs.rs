@@ -79,6 +79,8 @@ pub struct Rootfs {
 /// open its uncompressed tar stream (called on the unpacking thread).
 pub struct CacheFill<'a> {
     pub digest_hex: String,
+    /// The diffID the image config lists; `open` must verify the stream against it.
+    pub diff_id: String,
     pub name: String,
     #[allow(clippy::type_complexity)]
     pub open: Box<dyn FnOnce() -> Result<Box<dyn Read + Send>, RootfsError> + Send + 'a>,
@@ -143,7 +145,10 @@ impl Rootfs {
     /// writes to a lower directory, so sharing them is safe).
     pub fn with_layer_cache(mut self, cache: &Path) -> Rootfs {
         if self.uses_overlay() {
-            self.layer_cache = Some(cache.join("unpacked"));
+            let unpacked = cache.join("unpacked");
+            // Layers half-unpacked by builds killed outright would otherwise pile up here.
+            ext_oci::cleanup::remove_stale(&unpacked, crate::scratch::UNPACKING_PREFIX);
+            self.layer_cache = Some(unpacked);
         }
         self
     }
@@ -155,9 +160,12 @@ impl Rootfs {
 
     /// Adds a layer identified by `digest_hex`: from the unpacked-layer cache if it is there,
     /// otherwise by unpacking the stream `open` returns (into the cache when there is one).
+    /// `open` must verify the stream against `diff_id` (the config's); a cache entry records
+    /// the diffID it was verified against and is used only for the same one.
     pub fn add_layer_by_digest<R: Read>(
         &mut self,
         digest_hex: &str,
+        diff_id: &str,
         name: &str,
         open: impl FnOnce() -> Result<R, RootfsError>,
     ) -> Result<UnpackStats, RootfsError> {
@@ -166,10 +174,20 @@ impl Rootfs {
         };
         let cached = cache.join(digest_hex);
         let mut stats = UnpackStats::default();
-        if !cached.is_dir() {
-            stats = unpack_into_cache(cache, digest_hex, name, open)?;
-        } else if !self.just_filled.remove(digest_hex) {
-            self.cache_hits += 1;
+        match cached_diff_id(cache, digest_hex) {
+            None => stats = unpack_into_cache(cache, digest_hex, diff_id, name, open)?,
+            Some(recorded) if recorded != diff_id => {
+                return Err(RootfsError::DiffIdMismatch {
+                    layer: name.to_string(),
+                    recorded,
+                    expected: diff_id.to_string(),
+                });
+            }
+            Some(_) => {
+                if !self.just_filled.remove(digest_hex) {
+                    self.cache_hits += 1;
+                }
+            }
         }
         let rel = format!("l/{}", layers.len());
         let link = self.scratch.join(&rel);
@@ -186,7 +204,7 @@ impl Rootfs {
 
     /// Whether a layer is already in the unpacked-layer cache (always false without one).
     pub fn is_cached(&self, digest_hex: &str) -> bool {
-        self.layer_cache.as_ref().is_some_and(|c| c.join(digest_hex).is_dir())
+        self.layer_cache.as_ref().is_some_and(|c| cached_diff_id(c, digest_hex).is_some())
     }
 
     /// Unpacks layers into the unpacked-layer cache on every core at once: each layer goes to a
@@ -209,7 +227,7 @@ impl Rootfs {
                     .map(|job| {
                         let cache = &cache;
                         scope.spawn(move || {
-                            let r = unpack_into_cache(cache, &job.digest_hex, &job.name, job.open);
+                            let r = unpack_into_cache(cache, &job.digest_hex, &job.diff_id, &job.name, job.open);
                             (job.digest_hex, r)
                         })
                     })
@@ -416,22 +434,40 @@ impl Rootfs {
 }
 
 /// Unpacks a layer into `<cache>/<digest hex>/`: into a temporary directory first, renamed into
-/// place only when complete (if another build got there first, its copy is as good as ours).
+/// place only when complete (if another build got there first, its copy is as good as ours),
+/// then records the diffID it was verified against in `<digest hex>.diffid`. An entry without
+/// that record (an interrupted fill, an older version) counts as missing.
 fn unpack_into_cache<R: Read>(
     cache: &Path,
     digest_hex: &str,
+    diff_id: &str,
     name: &str,
     open: impl FnOnce() -> Result<R, RootfsError>,
 ) -> Result<UnpackStats, RootfsError> {
     fs::create_dir_all(cache).map_err(RootfsError::io(cache))?;
-    let tmp = tempfile::Builder::new().prefix(".unpacking-").tempdir_in(cache).map_err(RootfsError::io(cache))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&ext_oci::cleanup::owned_prefix(crate::scratch::UNPACKING_PREFIX))
+        .tempdir_in(cache)
+        .map_err(RootfsError::io(cache))?;
     let _cleanup = ext_oci::cleanup::register_path(tmp.path());
     let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
     let tmp = tmp.keep();
     if fs::rename(&tmp, cache.join(digest_hex)).is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
+    let record = cache.join(format!("{digest_hex}.diffid"));
+    let mut file = tempfile::NamedTempFile::new_in(cache).map_err(RootfsError::io(cache))?;
+    io::Write::write_all(&mut file, diff_id.as_bytes()).map_err(RootfsError::io(&record))?;
+    file.persist(&record).map_err(|e| RootfsError::Io { path: record.clone(), source: e.error })?;
     Ok(stats)
+}
+
+/// The diffID a cache entry was verified against, if the entry is complete.
+fn cached_diff_id(cache: &Path, digest_hex: &str) -> Option<String> {
+    if !cache.join(digest_hex).is_dir() {
+        return None;
+    }
+    fs::read_to_string(cache.join(format!("{digest_hex}.diffid"))).ok()
 }
 
 /// Unpacks a layer and then reads its stream to the end: a verifying reader underneath checks
