@@ -12,6 +12,7 @@ pub mod rootfs;
 pub mod safe_path;
 pub mod sandbox;
 pub mod scratch;
+pub mod seccomp;
 pub mod unpack;
 
 pub use diff::{Change, IgnoreSet, Snapshot, StatIndex, write_snapshot};
@@ -20,4 +21,5 @@ pub use rootfs::{CacheFill, Rootfs, RunOutcome, SnapshotMode};
 pub use safe_path::{resolve_in_root, resolve_parent_in_root};
 pub use sandbox::{Network, RunSpec};
 pub use scratch::Scratch;
+pub use seccomp::SeccompProfile;
 pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};
