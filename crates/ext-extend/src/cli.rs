@@ -38,6 +38,24 @@ pub enum Command {
     /// CNB export phase: the app image from the (extended) run image, the app and the launch
     /// layers; extension layers are never exported.
     Export(crate::cnb::ExportArgs),
+    /// Maintain the blob cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Re-hash every cached blob; corrupt ones are removed (and downloaded again when needed).
+    /// Builds re-hash a cached blob only when its size, mtime, ctime or inode changed since it
+    /// was last verified, so this is how silent corruption (a bad disk) is found. Exit 1 if
+    /// any blob was corrupt.
+    Verify(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Image store settings shared by every command.
@@ -53,6 +71,10 @@ pub struct StoreArgs {
     /// $DOCKER_CONFIG/config.json or ~/.docker/config.json.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+
+    /// Abandon (and retry) a registry transfer that moves no byte for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, env = "EXT_EXTEND_STALL_TIMEOUT")]
+    pub stall_timeout: f64,
 }
 
 impl StoreArgs {
@@ -60,6 +82,7 @@ impl StoreArgs {
         ext_oci::StoreOptions {
             cache_dir: self.cache_dir.clone(),
             insecure_registries: self.insecure_registries.clone(),
+            stall_timeout: Some(std::time::Duration::from_secs_f64(self.stall_timeout.max(0.1))),
         }
     }
 }

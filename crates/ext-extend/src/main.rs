@@ -2,6 +2,7 @@
 //! logging, calls the libraries and maps their errors to exit codes (2: bad input, 1: other).
 
 mod build;
+mod cache;
 mod cli;
 mod cnb;
 
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         cli::Command::Generate(args) => cnb::generate(args),
         cli::Command::Extend(args) => cnb::extend(args),
         cli::Command::Export(args) => cnb::export(args),
+        cli::Command::Cache(cli::CacheCommand::Verify(args)) => cache::verify(args),
     };
     if ext_oci::cleanup::interrupted().is_some() {
         // The signal thread is cleaning up and will exit with 128+signal; what failed here

@@ -21,6 +21,8 @@ pub const UNPACKING_PREFIX: &str = ".unpacking-";
 impl Scratch {
     pub fn create(parent: Option<&Path>) -> io::Result<Scratch> {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        // The sandbox changes directory: a relative scratch path would then point elsewhere.
+        let parent = std::path::absolute(&parent)?;
         fs::create_dir_all(&parent)?;
         ext_oci::cleanup::remove_stale(&parent, PREFIX);
         let dir = tempfile::Builder::new().prefix(&ext_oci::cleanup::owned_prefix(PREFIX)).tempdir_in(&parent)?;
