@@ -5,6 +5,7 @@ CARGO ?= cargo
 
 all: build
 
+# A static executable (see .cargo/config.toml): target/x86_64-unknown-linux-gnu/release/ext-extend.
 build:
 	$(CARGO) build --release --locked
 

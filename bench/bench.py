@@ -36,8 +36,9 @@ BENCH = REPO / "bench"
 WORK = BENCH / "work"
 RESULTS = BENCH / "results"
 DOCKERFILES = BENCH / "workloads"
-EXT = REPO / "target" / "release" / "ext-extend"
-LIMIT = REPO / "target" / "release" / "bench-limit"
+TARGET = os.environ.get("CARGO_BUILD_TARGET", "x86_64-unknown-linux-gnu")  # see .cargo/config.toml
+EXT = REPO / "target" / TARGET / "release" / "ext-extend"
+LIMIT = REPO / "target" / TARGET / "release" / "bench-limit"
 MIB = 1024 * 1024
 
 RUN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root"}

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 cargo build --release --locked -q
-bin=target/release/ext-extend
+# A static executable (.cargo/config.toml), so it also runs inside any run image.
+bin=target/${CARGO_BUILD_TARGET:-x86_64-unknown-linux-gnu}/release/ext-extend
 demo=target/demo
 rm -rf "$demo"
 mkdir -p "$demo"

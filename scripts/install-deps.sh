@@ -6,7 +6,7 @@
 # Pass extra package names as arguments (e.g. buildah for the benchmark).
 set -euo pipefail
 
-want=(umoci skopeo busybox-static docker-registry apache2-utils openssl "$@")
+want=(umoci skopeo busybox-static docker-registry apache2-utils openssl file "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

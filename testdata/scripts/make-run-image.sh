@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Builds a small run image from the real busybox-static binary into an OCI layout, with umoci.
 #
-#   make-run-image.sh LAYOUT_DIR [TAG] [--distroless]
+#   make-run-image.sh LAYOUT_DIR [TAG] [--distroless | --fake-apt]
 #
 # Layers: 1) busybox with its applet links, /etc/passwd (root, cnb 1000:1000), /etc/group,
 # /etc/os-release, /tmp (1777), /etc/obsolete.conf; 2) deletes /etc/obsolete.conf (a whiteout)
 # and adds /etc/motd. Config: user 1000:1000, PATH, working dir /.
 # --distroless: no shell and no busybox at all (like gcr.io/distroless/static): only /etc
 # files, certificates-like data, /tmp and /home/nonroot; user 65532.
+# --fake-apt: busybox plus /usr/bin/apt-get, a stand-in that "installs" a package by writing
+# /usr/bin/<package> (a script printing "<package> (fake) 1.0"), for the lifecycle's extender
+# flows (`RUN apt-get update && apt-get install -y curl`) without a network or Debian.
 set -euo pipefail
 
 out=${1:?usage: make-run-image.sh LAYOUT_DIR [TAG] [--distroless]}
@@ -44,6 +47,29 @@ else
   printf 'root:x:0:0:root:/root:/bin/sh\ncnb:x:1000:1000:cnb:/home/cnb:/bin/sh\n' > "$root/etc/passwd"
   printf 'root:x:0:\ncnb:x:1000:\nstaff:x:50:cnb\n' > "$root/etc/group"
   chown 1000:1000 "$root/home/cnb"
+  if [ "$flavor" = "--fake-apt" ]; then
+    mkdir -p "$root/usr/bin"
+    cat > "$root/usr/bin/apt-get" <<'APT'
+#!/bin/sh
+# ext-extend test image: a stand-in for apt-get (no network, no packages).
+set -e
+case "$1" in
+  update) echo "apt-get (fake): package lists are up to date" ;;
+  install)
+    shift
+    for p in "$@"; do
+      case "$p" in
+        -*) ;;
+        *) printf '#!/bin/sh\necho "%s (fake) 1.0"\n' "$p" > "/usr/bin/$p"
+           chmod 755 "/usr/bin/$p"
+           echo "apt-get (fake): installed $p" ;;
+      esac
+    done ;;
+  *) echo "apt-get (fake): unsupported command $1" >&2; exit 100 ;;
+esac
+APT
+    chmod 755 "$root/usr/bin/apt-get"
+  fi
 fi
 echo "to be deleted by the second layer" > "$root/etc/obsolete.conf"
 

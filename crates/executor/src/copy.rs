@@ -23,7 +23,7 @@ use ext_oci::{EntryMeta, LayerWriter};
 use crate::context::{BuildContext, ContextEntry, EntryKind};
 use crate::error::{ExecError, Result};
 use crate::paths::clean_clamped;
-use crate::tree::{ImageTree, Node, NodeKind, join};
+use crate::tree::{ImageTree, Node, NodeKind, TreeView, join};
 use crate::users::Ids;
 
 #[derive(Debug, Clone)]
@@ -53,7 +53,7 @@ pub struct CopyInput<'a> {
     /// Absolute WORKDIR in effect.
     pub workdir: &'a str,
     pub context: &'a BuildContext,
-    pub tree: &'a ImageTree,
+    pub tree: &'a dyn TreeView,
     /// `--chown`, resolved.
     pub owner: Option<Ids>,
     /// Where ADD may extract archives.
@@ -273,7 +273,7 @@ impl CopyPlan {
                 if self.entries.contains_key(ancestor) || needed.iter().any(|n| n == ancestor) {
                     break;
                 }
-                match input.tree.get(ancestor) {
+                match input.tree.node(ancestor) {
                     Some(Node { kind: NodeKind::Dir, .. }) => break,
                     Some(_) => {
                         return Err(ExecError::step(

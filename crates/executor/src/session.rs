@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use ext_dockerfile::{ConfigOp, Dockerfile, Location, Op, Plan, RunCommand, RunOp, Step};
 use ext_oci::layer::{decompress, decompress_verified, rfc3339};
 use ext_oci::{Digest, HistoryEntry, Image, ImageConfig, LayerBlob, LayerOptions, LayerWriter};
-use ext_rootfs::{CacheFill, Network, Rootfs, RootfsError, RunSpec, SnapshotMode};
+use ext_rootfs::{CacheFill, LiveRoot, Network, Rootfs, RootfsError, RunRoot, RunSpec, SnapshotMode};
 use serde_json::{Value, json};
 
 use crate::context::BuildContext;
 use crate::copy::{CopyInput, CopyPlan};
 use crate::error::{ExecError, Result};
 use crate::paths::clean_clamped;
-use crate::tree::ImageTree;
+use crate::tree::{ImageTree, LiveTree, TreeView};
 use crate::users::{self, GroupDefault};
 
 /// How history entries name the instruction that made them.
@@ -28,6 +28,19 @@ pub enum Provenance {
     Standalone,
     /// The CNB extender's format: `Layer: '<instruction>', Created by extension: <id>`.
     Extension(String),
+}
+
+/// Where RUN happens, and where COPY learns what the image holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RunExecutor {
+    /// A private rootfs unpacked from the base image's layers; each RUN in a namespace
+    /// sandbox (needs root with `CAP_SYS_ADMIN`). COPY reads the layers' tar headers.
+    #[default]
+    Sandbox,
+    /// The filesystem at this path (`/`) already is the base image: ext-extend runs inside a
+    /// container of it, as CNB platforms run the extender. COPY/ADD also write their files
+    /// there, RUN is a plain child process on it, and no base layer is ever read.
+    LiveRoot(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +56,7 @@ pub struct SessionOptions {
     /// Where per-layer work that only depends on a layer's digest is kept between builds
     /// (header indexes, unpacked layers). `None`: nothing is kept.
     pub cache_dir: Option<PathBuf>,
+    pub executor: RunExecutor,
 }
 
 impl SessionOptions {
@@ -53,6 +67,7 @@ impl SessionOptions {
             snapshot: SnapshotMode::Auto,
             ignore_paths: Vec::new(),
             cache_dir: None,
+            executor: RunExecutor::Sandbox,
         }
     }
 }
@@ -77,8 +92,8 @@ pub struct Session {
     layers: Vec<LayerBlob>,
     blob_dir: PathBuf,
     opts: SessionOptions,
-    tree: Option<ImageTree>,
-    rootfs: Option<Rootfs>,
+    tree: Option<SessionTree>,
+    rootfs: Option<Box<dyn RunRoot>>,
     created: String,
     copies: usize,
 }
@@ -211,7 +226,12 @@ impl Session {
         }
     }
 
-    fn tree(&mut self) -> Result<&mut ImageTree> {
+    fn tree(&mut self) -> Result<&mut SessionTree> {
+        if self.tree.is_none()
+            && let RunExecutor::LiveRoot(root) = &self.opts.executor
+        {
+            self.tree = Some(SessionTree::Live(LiveTree::new(root)));
+        }
         if self.tree.is_none() {
             let started = std::time::Instant::now();
             let mut tree = ImageTree::from_image(&self.base, self.opts.cache_dir.as_deref())?;
@@ -223,7 +243,7 @@ impl Session {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "indexed base image"
             );
-            self.tree = Some(tree);
+            self.tree = Some(SessionTree::Image(tree));
         }
         Ok(self.tree.as_mut().expect("just built"))
     }
@@ -237,25 +257,34 @@ impl Session {
         let workdir = self.workdir();
         let scratch = self.opts.scratch.join(format!("copy-{}", self.copies));
         self.copies += 1;
+        if self.is_live() {
+            // The files must land on the live root too, for later RUNs and the build phase.
+            self.rootfs(at)?;
+        }
         self.tree()?;
         // Borrowed, not cloned: a COPY must not cost a copy of the whole image's index.
-        let tree = self.tree.as_ref().expect("just built");
+        let tree = self.tree.as_ref().expect("just built").view();
         let owner = match &op.chown {
-            Some(spec) => Some(
-                users::resolve(spec, tree.captured("etc/passwd"), tree.captured("etc/group"), GroupDefault::SameAsUid)
-                    .map_err(|m| ExecError::step(at, format!("--chown={spec}: {m}")))?,
-            ),
+            Some(spec) => {
+                let (passwd, group) = (tree.captured("etc/passwd"), tree.captured("etc/group"));
+                Some(
+                    users::resolve(spec, passwd.as_deref(), group.as_deref(), GroupDefault::SameAsUid)
+                        .map_err(|m| ExecError::step(at, format!("--chown={spec}: {m}")))?,
+                )
+            }
             None => None,
         };
         let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch })?;
         let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
         plan.write(&mut writer)?;
         let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
-        plan.apply_to(self.tree()?)?;
+        if let SessionTree::Image(tree) = self.tree()? {
+            plan.apply_to(tree)?;
+        }
         let _ = std::fs::remove_dir_all(&scratch);
         if let Some(rootfs) = &mut self.rootfs {
             // A later RUN must see what this COPY added.
-            add_blob_to_rootfs(rootfs, &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
+            add_blob_to_rootfs(rootfs.as_mut(), &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
         }
         tracing::debug!("{at}: layer {} has {} entries", blob.digest.short(), blob.entries);
         self.layers.push(blob.clone());
@@ -284,73 +313,97 @@ impl Session {
         }
     }
 
-    /// The RUN rootfs, unpacked from every layer so far on first use (once per session).
-    fn rootfs(&mut self, at: &Location) -> Result<&mut Rootfs> {
+    fn is_live(&self) -> bool {
+        matches!(self.opts.executor, RunExecutor::LiveRoot(_))
+    }
+
+    /// Where RUN happens, set up on first use (once per session).
+    fn rootfs(&mut self, at: &Location) -> Result<&mut dyn RunRoot> {
         if self.rootfs.is_none() {
-            let started = std::time::Instant::now();
-            let dir = self.opts.scratch.join("rootfs");
-            let mut rootfs =
-                Rootfs::create(&dir, self.opts.snapshot, &self.opts.ignore_paths).map_err(|e| rootfs_error(at, e))?;
-            if let Some(cache) = &self.opts.cache_dir {
-                rootfs = rootfs.with_layer_cache(cache);
-            }
-            let mut bytes = 0u64;
-            // Layers missing from the unpacked-layer cache unpack on every core at once (each
-            // into a directory of its own); the loop below then adds all layers in order.
-            let mut fills = Vec::new();
-            if rootfs.has_layer_cache() {
-                for (i, desc) in self.base.layers().iter().enumerate() {
-                    let digest = Digest::try_from(desc.digest())?;
-                    if rootfs.is_cached(digest.hex()) {
-                        continue;
-                    }
-                    // Downloads (if any) happen here, one at a time, before the parallel part.
-                    self.base.store.ensure(&digest, Some(desc.size()))?;
-                    let (store, size, diff_id) = (self.base.store.clone(), desc.size(), self.base.diff_id(i)?);
-                    fills.push(CacheFill {
-                        digest_hex: digest.hex().to_string(),
-                        diff_id: diff_id.to_string(),
-                        name: digest.to_string(),
-                        open: Box::new(move || open_layer(&store, &digest, size, diff_id)),
-                    });
+            let root: Box<dyn RunRoot> = match &self.opts.executor {
+                RunExecutor::LiveRoot(dir) => {
+                    // Our own files never belong to a layer: cache, and the blobs being written
+                    // (an output next to `/` in a build stages them there).
+                    let mut ignore = self.opts.ignore_paths.clone();
+                    let ours = self.opts.cache_dir.iter().chain([&self.blob_dir]);
+                    ignore.extend(ours.filter_map(|p| std::path::absolute(p).ok()).map(|p| p.display().to_string()));
+                    let live = LiveRoot::open(dir, &ignore, &self.opts.scratch).map_err(|e| rootfs_error(at, e))?;
+                    tracing::info!("RUN on the live root {} (stat-index snapshots)", dir.display());
+                    // Layers written so far are on the live root already (COPY applies them).
+                    Box::new(live)
                 }
-            }
-            if fills.len() > 1 {
-                let stats = rootfs.fill_layer_cache(fills).map_err(|(hex, e)| {
-                    let failed = self.base.layers().iter().find_map(|d| {
-                        Digest::try_from(d.digest()).ok().filter(|g| g.hex() == hex).map(|g| (g, d.size()))
-                    });
-                    match failed {
-                        Some((digest, size)) => self.layer_error(at, &digest, size, e),
-                        None => rootfs_error(at, e),
-                    }
-                })?;
-                bytes += stats.bytes;
-            }
+                RunExecutor::Sandbox => Box::new(self.unpack_rootfs(at)?),
+            };
+            self.rootfs = Some(root);
+        }
+        Ok(self.rootfs.as_mut().expect("just created").as_mut())
+    }
+
+    /// The sandbox's rootfs, unpacked from every layer so far.
+    fn unpack_rootfs(&mut self, at: &Location) -> Result<Rootfs> {
+        let started = std::time::Instant::now();
+        let dir = self.opts.scratch.join("rootfs");
+        let mut rootfs =
+            Rootfs::create(&dir, self.opts.snapshot, &self.opts.ignore_paths).map_err(|e| rootfs_error(at, e))?;
+        if let Some(cache) = &self.opts.cache_dir {
+            rootfs = rootfs.with_layer_cache(cache);
+        }
+        let mut bytes = 0u64;
+        // Layers missing from the unpacked-layer cache unpack on every core at once (each
+        // into a directory of its own); the loop below then adds all layers in order.
+        let mut fills = Vec::new();
+        if rootfs.has_layer_cache() {
             for (i, desc) in self.base.layers().iter().enumerate() {
                 let digest = Digest::try_from(desc.digest())?;
-                let diff_id = self.base.diff_id(i)?;
-                let store = &self.base.store;
-                let open = || open_layer(store, &digest, desc.size(), diff_id.clone());
-                let stats = rootfs
-                    .add_layer_by_digest(digest.hex(), diff_id.as_str(), digest.as_str(), open)
-                    .map_err(|e| self.layer_error(at, &digest, desc.size(), e))?;
-                bytes += stats.bytes;
+                if rootfs.is_cached(digest.hex()) {
+                    continue;
+                }
+                // Downloads (if any) happen here, one at a time, before the parallel part.
+                self.base.store.ensure(&digest, Some(desc.size()))?;
+                let (store, size, diff_id) = (self.base.store.clone(), desc.size(), self.base.diff_id(i)?);
+                fills.push(CacheFill {
+                    digest_hex: digest.hex().to_string(),
+                    diff_id: diff_id.to_string(),
+                    name: digest.to_string(),
+                    open: Box::new(move || open_layer(&store, &digest, size, diff_id)),
+                });
             }
-            for layer in &self.layers {
-                add_blob_to_rootfs(&mut rootfs, &layer.path, &layer.digest).map_err(|e| rootfs_error(at, e))?;
-            }
-            tracing::info!(
-                "unpacked {} layers ({:.1} MB, {} from the unpacked-layer cache) for RUN in {:.2}s ({})",
-                rootfs.layers_added(),
-                bytes as f64 / 1e6,
-                rootfs.cache_hits(),
-                started.elapsed().as_secs_f64(),
-                if rootfs.uses_overlay() { "overlayfs snapshots" } else { "stat-index snapshots" }
-            );
-            self.rootfs = Some(rootfs);
         }
-        Ok(self.rootfs.as_mut().expect("just created"))
+        if fills.len() > 1 {
+            let stats = rootfs.fill_layer_cache(fills).map_err(|(hex, e)| {
+                let failed =
+                    self.base.layers().iter().find_map(|d| {
+                        Digest::try_from(d.digest()).ok().filter(|g| g.hex() == hex).map(|g| (g, d.size()))
+                    });
+                match failed {
+                    Some((digest, size)) => self.layer_error(at, &digest, size, e),
+                    None => rootfs_error(at, e),
+                }
+            })?;
+            bytes += stats.bytes;
+        }
+        for (i, desc) in self.base.layers().iter().enumerate() {
+            let digest = Digest::try_from(desc.digest())?;
+            let diff_id = self.base.diff_id(i)?;
+            let store = &self.base.store;
+            let open = || open_layer(store, &digest, desc.size(), diff_id.clone());
+            let stats = rootfs
+                .add_layer_by_digest(digest.hex(), diff_id.as_str(), digest.as_str(), open)
+                .map_err(|e| self.layer_error(at, &digest, desc.size(), e))?;
+            bytes += stats.bytes;
+        }
+        for layer in &self.layers {
+            add_blob_to_rootfs(&mut rootfs, &layer.path, &layer.digest).map_err(|e| rootfs_error(at, e))?;
+        }
+        tracing::info!(
+            "unpacked {} layers ({:.1} MB, {} from the unpacked-layer cache) for RUN in {:.2}s ({})",
+            rootfs.layers_added(),
+            bytes as f64 / 1e6,
+            rootfs.cache_hits(),
+            started.elapsed().as_secs_f64(),
+            RunRoot::snapshot_kind(&rootfs)
+        );
+        Ok(rootfs)
     }
 
     fn run(&mut self, op: &RunOp, at: &Location, text: &str) -> Result<Option<LayerBlob>> {
@@ -428,7 +481,7 @@ impl Session {
             writing.elapsed().as_secs_f64(),
             started.elapsed().as_secs_f64(),
         );
-        if let Some(tree) = &mut self.tree {
+        if let Some(SessionTree::Image(tree)) = &mut self.tree {
             tree.apply_blob(&blob.path, &blob.digest)?;
         }
         self.layers.push(blob.clone());
@@ -480,7 +533,7 @@ impl Session {
     pub fn finish(mut self) -> ExtendedImage {
         self.config.set_created(&self.created);
         if let Some(rootfs) = self.rootfs.take() {
-            let _ = rootfs.remove();
+            rootfs.finish();
         }
         ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
     }
@@ -505,11 +558,27 @@ fn rootfs_error(at: &Location, e: RootfsError) -> ExecError {
     ExecError::Rootfs { at: at.clone(), source: Box::new(e) }
 }
 
-/// Applies one of this session's own layer blobs to the rootfs.
-fn add_blob_to_rootfs(rootfs: &mut Rootfs, path: &Path, digest: &Digest) -> std::result::Result<(), RootfsError> {
+/// Applies one of this session's own layer blobs to the RUN root.
+fn add_blob_to_rootfs(rootfs: &mut dyn RunRoot, path: &Path, digest: &Digest) -> std::result::Result<(), RootfsError> {
     let file = std::fs::File::open(path).map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
-    let tar = decompress(std::io::BufReader::new(file))
+    let mut tar = decompress(std::io::BufReader::new(file))
         .map_err(|e| RootfsError::Io { path: path.to_path_buf(), source: e })?;
-    rootfs.add_layer(tar, digest.as_str())?;
+    rootfs.add_layer(&mut tar, digest.as_str())?;
     Ok(())
+}
+
+/// What COPY consults about the image: the base layers' headers plus this session's layers,
+/// or the live root itself.
+enum SessionTree {
+    Image(ImageTree),
+    Live(LiveTree),
+}
+
+impl SessionTree {
+    fn view(&self) -> &dyn TreeView {
+        match self {
+            SessionTree::Image(t) => t,
+            SessionTree::Live(t) => t,
+        }
+    }
 }

@@ -43,6 +43,95 @@ pub struct ImageTree {
     captured: BTreeMap<String, Vec<u8>>,
 }
 
+/// What COPY asks of the image's filesystem: the node at a path, a captured file's content,
+/// and symlink resolution on top of those. Two implementations: [`ImageTree`], read from the
+/// base layers' tar headers (the image is not unpacked anywhere), and [`LiveTree`], the
+/// filesystem ext-extend runs on when that is the image (the live-root executor).
+pub trait TreeView {
+    fn node(&self, path: &str) -> Option<Node>;
+
+    /// Content of `/etc/passwd` or `/etc/group` (for `--chown=name`).
+    fn captured(&self, path: &str) -> Option<std::borrow::Cow<'_, [u8]>>;
+
+    /// Resolves symlinks in `path` inside the image root, as a process in the container would
+    /// see it: absolute targets start again at the image root and `..` stops at the root. The
+    /// last component is followed only if `follow_last`.
+    fn resolve(&self, path: &str, follow_last: bool) -> String {
+        let mut resolved = String::new();
+        let mut pending: Vec<String> = components(path).rev().map(String::from).collect();
+        let mut hops = 0;
+        while let Some(c) = pending.pop() {
+            if c == ".." {
+                resolved = split(&resolved).0.to_string();
+                continue;
+            }
+            let candidate = join(&resolved, &c);
+            let is_last = pending.is_empty();
+            match self.node(&candidate) {
+                Some(Node { kind: NodeKind::Symlink(target), .. })
+                    if (!is_last || follow_last) && hops < MAX_SYMLINK_HOPS =>
+                {
+                    hops += 1;
+                    if target.starts_with('/') {
+                        resolved.clear();
+                    }
+                    for t in components(&target).rev() {
+                        pending.push(t.to_string());
+                    }
+                }
+                _ => resolved = candidate,
+            }
+        }
+        resolved
+    }
+
+    fn is_dir(&self, path: &str) -> bool {
+        path.is_empty() || matches!(self.node(path), Some(Node { kind: NodeKind::Dir, .. }))
+    }
+}
+
+/// The live root as a [`TreeView`]: every question is one `lstat` (or read) of the real
+/// filesystem, which COPY and RUN keep current themselves, so nothing is walked or indexed.
+#[derive(Debug, Clone)]
+pub struct LiveTree {
+    root: PathBuf,
+}
+
+impl LiveTree {
+    pub fn new(root: &Path) -> LiveTree {
+        LiveTree { root: root.to_path_buf() }
+    }
+}
+
+impl TreeView for LiveTree {
+    fn node(&self, path: &str) -> Option<Node> {
+        use std::os::unix::fs::MetadataExt;
+        let full = self.root.join(path);
+        let md = std::fs::symlink_metadata(&full).ok()?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            NodeKind::Dir
+        } else if ft.is_symlink() {
+            NodeKind::Symlink(std::fs::read_link(&full).ok()?.to_string_lossy().into_owned())
+        } else if ft.is_file() {
+            NodeKind::File
+        } else {
+            NodeKind::Other
+        };
+        Some(Node { kind, mode: md.mode() & 0o7777, uid: md.uid().into(), gid: md.gid().into() })
+    }
+
+    fn captured(&self, path: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        if !CAPTURED.contains(&path) {
+            return None;
+        }
+        match self.node(path)?.kind {
+            NodeKind::File => std::fs::read(self.root.join(path)).ok().map(std::borrow::Cow::Owned),
+            _ => None,
+        }
+    }
+}
+
 /// What one layer does to the tree, in tar order: the unit that is cached per layer digest,
 /// so the base image's headers are read once per machine, not once per build.
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -282,10 +371,6 @@ impl ImageTree {
         self.nodes.get(path)
     }
 
-    pub fn captured(&self, path: &str) -> Option<&[u8]> {
-        self.captured.get(path).map(Vec::as_slice)
-    }
-
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
@@ -293,41 +378,15 @@ impl ImageTree {
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
+}
 
-    /// Resolves symlinks in `path` inside the image root, as a process in the container would
-    /// see it: absolute targets start again at the image root and `..` stops at the root. The
-    /// last component is followed only if `follow_last`.
-    pub fn resolve(&self, path: &str, follow_last: bool) -> String {
-        let mut resolved = String::new();
-        let mut pending: Vec<String> = components(path).rev().map(String::from).collect();
-        let mut hops = 0;
-        while let Some(c) = pending.pop() {
-            if c == ".." {
-                resolved = split(&resolved).0.to_string();
-                continue;
-            }
-            let candidate = join(&resolved, &c);
-            let is_last = pending.is_empty();
-            match self.nodes.get(&candidate) {
-                Some(Node { kind: NodeKind::Symlink(target), .. })
-                    if (!is_last || follow_last) && hops < MAX_SYMLINK_HOPS =>
-                {
-                    hops += 1;
-                    if target.starts_with('/') {
-                        resolved.clear();
-                    }
-                    for t in components(target).rev() {
-                        pending.push(t.to_string());
-                    }
-                }
-                _ => resolved = candidate,
-            }
-        }
-        resolved
+impl TreeView for ImageTree {
+    fn node(&self, path: &str) -> Option<Node> {
+        self.nodes.get(path).cloned()
     }
 
-    pub fn is_dir(&self, path: &str) -> bool {
-        path.is_empty() || matches!(self.nodes.get(path), Some(Node { kind: NodeKind::Dir, .. }))
+    fn captured(&self, path: &str) -> Option<std::borrow::Cow<'_, [u8]>> {
+        self.captured.get(path).map(|c| std::borrow::Cow::Borrowed(c.as_slice()))
     }
 }
 
@@ -433,7 +492,7 @@ mod tests {
         assert!(t.get("old/a").is_none());
         assert!(t.get("opq/lower").is_none(), "opaque dir hides the lower layer");
         assert!(t.get("opq/upper").is_some(), "but not its own layer's entries");
-        assert_eq!(t.captured("etc/passwd").unwrap(), b"root:x:0:0::/root:/bin/sh\n");
+        assert_eq!(&*t.captured("etc/passwd").unwrap(), b"root:x:0:0::/root:/bin/sh\n");
         assert_eq!(t.resolve("lib/x.so", false), "usr/lib/x.so");
         assert_eq!(t.resolve("abs/lib", false), "usr/lib");
         assert_eq!(t.resolve("lib", false), "lib");

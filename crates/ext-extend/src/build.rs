@@ -23,6 +23,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
     let mtime = MtimePolicy::from_env().map_err(|m| Failure::input(anyhow!(m)))?;
     let build_args = parse_build_args(&args.build_args, &args.from)?;
     let jobs = pair_files_and_contexts(&args.files, &args.contexts)?;
+    let executor = args.executor.executor(false)?;
 
     // Parse everything before touching any image, so bad input fails fast.
     let mut dockerfiles = Vec::new();
@@ -59,6 +60,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         snapshot: args.snapshot,
         ignore_paths: args.ignore_paths.clone(),
         cache_dir: Some(store.cache_dir()),
+        executor,
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);

@@ -77,6 +77,57 @@ pub struct StoreArgs {
     pub stall_timeout: f64,
 }
 
+/// Where RUN happens (shared by `build` and `extend`).
+#[derive(Debug, Args, Clone)]
+pub struct ExecutorArgs {
+    /// Apply the Dockerfiles in place to the filesystem ext-extend runs on, which must be the
+    /// image being extended: how CNB platforms run the extender, inside a container of that
+    /// image, where no sandbox can be built (no CAP_SYS_ADMIN, seccomp). RUN is then a plain
+    /// child process, COPY/ADD also write to `/`, and changes are found with a stat index of
+    /// `/` (mount points and the lifecycle's directories skipped). `on` (or the bare flag)
+    /// refuses to run outside a container; `force` does not check; `auto` turns it on only
+    /// for the drop-in started as /cnb/lifecycle/extender inside a container; `off` uses the
+    /// namespace sandbox on a private rootfs.
+    #[arg(
+        long,
+        value_name = "MODE",
+        num_args = 0..=1,
+        default_value = "auto",
+        default_missing_value = "on",
+        value_parser = ["auto", "on", "off", "force"]
+    )]
+    pub live_root: String,
+}
+
+impl ExecutorArgs {
+    /// The executor for this run; `drop_in`: started as the lifecycle's
+    /// `/cnb/lifecycle/extender`.
+    pub fn executor(&self, drop_in: bool) -> Result<ext_executor::session::RunExecutor, crate::Failure> {
+        use ext_executor::session::RunExecutor;
+        let live = RunExecutor::LiveRoot(PathBuf::from("/"));
+        let evidence = ext_rootfs::container_evidence();
+        match (self.live_root.as_str(), evidence) {
+            ("off", _) => Ok(RunExecutor::Sandbox),
+            ("force", _) => {
+                tracing::warn!("--live-root=force: applying the Dockerfiles to this machine's own root filesystem");
+                Ok(live)
+            }
+            ("on", Some(why)) => {
+                tracing::info!("live root: running inside a container ({why})");
+                Ok(live)
+            }
+            ("on", None) => Err(crate::Failure::input(anyhow::anyhow!(
+                "--live-root: refusing to change this machine's own root filesystem: nothing says ext-extend runs in a container of the image being extended (no /.dockerenv or /run/.containerenv, no `container` or KUBERNETES_SERVICE_HOST variable, no container cgroup); use --live-root=force if / really is that image"
+            ))),
+            (_, Some(why)) if drop_in => {
+                tracing::info!("live root: the extender runs inside a container ({why})");
+                Ok(live)
+            }
+            _ => Ok(RunExecutor::Sandbox),
+        }
+    }
+}
+
 impl StoreArgs {
     pub fn options(&self) -> ext_oci::StoreOptions {
         ext_oci::StoreOptions {
@@ -138,6 +189,9 @@ pub struct BuildArgs {
     /// Where the private scratch directory (the RUN rootfs) is created. Default: $TMPDIR.
     #[arg(long, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
 
     /// Print a JSON summary (manifest digest, config digest, layers) instead of the digest.
     #[arg(long)]

@@ -9,7 +9,7 @@ use ext_lifecycle::{ExportOptions, ExtendOptions, GenerateOptions, Kind, Phase};
 use ext_oci::{LayerOptions, MtimePolicy, Platform};
 
 use crate::Failure;
-use crate::cli::StoreArgs;
+use crate::cli::{ExecutorArgs, StoreArgs};
 
 /// Directories shared by the phases.
 #[derive(Debug, Args, Clone)]
@@ -85,13 +85,31 @@ pub struct ExtendArgs {
     /// Also write the full extended image here (oci:DIR[:TAG] or docker://...).
     #[arg(long, value_name = "REF")]
     pub output: Option<String>,
-    /// UID/GID of the build image user (accepted for compatibility; the build phase after a
-    /// build extension is the platform's to run).
+    /// UID of the build user: with --kind build and a builder, <layers> is handed to it and
+    /// the build phase runs as it.
     #[arg(long, env = "CNB_USER_ID", value_name = "UID")]
     pub uid: Option<u32>,
-    /// GID of the build image user (accepted for compatibility, like --uid).
+    /// GID of the build user (see --uid).
     #[arg(long, env = "CNB_GROUP_ID", value_name = "GID")]
     pub gid: Option<u32>,
+    /// With --kind build, go on to run the build phase in place, as the lifecycle's extender
+    /// does: chown <layers> to --uid:--gid, drop to that user, set HOME and the extended
+    /// image's Env, and exec this builder with the same platform inputs. Default for the
+    /// drop-in `extender`: /cnb/lifecycle/builder; for `ext-extend extend`: none (the
+    /// extended build image is written to <extended>/build instead).
+    #[arg(long, env = "CNB_BUILDER_PATH", value_name = "PATH")]
+    pub builder: Option<PathBuf>,
+    /// The lifecycle's Kaniko directory: the restorer saves the base image's manifest and
+    /// config in <kaniko-dir>/cache/base/<digest>, read instead of the registry (the
+    /// extender gets no registry credentials from pack); with --live-root it also holds the
+    /// scratch space and, unless --cache-dir says otherwise, the cache.
+    #[arg(long, value_name = "DIR", default_value = "/kaniko")]
+    pub kaniko_dir: PathBuf,
+    #[command(flatten)]
+    pub executor: ExecutorArgs,
+    /// Set when started as the lifecycle's `extender` (by the program name).
+    #[arg(long, hide = true)]
+    pub lifecycle_drop_in: bool,
     /// Accepted for compatibility; ext-extend keeps no Kaniko layer cache.
     #[arg(long, env = "CNB_KANIKO_CACHE_TTL", hide = true)]
     pub kaniko_cache_ttl: Option<String>,
@@ -180,12 +198,40 @@ pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn extend(args: ExtendArgs) -> Result<(), Failure> {
+pub fn extend(args: ExtendArgs, log_level: Option<&str>) -> Result<(), Failure> {
     let d = &args.dirs;
     let output = match &args.output {
         Some(o) => Some(o.parse()?),
         None => None,
     };
+    let drop_in = args.lifecycle_drop_in;
+    let executor = args.executor.executor(drop_in && installed_in_lifecycle_dir())?;
+    let live = matches!(executor, ext_executor::session::RunExecutor::LiveRoot(_));
+    // The build phase runs where the build image was extended in place: the live root.
+    let builder = match (&args.builder, drop_in && live) {
+        (Some(b), _) => Some(b.clone()),
+        (None, true) => Some(PathBuf::from(ext_lifecycle::build_phase::DEFAULT_BUILDER)),
+        (None, false) => None,
+    }
+    .filter(|_| args.kind == Kind::Build);
+    if builder.is_some() && !live {
+        return Err(Failure::input(anyhow!(
+            "--builder: the build phase runs on the build image extended in place, which needs --live-root (inside a container of the build image)"
+        )));
+    }
+    if builder.is_some() && (args.uid.is_none() || args.gid.is_none()) {
+        return Err(Failure::input(anyhow!(
+            "--kind build runs the build phase next: give the build user with --uid and --gid (CNB_USER_ID, CNB_GROUP_ID)"
+        )));
+    }
+    let kaniko = args.kaniko_dir.is_dir().then(|| args.kaniko_dir.clone());
+    let mut store = args.store.options();
+    let mut scratch_dir = args.scratch_dir.clone();
+    if let (Some(k), true) = (&kaniko, live) {
+        // In the container, <kaniko-dir> is a volume: scratch and cache stay out of the image.
+        store.cache_dir.get_or_insert_with(|| k.join("cache").join("ext-extend"));
+        scratch_dir.get_or_insert_with(|| k.clone());
+    }
     let opts = ExtendOptions {
         analyzed: d.analyzed(),
         app: d.app.clone(),
@@ -196,17 +242,40 @@ pub fn extend(args: ExtendArgs) -> Result<(), Failure> {
         layers: d.layers.clone(),
         platform: d.platform.clone(),
         output,
-        store: args.store.options(),
+        store,
         target_platform: platform(&args.target_platform)?,
         layer: layer_options(args.compression_level)?,
         snapshot: args.snapshot,
-        scratch_dir: args.scratch_dir.clone(),
+        scratch_dir,
+        executor,
+        kaniko_dir: kaniko,
     };
     let report = ext_lifecycle::extend(&opts).map_err(phase_failure(Phase::Extend))?;
     if let Some(w) = report.output.as_ref().or(report.written.as_ref()) {
         println!("{}", w.manifest_digest);
     }
-    Ok(())
+    let Some(builder) = builder else { return Ok(()) };
+    let passwd = std::fs::read("/etc/passwd").ok();
+    let handoff = ext_lifecycle::BuilderHandoff {
+        builder,
+        args: ext_lifecycle::build_phase::builder_args(
+            &d.app,
+            &d.layers,
+            &d.platform,
+            &d.group(),
+            &args.plan.clone().unwrap_or_else(|| d.layers.join("plan.toml")),
+            &d.analyzed(),
+            &args.buildpacks.clone().unwrap_or_else(|| PathBuf::from("/cnb/buildpacks")),
+            log_level,
+        ),
+        uid: args.uid.expect("checked above"),
+        gid: args.gid.expect("checked above"),
+        layers: d.layers.clone(),
+        image_env: report.env,
+        passwd,
+    };
+    // Returns only if the builder could not be started.
+    Err(Failure::other(ext_lifecycle::exec_builder(&handoff)))
 }
 
 pub fn export(args: ExportArgs) -> Result<(), Failure> {
@@ -238,6 +307,14 @@ pub fn export(args: ExportArgs) -> Result<(), Failure> {
         println!("{}", report.written.manifest_digest);
     }
     Ok(())
+}
+
+/// Whether we were started from the lifecycle's own directory (`/cnb/lifecycle/extender`), as
+/// platforms start the extender in a container of the image. Together with container
+/// evidence this turns the live root on by itself: `/.dockerenv` alone also exists on CI
+/// machines and developer containers whose `/` is not the image being extended.
+fn installed_in_lifecycle_dir() -> bool {
+    std::env::args_os().next().is_some_and(|a| Path::new(&a).parent() == Some(Path::new("/cnb/lifecycle")))
 }
 
 /// The lifecycle writes flags with one dash (`-kind run`); turn `-name` into `--name` for

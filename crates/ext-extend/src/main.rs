@@ -11,9 +11,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { ext_oci::tls::expose_bundled_roots() };
     let mut args: Vec<String> = std::env::args().collect();
     if let Some(phase) = args.first().and_then(|a| cnb::phase_from_program_name(a)) {
         args.insert(1, phase.to_string());
+        args.insert(2, "--lifecycle-drop-in".to_string());
     }
     let is_phase = args.get(1).is_some_and(|a| matches!(a.as_str(), "generate" | "extend" | "export"));
     if is_phase {
@@ -25,7 +28,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Build(args) => build::run(args),
         cli::Command::Generate(args) => cnb::generate(args),
-        cli::Command::Extend(args) => cnb::extend(args),
+        cli::Command::Extend(args) => cnb::extend(args, cli.log_level.as_deref()),
         cli::Command::Export(args) => cnb::export(args),
         cli::Command::Cache(cli::CacheCommand::Verify(args)) => cache::verify(args),
     };

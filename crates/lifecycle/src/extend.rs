@@ -8,8 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use ext_dockerfile::{Dockerfile, Op};
+use ext_executor::session::RunExecutor;
 use ext_executor::{BuildContext, OutputTarget, Provenance, Session, SessionOptions, WrittenImage};
-use ext_oci::{ImageRef, LayerOptions, LayoutWriter, Platform, StoreOptions};
+use ext_oci::{Image, ImageRef, LayerOptions, LayoutWriter, OciLayout, Platform, StoreOptions};
 use ext_rootfs::SnapshotMode;
 use serde_json::Value;
 
@@ -62,6 +63,12 @@ pub struct ExtendOptions {
     pub layer: LayerOptions,
     pub snapshot: SnapshotMode,
     pub scratch_dir: Option<PathBuf>,
+    /// Where RUN happens: a sandbox on a scratch rootfs, or the live root of the container we
+    /// run in (how platforms run the extender).
+    pub executor: RunExecutor,
+    /// The lifecycle's Kaniko directory: the restorer saves the base image's manifest and
+    /// config in `<kaniko-dir>/cache/base/<digest>/`, which we read instead of the registry.
+    pub kaniko_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +81,8 @@ pub struct ExtendReport {
     pub written: Option<WrittenImage>,
     pub output: Option<WrittenImage>,
     pub new_layers: usize,
+    /// The extended image's `Env` (the build phase that follows `--kind build` runs with it).
+    pub env: Vec<(String, String)>,
 }
 
 /// One Dockerfile to apply.
@@ -121,6 +130,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
             written: None,
             output: None,
             new_layers: 0,
+            env: Vec::new(),
         });
     }
 
@@ -149,8 +159,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         parsed.push((df, extra));
     }
 
-    let base_ref = image_ref(&reference)?;
-    let base = ext_oci::open_image(&base_ref, &opts.target_platform, &opts.store)?;
+    let base = open_base(opts, &reference)?;
     tracing::info!("extending {} image {} ({} layers)", opts.kind.name(), base.name, base.layers().len());
     let base_layer_count = base.layers().len();
     let base_history_len = base.config.history().len();
@@ -162,11 +171,21 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         .map_err(LifecycleError::io(&opts.extended))?;
     let _blobs_cleanup = ext_oci::cleanup::register_path(blobs.path());
     let scratch = ext_rootfs::Scratch::create(opts.scratch_dir.as_deref()).map_err(LifecycleError::io("scratch"))?;
+    let live = matches!(opts.executor, RunExecutor::LiveRoot(_));
+    let mut ignore_paths: Vec<String> =
+        [&opts.app, &opts.layers, &opts.platform].iter().map(|p| p.display().to_string()).collect();
+    if live {
+        // The container also holds the lifecycle and Kaniko's directory: neither is the image.
+        ignore_paths.push("/cnb".into());
+        ignore_paths.extend(opts.kaniko_dir.iter().map(|k| k.display().to_string()));
+        ignore_paths.push(opts.extended.display().to_string());
+    }
     let session_opts = SessionOptions {
         layer: opts.layer,
         snapshot: opts.snapshot,
-        ignore_paths: [&opts.app, &opts.layers, &opts.platform].iter().map(|p| p.display().to_string()).collect(),
+        ignore_paths,
         cache_dir: Some(opts.store.cache_dir()),
+        executor: opts.executor.clone(),
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, blobs.path(), session_opts);
@@ -235,13 +254,21 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
     let mut image = session.finish();
     cnb_history(&mut image.config, base_layer_count, base_history_len);
     let new_layers = image.new_layers.len();
+    let env = image.config.env();
+    if live && opts.kind == Kind::Build {
+        // As with the lifecycle, the extended build image lives on only as the container's
+        // filesystem, where the build phase runs next; its base layers are not here to write.
+        tracing::info!("extended the build image in place ({new_layers} new layers)");
+        return Ok(ExtendReport { applied, rebasable, layout: None, written: None, output: None, new_layers, env });
+    }
 
-    // <extended>/<kind>/<escaped manifest digest>/: one image, replacing any earlier one.
+    // <extended>/<kind>/<manifest digest>/ (`sha256:<hex>`, as the lifecycle names it): one
+    // image, replacing any earlier one (including one named the old way, `sha256_<hex>`).
     let kind_dir = opts.extended.join(opts.kind.name());
     let config_bytes = image.config_bytes()?;
     let manifest = image.manifest_bytes(&ext_oci::Digest::of(&config_bytes), config_bytes.len() as u64);
     let digest = ext_oci::Digest::of(&manifest);
-    let layout_dir = kind_dir.join(format!("sha256_{}", digest.hex()));
+    let layout_dir = kind_dir.join(digest.to_string());
     if layout_dir.exists() {
         fs::remove_dir_all(&layout_dir).map_err(LifecycleError::io(&layout_dir))?;
     }
@@ -264,7 +291,25 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         }
         None => None,
     };
-    Ok(ExtendReport { applied, rebasable, layout: Some(layout_dir), written: Some(written), output, new_layers })
+    Ok(ExtendReport { applied, rebasable, layout: Some(layout_dir), written: Some(written), output, new_layers, env })
+}
+
+/// The image to extend: from `<kaniko-dir>/cache/base/<digest>/` when the restorer saved it
+/// there (no registry access or credentials needed: the extender gets none from pack), else
+/// from the reference itself.
+fn open_base(opts: &ExtendOptions, reference: &str) -> Result<Image> {
+    let digest = reference.rsplit_once('@').and_then(|(_, d)| d.parse::<ext_oci::Digest>().ok());
+    if let (Some(kaniko), Some(digest)) = (&opts.kaniko_dir, digest) {
+        let saved = kaniko.join("cache").join("base").join(digest.to_string());
+        if saved.join("index.json").is_file() {
+            let mut image = OciLayout::open(&saved)?.resolve_digest(&digest, &opts.target_platform)?;
+            tracing::info!("base image {reference}: manifest and config from {}", saved.display());
+            image.name = reference.to_string();
+            return Ok(image);
+        }
+    }
+    let base_ref = image_ref(reference)?;
+    Ok(ext_oci::open_image(&base_ref, &opts.target_platform, &opts.store)?)
 }
 
 /// `root`, `0`, or no user at all (which means root) as the run image's final user.

@@ -7,6 +7,7 @@
 //! - [`export`]: builds the app image from the (extended) run image, the app and the launch
 //!   layers, never including extension layers.
 
+pub mod build_phase;
 pub mod error;
 pub mod export;
 pub mod extend;
@@ -14,6 +15,7 @@ pub mod extension_layer;
 pub mod files;
 pub mod generate;
 
+pub use build_phase::{BuilderHandoff, exec_builder};
 pub use error::{LifecycleError, Phase};
 pub use export::{ExportOptions, ExportReport, export};
 pub use extend::{ExtendOptions, ExtendReport, Kind, extend};

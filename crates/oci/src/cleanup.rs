@@ -66,6 +66,14 @@ pub fn register_process(pid: u32) -> ProcessGuard {
     ProcessGuard(id)
 }
 
+/// Keeps a process group (led by `pgid`) registered until dropped: an interrupt kills every
+/// process in it.
+pub fn register_process_group(pgid: u32) -> ProcessGuard {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    registry().processes.insert(id, -(pgid as i32));
+    ProcessGuard(id)
+}
+
 /// Records `signal`, kills registered processes, waits briefly for them to go, then removes
 /// registered paths.
 pub fn run_now(signal: i32) {
@@ -74,6 +82,7 @@ pub fn run_now(signal: i32) {
         let r = registry();
         (r.paths.values().cloned().collect(), r.processes.values().copied().collect())
     };
+    // A negative pid is a process group.
     for &pid in &pids {
         // SAFETY: sending a signal has no memory-safety implications.
         unsafe {
@@ -81,7 +90,7 @@ pub fn run_now(signal: i32) {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(2);
-    while pids.iter().any(|p| is_running(*p)) && Instant::now() < deadline {
+    while pids.iter().any(|p| is_running(p.abs())) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     for p in paths {

@@ -423,6 +423,38 @@ impl OciLayout {
     }
 }
 
+impl OciLayout {
+    /// Finds the image whose manifest (or index) has `digest`: an entry of index.json, or any
+    /// blob of the layout with that digest (layouts written by the CNB restorer into
+    /// `<kaniko-dir>/cache/base/<digest>` may hold only the manifest and config).
+    pub fn resolve_digest(&self, digest: &Digest, platform: &Platform) -> Result<Image> {
+        let name = format!("oci:{}@{digest}", self.dir().display());
+        let index = self.index()?;
+        let listed = index.manifests().iter().find(|d| d.digest().to_string() == digest.to_string());
+        let desc = match listed {
+            Some(d) => d.clone(),
+            None => {
+                let bytes = self.store.read_verified(digest, None)?;
+                let media_type = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("mediaType").and_then(Value::as_str).map(String::from))
+                    .unwrap_or_else(|| media::OCI_MANIFEST.to_string());
+                oci_spec::image::DescriptorBuilder::default()
+                    .media_type(oci_spec::image::MediaType::from(media_type.as_str()))
+                    .digest(oci_spec::image::Digest::from(digest))
+                    .size(bytes.len() as u64)
+                    .build()
+                    .map_err(|e| OciError::Malformed {
+                        path: self.dir().into(),
+                        what: "descriptor",
+                        reason: e.to_string(),
+                    })?
+            }
+        };
+        resolve_descriptor(&self.store, &desc, platform, &name)
+    }
+}
+
 /// The tag annotation of an index entry.
 pub fn ref_name(d: &Descriptor) -> Option<&str> {
     d.annotations().as_ref()?.get(media::REF_NAME).map(String::as_str)

@@ -19,6 +19,7 @@ pub mod reference;
 pub mod registry;
 pub mod store;
 pub mod targuard;
+pub mod tls;
 
 pub use config::{HistoryEntry, ImageConfig};
 pub use digest::{Digest, HashingWriter, VerifyingReader};

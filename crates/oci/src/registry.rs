@@ -149,6 +149,16 @@ fn client_for(registry: &str, opts: &StoreOptions) -> Result<Arc<RegistryClient>
         https_proxy: if loopback { None } else { env(&["HTTPS_PROXY", "https_proxy"]) },
         http_proxy: if loopback { None } else { env(&["HTTP_PROXY", "http_proxy"]) },
         no_proxy: env(&["NO_PROXY", "no_proxy"]),
+        // Never the TLS stack's own lookup of system roots: it fails where the image has no
+        // CA bundle, even for plain-HTTP registries (see tls.rs).
+        tls_certs_only: crate::tls::trust_roots()
+            .certificates
+            .iter()
+            .map(|der| oci_client::client::Certificate {
+                encoding: oci_client::client::CertificateEncoding::Der,
+                data: der.clone(),
+            })
+            .collect(),
         ..ClientConfig::default()
     };
     let mut proxies = Vec::new();

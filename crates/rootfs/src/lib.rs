@@ -1,6 +1,8 @@
-//! Rootfs: the filesystem side of RUN. Safe layer unpacking ([`unpack_layer`]), a private
-//! root filesystem materialized once per session ([`Rootfs`]), the chroot sandbox
-//! ([`sandbox`]), and the snapshot differs that turn a RUN's changes into a layer ([`diff`]).
+//! Rootfs: the filesystem side of RUN. Safe layer unpacking ([`unpack_layer`]), the two places
+//! RUN can happen behind one interface ([`RunRoot`]): a private root filesystem materialized
+//! once per session with the chroot sandbox ([`Rootfs`], [`sandbox`]), or the live root of the
+//! container ext-extend runs in ([`LiveRoot`]); and the snapshot differs that turn a RUN's
+//! changes into a layer ([`diff`]).
 //!
 //! The unpacker applies OCI layer tars to a directory without ever touching anything outside
 //! it; [`safe_path`] holds the in-root path resolution it is built on, which other code can use
@@ -8,7 +10,9 @@
 
 pub mod diff;
 pub mod error;
+pub mod live;
 pub mod rootfs;
+pub mod run_root;
 pub mod safe_path;
 pub mod sandbox;
 pub mod scratch;
@@ -17,7 +21,9 @@ pub mod unpack;
 
 pub use diff::{Change, IgnoreSet, Snapshot, StatIndex, write_snapshot};
 pub use error::{EscapeKind, ResolveError, RootfsError, UnpackError, UnsafeReason};
+pub use live::{LiveRoot, container_evidence};
 pub use rootfs::{CacheFill, Rootfs, RunOutcome, SnapshotMode};
+pub use run_root::RunRoot;
 pub use safe_path::{resolve_in_root, resolve_parent_in_root};
 pub use sandbox::{Network, RunSpec};
 pub use scratch::Scratch;

@@ -433,6 +433,32 @@ impl Rootfs {
     }
 }
 
+impl crate::run_root::RunRoot for Rootfs {
+    fn add_layer(&mut self, tar: &mut dyn Read, name: &str) -> Result<UnpackStats, RootfsError> {
+        Rootfs::add_layer(self, tar, name)
+    }
+
+    fn read_file(&self, rel: &str) -> Option<Vec<u8>> {
+        Rootfs::read_file(self, rel)
+    }
+
+    fn run(&mut self, spec: &RunSpec) -> Result<RunOutcome, RootfsError> {
+        Rootfs::run(self, spec)
+    }
+
+    fn layers_added(&self) -> usize {
+        self.layers_added
+    }
+
+    fn snapshot_kind(&self) -> &'static str {
+        if self.uses_overlay() { "overlayfs snapshots" } else { "stat-index snapshots" }
+    }
+
+    fn finish(self: Box<Self>) {
+        let _ = self.remove();
+    }
+}
+
 /// Unpacks a layer into `<cache>/<digest hex>/`: into a temporary directory first, renamed into
 /// place only when complete (if another build got there first, its copy is as good as ours),
 /// then records the diffID it was verified against in `<digest hex>.diffid`. An entry without

@@ -3,6 +3,8 @@
 //! A missing tool fails the test with a hint: CI installs them with scripts/install-deps.sh.
 #![allow(dead_code)]
 
+pub mod container;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -30,6 +32,18 @@ pub fn make_run_image(dir: &Path, tag: &str, distroless: bool) {
         cmd.arg("--distroless");
     }
     let out = cmd.output().unwrap();
+    assert!(out.status.success(), "make-run-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Builds a test image with the project's script; `flavor`: `--distroless` or `--fake-apt`.
+pub fn make_image(dir: &Path, tag: &str, flavor: &str) {
+    require("umoci");
+    let out = Command::new(repo_root().join("testdata/scripts/make-run-image.sh"))
+        .arg(dir)
+        .arg(tag)
+        .arg(flavor)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "make-run-image.sh failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
@@ -70,9 +84,23 @@ pub fn build_err(args: &[&str], code: i32) -> String {
     stderr
 }
 
+/// `layout` through a symlink without `:` when it has one (`<extended>/run/sha256:<hex>`):
+/// skopeo's and umoci's `DIR:TAG` syntax cannot name such a directory.
+pub fn colon_free(layout: &Path) -> (Option<tempfile::TempDir>, PathBuf) {
+    if !layout.to_string_lossy().contains(':') {
+        return (None, layout.to_path_buf());
+    }
+    let d = tempfile::tempdir().unwrap();
+    let link = d.path().join("layout");
+    std::os::unix::fs::symlink(layout, &link).unwrap();
+    (Some(d), link)
+}
+
 /// `umoci unpack` of `layout:tag` into a fresh bundle; returns (tempdir guard, rootfs path).
 pub fn umoci_unpack(layout: &Path, tag: &str) -> (tempfile::TempDir, PathBuf) {
     require("umoci");
+    let (_link, layout) = colon_free(layout);
+    let layout = layout.as_path();
     let d = tempfile::tempdir().unwrap();
     let bundle = d.path().join("bundle");
     let out = Command::new("umoci")
@@ -89,6 +117,7 @@ pub fn umoci_unpack(layout: &Path, tag: &str) -> (tempfile::TempDir, PathBuf) {
 /// `skopeo inspect` (or `--config`/`--raw`) of an OCI layout image, as JSON.
 pub fn skopeo_inspect(layout: &Path, tag: &str, extra: &[&str]) -> Value {
     require("skopeo");
+    let (_link, layout) = colon_free(layout);
     let out = Command::new("skopeo")
         .arg("inspect")
         .args(extra)
