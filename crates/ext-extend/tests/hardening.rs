@@ -158,3 +158,66 @@ fn schema_invalid_configs_are_refused_on_read() {
         "{stderr}"
     );
 }
+
+#[test]
+fn special_context_files_must_be_regular_files() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let shadow_first_line = fs::read_to_string("/etc/shadow").unwrap().lines().next().unwrap().to_string();
+    let user = shadow_first_line.split(':').next().unwrap().to_string();
+    for case in ["symlink", "fifo"] {
+        let ctx = t.path().join(format!("ctx-{case}"));
+        fs::create_dir_all(&ctx).unwrap();
+        write(&ctx.join("a.txt"), "a\n");
+        let ignore = ctx.join(".dockerignore");
+        match case {
+            "symlink" => std::os::unix::fs::symlink("/etc/shadow", &ignore).unwrap(),
+            _ => {
+                let c = std::ffi::CString::new(ignore.to_str().unwrap()).unwrap();
+                // SAFETY: a valid C string.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            }
+        }
+        let df = t.path().join("run.Dockerfile");
+        write(&df, "FROM ${base_image}\nCOPY . /ctx/\n");
+        let mut child = std::process::Command::new(bin())
+            .args(["build", "--from", &format!("oci:{}:latest", s(&base)), "-f", &s(&df), "--context", &s(&ctx)])
+            .args(["--output", &format!("oci:{}", s(&t.path().join("out")))])
+            .env("EXT_EXTEND_CACHE_DIR", test_cache())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{case}: ext-extend hangs on the .dockerignore");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let o = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{case}: {stderr}");
+        let want = if case == "symlink" { ".dockerignore: is a symbolic link" } else { ".dockerignore: is a FIFO" };
+        assert!(stderr.contains(want), "{case}: {stderr}");
+        assert!(!stderr.contains(&format!("{user}:")), "{case}: a line of /etc/shadow was quoted: {stderr}");
+    }
+    // The default Dockerfile of a context is read the same way.
+    let ctx = t.path().join("ctx-df");
+    fs::create_dir_all(&ctx).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", ctx.join("Dockerfile")).unwrap();
+    let stderr = build_err(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}:latest", s(&base)),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}", s(&t.path().join("out"))),
+        ],
+        2,
+    );
+    assert!(stderr.contains("is a symbolic link") && !stderr.contains(&format!("{user}:")), "{stderr}");
+}

@@ -137,7 +137,13 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
     // Parse and validate everything first: a bad Dockerfile fails before any image work.
     let mut parsed = Vec::new();
     for job in &jobs {
-        let text = fs::read_to_string(&job.dockerfile).map_err(LifecycleError::io(&job.dockerfile))?;
+        // An extension's output: a symlink to a host file or a FIFO is refused, not read.
+        let text = ext_executor::special_file::read_text(
+            &job.dockerfile,
+            ext_executor::special_file::Symlinks::Refuse,
+            ext_executor::special_file::MAX_DOCKERFILE,
+        )
+        .map_err(LifecycleError::io(&job.dockerfile))?;
         let df = Dockerfile::parse(&text, &job.dockerfile.display().to_string())
             .map_err(|e| LifecycleError::Extension { id: job.id.clone(), message: e.to_string() })?;
         for w in &df.warnings {
