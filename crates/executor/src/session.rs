@@ -447,7 +447,7 @@ impl Session {
             network: if op.network.as_deref() == Some("none") { Network::None } else { Network::Host },
             script,
         };
-        tracing::info!("{at} {text}");
+        tracing::info!("{at} {}", ext_oci::escape::for_terminal(text));
         let started = std::time::Instant::now();
         let outcome = rootfs.run(&spec).map_err(|e| match e {
             RootfsError::Spawn { program, source } if source.kind() == std::io::ErrorKind::NotFound => ExecError::step(

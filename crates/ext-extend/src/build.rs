@@ -76,12 +76,12 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
                 tracing::info!(
                     "{} {} -> layer {} ({} bytes)",
                     report.location,
-                    report.text,
+                    ext_oci::escape::for_terminal(&report.text),
                     layer.digest.short(),
                     layer.size
                 );
                 for p in report.paths.iter().take(MAX_LISTED_PATHS) {
-                    tracing::info!("  + {p}");
+                    tracing::info!("  + {}", ext_oci::escape::text(p));
                 }
                 if report.paths.len() > MAX_LISTED_PATHS {
                     tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);

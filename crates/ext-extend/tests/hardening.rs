@@ -221,3 +221,35 @@ fn special_context_files_must_be_regular_files() {
     );
     assert!(stderr.contains("is a symbolic link") && !stderr.contains(&format!("{user}:")), "{stderr}");
 }
+
+#[test]
+fn escape_sequences_in_names_and_dockerfiles_never_reach_the_terminal() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    // A context file whose name clears the screen and turns text red.
+    write(&ctx.join("evil\x1b[2J\x1b[31mname"), "x\n");
+    let df = t.path().join("run.Dockerfile");
+    let run = |dockerfile: &str| {
+        write(&df, dockerfile);
+        std::process::Command::new(bin())
+            .args(["build", "--from", &format!("oci:{}:latest", s(&base)), "-f", &s(&df), "--context", &s(&ctx)])
+            .args(["--output", &format!("oci:{}", s(&t.path().join("out")))])
+            .env("EXT_EXTEND_CACHE_DIR", test_cache())
+            .output()
+            .unwrap()
+    };
+    let o = run("FROM ${base_image}\nCOPY . /ctx/\nLABEL x=\"\x1b]0;title\x07\"\nRUN true \x1b[1A\n");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr:?}");
+    assert!(stderr.contains(r"+ /ctx/evil\e[2J\e[31mname"), "{stderr:?}");
+    assert!(stderr.contains(r"RUN true \e[1A"), "{stderr:?}");
+    assert!(!stderr.contains('\x1b') && !stderr.contains('\x07'), "raw control characters: {stderr:?}");
+    let o = run("FROM ${base_image}\nRUN false \x1b[1A\n");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr:?}");
+    assert!(stderr.contains(r"error: ") && stderr.contains(r"`RUN false \e[1A` failed"), "{stderr:?}");
+    assert!(!stderr.contains('\x1b'), "raw control characters: {stderr:?}");
+}

@@ -10,6 +10,23 @@ use std::path::Path;
 /// Displays bytes with everything unprintable escaped (`\e`, `\n`, `\x9b`, `\u{202e}`, `\\`).
 pub struct Escaped<'a>(pub &'a [u8]);
 
+/// A whole message for the terminal: like [`Escaped`], but backslashes are kept as they are
+/// (messages quote Dockerfile text, where `\` is common and unambiguous).
+pub fn for_terminal(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for part in message.split_inclusive('\\') {
+        // Each piece ends in at most one backslash; escape the rest, keep that one.
+        match part.strip_suffix('\\') {
+            Some(rest) => {
+                out.push_str(&text(rest).to_string());
+                out.push('\\');
+            }
+            None => out.push_str(&text(part).to_string()),
+        }
+    }
+    out
+}
+
 /// A path for a message.
 pub fn path(p: &Path) -> Escaped<'_> {
     Escaped(p.as_os_str().as_bytes())
@@ -62,6 +79,12 @@ impl fmt::Debug for Escaped<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_messages_keep_backslashes() {
+        assert_eq!(for_terminal("cannot expand `${a\\}`: \x1b[2J"), "cannot expand `${a\\}`: \\e[2J");
+        assert_eq!(for_terminal("a\x1b[31mb\nc"), "a\\e[31mb\\nc");
+    }
 
     #[test]
     fn unprintable_characters_are_escaped() {
