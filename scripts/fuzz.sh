@@ -8,7 +8,8 @@
 # (checked in); new inputs go to target/fuzz-corpus/ (merge the interesting ones back with
 # `cargo +nightly fuzz cmin`). A crash leaves its input in fuzz/artifacts/<target>/ and fails.
 # Needs root (the unpacker target creates devices and trusted.* xattrs), a nightly toolchain
-# and cargo-fuzz; both are installed here when missing.
+# and cargo-fuzz; both are installed here when missing. The unpacker target makes a directory
+# tree per input: with TMPDIR on a tmpfs (/dev/shm by default) it runs ~50x faster than on disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,10 @@ if ! rustup toolchain list | grep -q '^nightly'; then
 fi
 if ! command -v cargo-fuzz >/dev/null; then
   cargo install cargo-fuzz --locked
+fi
+
+if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then
+  export TMPDIR=/dev/shm
 fi
 
 for t in "${targets[@]}"; do

@@ -60,8 +60,8 @@ layer("whiteout-through-symlink", [entry("w", S, link=canary), entry("w/.wh.cana
 layer("opaque-through-symlink", [entry("o", S, link=canary), entry("o/.wh..wh..opq")])
 layer("dir-replaced-by-symlink", [entry("d", D, mode=0o755), entry("d", S, link=canary), entry("d/pwned", data=b"x")])
 
-# Header bombs: a GNU long name and a PAX record far beyond any real path (64 MiB), and a
-# gzip bomb (200 MiB of zeros in one file, about 200 KB compressed).
+# Header bombs: a GNU long name and a PAX record far beyond any real path (8 MiB), and a
+# gzip bomb (100 MiB of zeros in one file, about 100 KB compressed).
 def raw_header(name, kind, size):
     h = bytearray(512)
     h[: len(name)] = name
@@ -76,7 +76,7 @@ def raw_header(name, kind, size):
     h[148:156] = b"%06o\0 " % sum(h)
     return bytes(h)
 
-big = 64 << 20
+big = 8 << 20  # twice the 4 MiB limit
 with open(os.path.join(args.out, "gnu-longname-bomb.tar"), "wb") as f:
     f.write(raw_header(b"././@LongLink", "L", big))
     f.write(b"a" * big)
@@ -86,7 +86,7 @@ with open(os.path.join(args.out, "pax-bomb.tar"), "wb") as f:
     head = b"%d path=" % big
     f.write(head + b"a" * (big - len(head)))
     f.write(raw_header(b"x", "0", 0) + b"\0" * 1024)
-zeros = 200 << 20
+zeros = 100 << 20
 with gzip.GzipFile(os.path.join(args.out, "gzip-bomb.tar.gz"), "wb", compresslevel=9, mtime=0) as f:
     f.write(raw_header(b"bomb", "0", zeros))
     chunk = b"\0" * (1 << 20)

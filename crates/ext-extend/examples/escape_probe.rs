@@ -28,6 +28,8 @@ fn main() {
     // SAFETY (whole function): plain system calls on valid C strings.
     unsafe {
         println!("euid: {}", libc::geteuid());
+        let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
+        println!("uid_map: {}", uid_map.split_whitespace().collect::<Vec<_>>().join(" "));
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         for key in ["CapEff:", "CapBnd:", "NoNewPrivs:", "Seccomp:"] {
             if let Some(l) = status.lines().find(|l| l.starts_with(key)) {

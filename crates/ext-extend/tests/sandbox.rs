@@ -25,8 +25,7 @@ impl Corpus {
         let canary = dir.path().join("host");
         fs::create_dir_all(&canary).unwrap();
         fs::write(canary.join("canary"), "original\n").unwrap();
-        let probe = bin().parent().unwrap().join("examples/escape_probe");
-        assert!(probe.is_file(), "{} missing (cargo test builds the examples)", probe.display());
+        let probe = escape_probe();
         let out = Command::new(repo_root().join("testdata/scripts/make-hostile-corpus.py"))
             .arg(dir.path().join("corpus"))
             .args(["--canary", &s(&canary), "--probe", &s(&probe)])
@@ -82,6 +81,23 @@ impl Corpus {
     }
 }
 
+/// The escape_probe example, built (or found up to date) by cargo: `cargo test --test sandbox`
+/// alone does not build examples.
+fn escape_probe() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let o = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "ext-extend", "--example", "escape_probe"])
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cargo build --example escape_probe: {}", String::from_utf8_lossy(&o.stderr));
+    });
+    let probe = bin().parent().unwrap().join("examples/escape_probe");
+    assert!(probe.is_file(), "{} missing", probe.display());
+    probe
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -94,6 +110,7 @@ fn probe_report(o: &Output) -> std::collections::BTreeMap<String, String> {
         .filter(|(k, _)| {
             [
                 "euid",
+                "uid_map",
                 "CapEff",
                 "CapBnd",
                 "NoNewPrivs",
@@ -173,6 +190,8 @@ fn root_in_run_cannot_leave_the_image_root() {
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
         let r = probe_report(&o);
         assert_eq!(r.get("euid").map(String::as_str), Some("0"), "{mode}: {r:?}");
+        // Image root is root of a user namespace, host uid 2^31: not host root.
+        assert_eq!(r.get("uid_map").map(String::as_str), Some("0 2147483648 2147483647"), "{mode}: {r:?}");
         // The chroot climb works as a system call, but ends in the image root: the host path
         // is not there.
         assert!(r["chroot-climb"].starts_with("refused"), "{mode}: {r:?}");
@@ -273,7 +292,7 @@ fn a_gzip_bomb_stops_before_the_scratch_disk_is_full() {
     let c = Corpus::new();
     let base = c.path().join("img-bomb");
     make_run_image(&base, "latest", false);
-    // The bomb as it is: 200 MiB of tar in ~200 KB of gzip.
+    // The bomb as it is: 100 MiB of tar in ~100 KB of gzip.
     let gz = c.layer("gzip-bomb.tar.gz");
     let mut tar = Vec::new();
     flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut tar).unwrap();

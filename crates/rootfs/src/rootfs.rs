@@ -73,6 +73,8 @@ pub struct Rootfs {
     cache_hits: usize,
     /// Layers this session just unpacked into the cache (not hits when they are added).
     just_filled: std::collections::HashSet<String>,
+    /// RUN in a user namespace over idmapped mounts (image root is not host root).
+    user_namespace: bool,
 }
 
 /// One layer for [`Rootfs::fill_layer_cache`]: its digest, a name for messages, and how to
@@ -127,7 +129,8 @@ impl Rootfs {
             fs::create_dir_all(&flat).map_err(RootfsError::io(&flat))?;
             Strategy::Stat { index: None }
         };
-        tracing::debug!(overlay = use_overlay, "rootfs strategy");
+        let user_namespace = crate::userns::supported(scratch, sandbox::overlay_extra_options());
+        tracing::debug!(overlay = use_overlay, user_namespace, "rootfs strategy");
         Ok(Rootfs {
             scratch: scratch.to_path_buf(),
             strategy,
@@ -137,6 +140,7 @@ impl Rootfs {
             layer_cache: None,
             cache_hits: 0,
             just_filled: Default::default(),
+            user_namespace,
         })
     }
 
@@ -324,6 +328,14 @@ impl Rootfs {
         let run_dir = self.scratch.join(format!("r/{}", self.runs));
         let resolv = copy_host_file("/etc/resolv.conf", &run_dir.join("resolv.conf"))?;
         let hosts = copy_host_file("/etc/hosts", &run_dir.join("hosts"))?;
+        let idmapped = run_dir.join("i");
+        let user_namespace = match self.user_namespace {
+            true => Some((
+                std::sync::Arc::new(crate::userns::UserNamespace::create().map_err(RootfsError::io("user namespace"))?),
+                idmapped.clone(),
+            )),
+            false => None,
+        };
         match &mut self.strategy {
             Strategy::Overlay { layers } => {
                 let layers = layers.clone();
@@ -331,8 +343,9 @@ impl Rootfs {
                 // metadata for the directories they need, so they never reach the upper dir.
                 let mounts_rel = format!("r/{}/m", self.runs);
                 self.make_mount_layer(&self.scratch.join(&mounts_rel), &layers)?;
-                let upper_rel = format!("r/{}/u", self.runs);
-                let work_rel = format!("r/{}/w", self.runs);
+                // Siblings in a directory of their own: one idmapped mount covers both.
+                let upper_rel = format!("r/{}/uw/u", self.runs);
+                let work_rel = format!("r/{}/uw/w", self.runs);
                 let merged = self.scratch.join(format!("r/{}/root", self.runs));
                 for d in [&upper_rel, &work_rel] {
                     let p = self.scratch.join(d);
@@ -357,11 +370,13 @@ impl Rootfs {
                     }),
                     resolv_conf: resolv,
                     hosts,
+                    user_namespace,
                 };
                 let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
                     .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
                 let command_time = started.elapsed();
+                let _ = fs::remove_dir_all(&idmapped);
                 let work = self.scratch.join(&work_rel);
                 let _ = fs::remove_dir_all(&work);
                 let upper = self.scratch.join(&upper_rel);
@@ -390,7 +405,8 @@ impl Rootfs {
                     Some(i) => i,
                     None => StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?,
                 };
-                let fs_spec = SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts };
+                let fs_spec =
+                    SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts, user_namespace };
                 let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
                     .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;

@@ -102,6 +102,9 @@ pub struct SandboxFs {
     /// sandbox never reach the host's files). The mount points must exist in the root.
     pub resolv_conf: Option<PathBuf>,
     pub hosts: Option<PathBuf>,
+    /// Run in this user namespace, over idmapped mounts (see [`crate::userns`]), with the
+    /// mount points for them under this (empty) directory.
+    pub user_namespace: Option<(std::sync::Arc<crate::userns::UserNamespace>, PathBuf)>,
 }
 
 /// Runs `spec` in a sandbox on `fs`. The command's stdout and stderr both go to our stderr
@@ -132,6 +135,9 @@ pub fn run(fs: &SandboxFs, spec: &RunSpec) -> io::Result<ExitStatus> {
 struct Prepared {
     ns_flags: libc::c_int,
     overlay: Option<(CString, CString)>, // (base dir, mount data)
+    /// The user namespace to enter, and the idmapped mounts (source, mount point) to make.
+    userns: Option<libc::c_int>,
+    idmaps: Vec<(CString, CString)>,
     root: CString,
     proc_dir: CString,
     dev_dir: CString,
@@ -168,15 +174,39 @@ impl Prepared {
         if spec.network == Network::None {
             ns_flags |= libc::CLONE_NEWNET;
         }
+        // With a user namespace, every directory the root is made of is seen through an idmapped
+        // mount of it (mount points created here, before fork).
+        let mut idmaps = Vec::new();
+        let mut idmap = |src: &Path, name: &str| -> io::Result<PathBuf> {
+            let (_, dir) = fs.user_namespace.as_ref().expect("only with a user namespace");
+            let dst = dir.join(name);
+            std::fs::create_dir_all(&dst)?;
+            idmaps.push((cpath(src)?, cpath(&dst)?));
+            Ok(dst)
+        };
+        let rel =
+            |base: &Path, p: &Path| -> String { p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned() };
+        let mut root = fs.root.clone();
         let overlay = match &fs.overlay {
             Some(o) => {
-                let data = format!(
-                    "lowerdir={},upperdir={},workdir={}{}",
-                    o.lowers.join(":"),
-                    o.upper,
-                    o.work,
-                    overlay_extra_options()
-                );
+                let (lowers, upper, work) = if fs.user_namespace.is_some() {
+                    let mut lowers = Vec::new();
+                    for (i, l) in o.lowers.iter().enumerate() {
+                        lowers.push(rel(&o.base, &idmap(&o.base.join(l), &i.to_string())?));
+                    }
+                    // The upper and work dirs must be on one mount: their common parent's.
+                    let (upper, work) = (o.base.join(&o.upper), o.base.join(&o.work));
+                    let parent = upper.parent().filter(|p| Some(*p) == work.parent()).ok_or_else(|| {
+                        io::Error::other("the overlay's upper and work dirs must share a parent directory")
+                    })?;
+                    let mapped = idmap(parent, "uw")?;
+                    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    (lowers, rel(&o.base, &mapped.join(name(&upper))), rel(&o.base, &mapped.join(name(&work))))
+                } else {
+                    (o.lowers.clone(), o.upper.clone(), o.work.clone())
+                };
+                let data =
+                    format!("lowerdir={},upperdir={upper},workdir={work}{}", lowers.join(":"), overlay_extra_options());
                 if data.len() >= 4000 {
                     return Err(io::Error::other(format!(
                         "too many layers for one overlay mount ({} lower directories)",
@@ -185,9 +215,14 @@ impl Prepared {
                 }
                 Some((cpath(&o.base)?, cstr(data)?))
             }
-            None => None,
+            None => {
+                if fs.user_namespace.is_some() {
+                    root = idmap(&fs.root, "root")?;
+                }
+                None
+            }
         };
-        let r = |sub: &str| cpath(&fs.root.join(sub));
+        let r = |sub: &str| cpath(&root.join(sub));
         let devices =
             [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
                 .iter()
@@ -231,7 +266,9 @@ impl Prepared {
         Ok(Prepared {
             ns_flags,
             overlay,
-            root: cpath(&fs.root)?,
+            userns: fs.user_namespace.as_ref().map(|(ns, _)| ns.raw_fd()),
+            idmaps,
+            root: cpath(&root)?,
             proc_dir: r("proc")?,
             dev_dir: r("dev")?,
             devices,
@@ -277,11 +314,24 @@ impl Prepared {
             // Now PID 1 of the new PID namespace.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
             let confined = libc::MS_NOSUID | libc::MS_NODEV;
+            if let Some(userns) = self.userns {
+                for (src, dst) in &self.idmaps {
+                    crate::userns::mount_idmapped(src, dst, userns)?;
+                }
+            }
             match &self.overlay {
                 Some((base, data)) => {
                     check(libc::chdir(base.as_ptr()))?;
-                    mount(c"overlay", &self.root, c"overlay", confined, data.as_ptr().cast())?;
+                    let mount_overlay = || mount(c"overlay", &self.root, c"overlay", confined, data.as_ptr().cast());
+                    if self.userns.is_some() {
+                        // Over idmapped layers, overlayfs creates files with its mounter's ids.
+                        crate::userns::as_namespace_root(mount_overlay)?;
+                    } else {
+                        mount_overlay()?;
+                    }
                 }
+                // The idmapped mount is the root's own mount, `nosuid,nodev` already.
+                None if self.userns.is_some() => {}
                 None => {
                     // A mount of its own, for the flags and for pivot_root.
                     mount_bind(&self.root, &self.root)?;
@@ -333,6 +383,13 @@ impl Prepared {
             check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
             check(libc::chdir(c"/".as_ptr()))?;
             check(libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()))?;
+            if let Some(userns) = self.userns {
+                // From here on, image root is the namespace's root, nobody on the host. The
+                // mount namespace stays owned by the host's: nothing can be mounted in it.
+                check(libc::setns(userns, libc::CLONE_NEWUSER))?;
+                check(libc::setresgid(0, 0, 0))?;
+                check(libc::setresuid(0, 0, 0))?;
+            }
             for part in &self.workdir_parts {
                 if libc::mkdir(part.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
                     return Err(io::Error::last_os_error());
@@ -416,7 +473,7 @@ unsafe fn mount_bind(src: &CStr, target: &CStr) -> io::Result<()> {
 
 /// Options that keep the upper directory a plain, self-contained diff: no metadata-only
 /// copy-up (file data would stay in a lower layer) and no redirects for renamed directories.
-fn overlay_extra_options() -> &'static str {
+pub(crate) fn overlay_extra_options() -> &'static str {
     static OPTS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     OPTS.get_or_init(|| {
         let supports = |name: &str| Path::new("/sys/module/overlay/parameters").join(name).exists();
