@@ -20,6 +20,8 @@
 //! - `no_new_privs` and a seccomp filter ([`crate::seccomp::SeccompProfile::docker_default`]:
 //!   `mount`, `umount2`, `pivot_root`, `unshare`, `setns`, namespace flags to `clone`,
 //!   `open_by_handle_at`, `kexec_*`, `bpf`, keyrings, modules, ... answer `EPERM`).
+//! - where the kernel allows it, a user namespace over idmapped mounts ([`crate::userns`]):
+//!   image root is then not host root at all.
 //!
 //! Everything the pre-exec hook needs is prepared before `fork` (C strings, the mount option
 //! string, the seccomp programs): between `fork` and `exec` only async-signal-safe system calls
