@@ -220,6 +220,7 @@ class Env:
         self.bstore = self.tmp / "buildah-store"
         self.registry: str | None = None
         self.limit_rootfs = self.tmp / "limit-rootfs"
+        self.live_rootfs = self.tmp / "live-rootfs"
         self.ext_layers: dict[str, list[Path]] = {}  # workload -> new layers of the last ext-extend run
 
 
@@ -239,6 +240,45 @@ def ext_build(env: Env, name: str, dfs: list[tuple[str, Path]], base_ref: str, o
         s.output_bytes = new_blob_bytes(out_dir, base_digests)
         s.info["new_layers"] = [str(p) for p in new_layers(out_dir, base_digests)]
     s.parts["build"] = s.wall
+    return s
+
+
+def ext_live(env: Env, name: str, df: str, ctx: Path, base_digests: set[str]) -> Sample:
+    """ext-extend as platforms run the drop-in extender: inside the image's own root filesystem
+    (a copy of the unpacked 300 MB base), with the live-root executor. The benchmark's inputs
+    and outputs are bind-mounted in (mount points never reach a layer). Afterwards the tree is
+    restored from the new layer's entries (untimed)."""
+    # bench/work (base, output, scratch, cache) is mounted whole, so the output hard-links the
+    # base blobs as in W2 (a link across mount points would be a copy).
+    root, out = env.live_rootfs, env.tmp / "out-live"
+    shutil.rmtree(out, ignore_errors=True)
+    env.ext_cache.mkdir(parents=True, exist_ok=True)
+    binds = {EXT: "ext-extend", WORK: "bench/work", DOCKERFILES: "bench/dockerfiles"}
+    for src, dst in binds.items():
+        (root / dst).parent.mkdir(parents=True, exist_ok=True)
+        if Path(src).is_dir():
+            (root / dst).mkdir(exist_ok=True)
+        else:
+            (root / dst).touch()
+    (root / ".dockerenv").touch()
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "dev").mkdir(exist_ok=True)
+    mounts = [f"mount -t proc proc {root}/proc", f"mount --rbind /dev {root}/dev"] + \
+        [f"mount --bind {src} {root}/{dst}" for src, dst in binds.items()]
+    inside = lambda p: "/bench/work/" + str(Path(p).relative_to(WORK))
+    inner = ["/ext-extend", "build", "--live-root", "--from", f"oci:{inside(env.base)}:latest", "--output",
+             f"oci:{inside(out)}:latest", "--scratch-dir", inside(env.scratch), "--cache-dir", inside(env.ext_cache),
+             "--log-level", "info", "-f", f"/bench/dockerfiles/{df}", "--context", inside(ctx)]
+    script = " && ".join(mounts + ["exec chroot " + str(root) + " " + " ".join(inner)])
+    s, _, stderr = measure(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env.logs, name,
+                           env=RUN_ENV)
+    s.info = parse_ext_log(stderr)
+    s.output_bytes = new_blob_bytes(out, base_digests)
+    layers = new_layers(out, base_digests)
+    s.info["new_layers"] = [str(p) for p in layers]
+    s.parts["build"] = s.wall
+    for layer in layers:
+        restore(env, layer_entries(layer), root)
     return s
 
 
@@ -297,14 +337,14 @@ def limit_run(env: Env, name: str, cmd: str, layer: list[tuple[str, str]], threa
     s, _, _ = measure(argv, env.logs, name + "-layer")
     total.add(s, "tar+gzip+sha256")
     total.output_bytes = json.loads((env.logs / f"{name}-layer.out").read_text())["size"]
-    restore(env, layer)
+    restore(env, layer, env.limit_rootfs)
     return total
 
 
-def restore(env: Env, layer: list[tuple[str, str]]) -> None:
+def restore(env: Env, layer: list[tuple[str, str]], root: Path) -> None:
     pristine = env.root / "rootfs-300"
     for path, kind in sorted(layer, key=lambda e: -len(e[0])):
-        src, dst = pristine / path, env.limit_rootfs / path
+        src, dst = pristine / path, root / path
         if kind == "dir" and src.is_dir():
             continue
         if dst.is_dir() and not dst.is_symlink():
@@ -392,6 +432,10 @@ def make_workloads(env: Env) -> list[Workload]:
         Workload("W3", "three Dockerfiles (COPY 20 MB, RUN, RUN) in one extend", {
             "ext-extend": ext("W3", w3), **({"buildah": buildah(w3)} if peers else {}),
             "limit 1 thread": limit_runs("W3", w3_steps, 1), "limit 2 threads": limit_runs("W3", w3_steps, 2)}, n),
+        Workload("W2-live", "W2 with the live-root executor, inside a copy of the base's root filesystem", {
+            "ext-extend": lambda env, name: ext_live(env, name, "w2.Dockerfile", r / "ctx-empty", env.base_digests)},
+                 n, "how platforms run the drop-in extender: no unpacking, RUN as a plain child process, "
+                    "changes from a stat walk of /"),
         Workload("W1-cold", "W1 with ext-extend's caches emptied before each run", {
             "ext-extend": ext("W1-cold", w1, cold=True)}, 3,
                  "no header-index cache: the base layers' headers are read again", no_warmup=True),
@@ -921,6 +965,8 @@ def main() -> int:
     # The chroot copy of the base for the RUN limits.
     if any(w.key in ("W2", "W3") for w in wls):
         subprocess.run(["cp", "-a", env.root / "rootfs-300", env.limit_rootfs], check=True)
+    if any(w.key == "W2-live" for w in wls):
+        subprocess.run(["cp", "-a", env.root / "rootfs-300", env.live_rootfs], check=True)
 
     results: dict = {}
     skipped: dict = {}
@@ -994,6 +1040,7 @@ def main() -> int:
     shutil.rmtree(env.bstore, ignore_errors=True)
     shutil.rmtree(env.scratch, ignore_errors=True)
     shutil.rmtree(env.limit_rootfs, ignore_errors=True)
+    shutil.rmtree(env.live_rootfs, ignore_errors=True)
     return 0
 
 

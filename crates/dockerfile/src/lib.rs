@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod expand;
+pub mod heredoc;
 pub mod parse;
 pub mod plan;
 pub mod words;

@@ -5,6 +5,7 @@
 use parse_dockerfile as pd;
 
 use crate::error::{DockerfileError, Location};
+use crate::heredoc::{self, HereDoc};
 use crate::words::join_continuations;
 
 /// The FROM that a Dockerfile without one is given, so `ext-extend build -f` works on files that
@@ -110,14 +111,17 @@ impl Dockerfile {
     /// Parses and validates `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Dockerfile, DockerfileError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        match parse_raw(text, file, None) {
+        let (text, docs) = heredoc::extract(text, file)?;
+        let text = text.as_str();
+        let docs = docs.as_slice();
+        match parse_raw(text, file, None, docs) {
             Err(e) if needs_implicit_from(&e) => {
                 let at = directives_end(text);
                 let mut with_from = String::with_capacity(text.len() + IMPLICIT_FROM.len());
                 with_from.push_str(&text[..at]);
                 with_from.push_str(IMPLICIT_FROM);
                 with_from.push_str(&text[at..]);
-                parse_raw(&with_from, file, Some(at))
+                parse_raw(&with_from, file, Some(at), docs)
             }
             other => other,
         }
@@ -152,7 +156,12 @@ fn directives_end(text: &str) -> usize {
 
 /// Parses `text`. `implicit_from_at` is the byte offset where an implicit FROM line was
 /// inserted, so reported lines can be mapped back to the user's file.
-fn parse_raw(text: &str, file: &str, implicit_from_at: Option<usize>) -> Result<Dockerfile, DockerfileError> {
+fn parse_raw(
+    text: &str,
+    file: &str,
+    implicit_from_at: Option<usize>,
+    docs: &[HereDoc],
+) -> Result<Dockerfile, DockerfileError> {
     let lines = LineIndex::new(text, implicit_from_at);
     let parsed = pd::parse(text).map_err(|e| {
         let mut line = e.line();
@@ -163,16 +172,7 @@ fn parse_raw(text: &str, file: &str, implicit_from_at: Option<usize>) -> Result<
         }
         let message = e.to_string();
         // parse-dockerfile appends its own "at line N column M"; we print our own location.
-        let mut message = message.split(" at line ").next().unwrap_or(&message).to_string();
-        if message.starts_with("unknown instruction")
-            && let Some(here) = heredoc_line_before(text, e.line())
-        {
-            // The body of a here-document the parser did not recognise shows up as an "unknown
-            // instruction"; point at the instruction that opened it instead.
-            line = here - usize::from(implicit_from_at.is_some_and(|at| here > lines.line_of(at)));
-            message = "a here-document is supported only where it starts the command (`RUN <<EOF`, `COPY <<EOF /dest`)"
-                .into();
-        }
+        let message = heredoc::restore(message.split(" at line ").next().unwrap_or(&message), docs);
         DockerfileError::Syntax { at: Location { file: file.into(), line }, message }
     })?;
     let escape = parsed.parser_directives.escape.as_ref().map_or('\\', |d| d.value.value);
@@ -189,7 +189,7 @@ fn parse_raw(text: &str, file: &str, implicit_from_at: Option<usize>) -> Result<
         let is_implicit = implicit_from_at == Some(start);
         let line = lines.line_of(start);
         let at = Location { file: file.into(), line };
-        let source = instruction_text(&text[start..end], escape);
+        let source = heredoc::restore(&instruction_text(&text[start..end], escape), docs);
 
         if let pd::Instruction::From(f) = ins {
             if implicit_from_at.is_some() && !is_implicit {
@@ -213,7 +213,7 @@ fn parse_raw(text: &str, file: &str, implicit_from_at: Option<usize>) -> Result<
             continue;
         }
 
-        let kind = convert(ins, text, escape, &at, &mut warnings)?;
+        let kind = convert(ins, text, escape, &at, docs, &mut warnings)?;
         let instruction = Instruction { line, text: source, kind };
         if from.is_none() {
             global_args.push(instruction);
@@ -234,6 +234,7 @@ fn convert(
     text: &str,
     escape: char,
     at: &Location,
+    docs: &[HereDoc],
     warnings: &mut Vec<Warning>,
 ) -> Result<Kind, DockerfileError> {
     let mut warn = |name: &str| {
@@ -252,8 +253,8 @@ fn convert(
         pd::Instruction::User(u) => Kind::User(u.arguments.value.to_string()),
         pd::Instruction::Workdir(w) => Kind::Workdir(w.arguments.value.to_string()),
         pd::Instruction::Shell(s) => Kind::Shell(s.arguments.iter().map(|a| a.value.to_string()).collect()),
-        pd::Instruction::Copy(c) => copy_kind(false, &c.options, &c.src, &c.dest, &text[c.copy.span.end..], at)?,
-        pd::Instruction::Add(c) => copy_kind(true, &c.options, &c.src, &c.dest, &text[c.add.span.end..], at)?,
+        pd::Instruction::Copy(c) => copy_kind(false, &c.options, &c.src, &c.dest, docs, at)?,
+        pd::Instruction::Add(c) => copy_kind(true, &c.options, &c.src, &c.dest, docs, at)?,
         pd::Instruction::Run(r) => {
             let flags = flags(&r.options);
             if let Some(f) = flags.iter().find(|f| f.name != "network") {
@@ -264,13 +265,8 @@ fn convert(
                     supported: "--network=default|none|host",
                 });
             }
-            let heredocs = r
-                .here_docs
-                .iter()
-                .zip(heredoc_names(&text[r.run.span.end..]))
-                .map(|(h, name)| RawSource::HereDoc { name, body: h.value.to_string(), expand: h.expand })
-                .collect();
-            Kind::Run { flags, command: command(&r.arguments, escape), heredocs }
+            let (command, heredocs) = run_command(command(&r.arguments, escape), docs, at)?;
+            Kind::Run { flags, command, heredocs }
         }
         pd::Instruction::Cmd(c) => {
             warn("CMD");
@@ -327,7 +323,7 @@ fn copy_kind(
     options: &[pd::Flag<'_>],
     src: &[pd::Source<'_>],
     dest: &pd::UnescapedString<'_>,
-    after_keyword: &str,
+    docs: &[HereDoc],
     at: &Location,
 ) -> Result<Kind, DockerfileError> {
     let instruction = if add { "ADD" } else { "COPY" };
@@ -348,20 +344,56 @@ fn copy_kind(
             }
         }
     }
-    let mut names = heredoc_names(after_keyword).into_iter();
     let sources = src
         .iter()
         .map(|s| match s {
-            pd::Source::Path(p) => RawSource::Path(p.value.to_string()),
-            pd::Source::HereDoc(h) => RawSource::HereDoc {
-                name: names.next().unwrap_or_else(|| "heredoc".into()),
-                body: h.value.to_string(),
-                expand: h.expand,
+            pd::Source::Path(p) => match heredoc::placeholder_index(&p.value).and_then(|n| docs.get(n)) {
+                Some(d) => RawSource::HereDoc { name: d.name.clone(), body: d.content(), expand: d.expand },
+                None => RawSource::Path(p.value.to_string()),
             },
             _ => RawSource::Path(String::new()),
         })
         .collect();
-    Ok(Kind::Copy { add, flags, sources, dest: dest.value.to_string() })
+    Ok(Kind::Copy { add, flags, sources, dest: heredoc::restore(&dest.value, docs) })
+}
+
+/// A RUN's command with its here-documents, as BuildKit runs them: a command that is just one
+/// here-document runs the body (as a script if it starts with `#!`), any other shell command
+/// runs with its here-documents appended, for the shell to read (`RUN python3 <<EOF`,
+/// `RUN cat <<EOF > f`, several at once).
+fn run_command(
+    command: RawCommand,
+    docs: &[HereDoc],
+    at: &Location,
+) -> Result<(RawCommand, Vec<RawSource>), DockerfileError> {
+    let RawCommand::Shell(cmd) = command else {
+        if let RawCommand::Exec(argv) = &command
+            && argv.iter().any(|a| !heredoc::placeholders_in(a).is_empty())
+        {
+            return Err(DockerfileError::Invalid {
+                at: at.clone(),
+                message: "here-documents need the shell form of RUN, not the exec (JSON) form".into(),
+            });
+        }
+        return Ok((command, Vec::new()));
+    };
+    let used: Vec<&HereDoc> = heredoc::placeholders_in(&cmd).into_iter().filter_map(|n| docs.get(n)).collect();
+    if used.is_empty() {
+        return Ok((RawCommand::Shell(cmd), Vec::new()));
+    }
+    if let [only] = used.as_slice()
+        && heredoc::placeholder_index(cmd.trim()).is_some()
+    {
+        let doc = RawSource::HereDoc { name: only.name.clone(), body: only.content(), expand: false };
+        return Ok((RawCommand::Shell(String::new()), vec![doc]));
+    }
+    let mut full = heredoc::restore(&cmd, docs);
+    for d in used {
+        full.push('\n');
+        full.push_str(&d.body);
+        full.push_str(&d.name);
+    }
+    Ok((RawCommand::Shell(full), Vec::new()))
 }
 
 fn flags(options: &[pd::Flag<'_>]) -> Vec<Flag> {
@@ -377,35 +409,6 @@ fn command(c: &pd::Command<'_>, escape: char) -> RawCommand {
         pd::Command::Shell(s) => RawCommand::Shell(join_continuations(s.value, escape)),
         _ => RawCommand::Exec(Vec::new()),
     }
-}
-
-/// The delimiters of `<<NAME`, `<<-NAME`, `<<"NAME"` here-documents in an instruction line; the
-/// parser keeps their bodies but not their names, and COPY names the file after them.
-fn heredoc_names(text: &str) -> Vec<String> {
-    let first_line = text.lines().next().unwrap_or("");
-    let mut names = Vec::new();
-    let mut rest = first_line;
-    while let Some(i) = rest.find("<<") {
-        rest = &rest[i + 2..];
-        let r = rest.strip_prefix('-').unwrap_or(rest);
-        let r = r.trim_start_matches(['"', '\'']);
-        let name: String =
-            r.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-' || *c == '.').collect();
-        if !name.is_empty() {
-            names.push(name);
-        }
-    }
-    names
-}
-
-/// The nearest line before `line` (1-based) that opens a here-document, if any.
-fn heredoc_line_before(text: &str, line: usize) -> Option<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    (1..line.min(lines.len() + 1)).rev().find(|&n| {
-        let l = lines[n - 1].trim_start();
-        let upper = l.get(..4).map(str::to_ascii_uppercase);
-        matches!(upper.as_deref(), Some("RUN " | "COPY" | "ADD ")) && l.contains("<<")
-    })
 }
 
 fn instruction_start(ins: &pd::Instruction<'_>) -> usize {

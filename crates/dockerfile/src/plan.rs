@@ -239,6 +239,21 @@ impl Dockerfile {
     }
 
     /// Plans the Dockerfile against an image whose config `Env` is `image_env`.
+    /// The names the file's ARG instructions declare (before and after FROM): the build args
+    /// it consumes.
+    pub fn declared_args(&self) -> Vec<String> {
+        self.global_args
+            .iter()
+            .chain(&self.instructions)
+            .filter_map(|i| match &i.kind {
+                Kind::Arg(text) => parse_args(text, self.escape).ok(),
+                _ => None,
+            })
+            .flatten()
+            .map(|p| p.key)
+            .collect()
+    }
+
     pub fn plan(
         &self,
         build_args: &BTreeMap<String, String>,

@@ -114,7 +114,7 @@ fn errors_name_file_line_and_reason() {
         ("FROM ${base_image}\nUSER ${nobody}\n", 2, "empty user"),
         ("ARG base_image\nFROM ${base_image}\nUSER 1\n", 2, "base_image` is not set"),
         ("COPY a b\nFROM x\n", 2, "FROM must come before"),
-        ("FROM ${base_image}\nRUN cat <<EOF > /x\nhi\nEOF\n", 2, "here-document"),
+        ("FROM ${base_image}\nRUN cat <<EOF > /x\nhi\n", 2, "here-document `<<EOF` has no terminating `EOF` line"),
     ];
     for (text, line, needle) in cases {
         let build: &[(&str, &str)] = if text.contains("is not set") || text.starts_with("ARG base_image") {
@@ -211,4 +211,23 @@ fn lowercase_and_healthcheck() {
     assert_eq!(hc.test, vec!["CMD-SHELL", "curl -f http://localhost/"]);
     assert_eq!(hc.interval_ns, Some(30_000_000_000));
     assert_eq!(hc.retries, Some(3));
+}
+
+#[test]
+fn run_heredocs_as_buildkit_runs_them() {
+    let text = "FROM ${base_image}\nRUN <<EOF sh\necho one\nEOF\nRUN python3 <<'PY'\nprint(\"$HOME\")\nPY\nRUN cat <<EOF > /f\nhello\nEOF\nRUN <<A cat > /a && <<-B cat > /b\nfirst\nA\n\tsecond\n\tB\nRUN <<-EOF\n\techo chomped\n\tEOF\nUSER 1000\n";
+    let df = Dockerfile::parse(text, "f").unwrap();
+    assert_eq!(df.instructions[0].text, "RUN <<EOF sh", "history keeps the marker");
+    assert_eq!(df.instructions.last().unwrap().line, 19, "lines after here-documents stay right");
+    let ops = plan_ops(text, &[("base_image", "b")], &[]);
+    let shell = |i: usize| match &ops[i] {
+        Op::Run(r) => r.command.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(shell(0), RunCommand::Shell("<<EOF sh\necho one\nEOF".into()));
+    assert_eq!(shell(1), RunCommand::Shell("python3 <<'PY'\nprint(\"$HOME\")\nPY".into()));
+    assert_eq!(shell(2), RunCommand::Shell("cat <<EOF > /f\nhello\nEOF".into()));
+    assert_eq!(shell(3), RunCommand::Shell("<<A cat > /a && <<-B cat > /b\nfirst\nA\n\tsecond\nB".into()));
+    assert_eq!(shell(4), RunCommand::Shell("echo chomped\n".into()), "a lone here-document is the command");
+    assert_eq!(ops[5], Op::User("1000".into()));
 }

@@ -152,33 +152,47 @@ impl BuildContext {
             .map(|(_, v)| v))
     }
 
-    /// Resolves a COPY source (a path or a glob, relative to the context) to entries, following
-    /// symlinks on the way (the source itself included) as Docker does, but only inside the
-    /// context.
-    pub fn resolve_source(&self, source: &str) -> Result<Vec<&ContextEntry>> {
+    /// Resolves a COPY source (a path or a wildcard pattern, relative to the context) to what
+    /// it names, following symlinks on the way (the source itself included) as BuildKit does,
+    /// but only inside the context. A wildcard matching nothing gives nothing (BuildKit skips
+    /// it); a missing plain path gives nothing too, and the caller says it is missing.
+    pub fn resolve_source(&self, source: &str) -> Result<Vec<Matched<'_>>> {
         let cleaned = clean_relative(source).ok_or_else(|| ExecError::Context {
             dir: self.root.clone(),
             message: format!("`{source}` is outside the build context"),
         })?;
-        if has_glob(&cleaned) {
-            let glob = globset::GlobBuilder::new(&cleaned)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| ExecError::Context { dir: self.root.clone(), message: format!("`{source}`: {e}") })?
-                .compile_matcher();
-            let mut out = Vec::new();
-            for e in self.entries()?.values() {
-                if !e.path.is_empty() && glob.is_match(&e.path) {
-                    out.push(self.follow(&e.path, source)?);
-                }
+        let components: Vec<&str> = cleaned.split('/').collect();
+        let Some(first) = components.iter().position(|c| has_glob(c)) else {
+            return Ok(self
+                .lookup(&cleaned, source)?
+                .map(|entry| Matched { name: cleaned.clone(), entry })
+                .into_iter()
+                .collect());
+        };
+        // BuildKit (fsutil's ResolveWildcards): the components before the first wildcard are a
+        // path (symlinks followed), the rest a pattern for the paths below it, matched like Go's
+        // filepath.Match: `*` stays within one component, so `**` is just `*` twice.
+        let prefix = components[..first].join("/");
+        let pattern = collapse_stars(&components[first..].join("/"));
+        let base = match self.lookup(&prefix, source)? {
+            Some(ContextEntry { kind: EntryKind::Dir, path, .. }) => path.clone(),
+            _ => return Ok(Vec::new()),
+        };
+        let glob = globset::GlobBuilder::new(&pattern)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| ExecError::Context { dir: self.root.clone(), message: format!("`{source}`: {e}") })?
+            .compile_matcher();
+        let skip = if base.is_empty() { 0 } else { base.len() + 1 };
+        let mut out = Vec::new();
+        for e in self.children_of(&base)? {
+            let rel = &e.path[skip..];
+            if glob.is_match(rel) {
+                out.push(Matched { name: join(&prefix, rel), entry: self.follow(&e.path, source)? });
             }
-            return Ok(out);
         }
-        match self.lookup(&cleaned, source)? {
-            Some(e) => Ok(vec![e]),
-            None => Ok(vec![]),
-        }
+        Ok(out)
     }
 
     /// Looks up a cleaned relative path, following symlinks in every component.
@@ -194,10 +208,9 @@ impl BuildContext {
                 if hops > MAX_SYMLINK_HOPS {
                     return Err(self.escape_error(source, &candidate, target, "too many levels of symlinks"));
                 }
-                if target.starts_with('/') {
-                    return Err(self.escape_error(source, &candidate, target, "points to an absolute path"));
-                }
-                let base = parent(&candidate);
+                // An absolute target starts again at the context's root, as BuildKit resolves
+                // it (the context is the source's root filesystem).
+                let base = if target.starts_with('/') { "" } else { parent(&candidate) };
                 let joined = join(base, target);
                 let Some(clean) = clean_relative(&joined) else {
                     return Err(self.escape_error(source, &candidate, target, "points outside the build context"));
@@ -238,6 +251,34 @@ impl BuildContext {
     }
 }
 
+/// A COPY source as matched: its own path in the context (the copy is named after it, even
+/// when it is a symlink) and the entry it leads to.
+#[derive(Debug, Clone)]
+pub struct Matched<'a> {
+    pub name: String,
+    pub entry: &'a ContextEntry,
+}
+
+/// `**` (or more) -> `*`, escapes kept: Go's filepath.Match reads `**` as two `*`.
+fn collapse_stars(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.push(c);
+            if let Some(n) = chars.next() {
+                out.push(n);
+            }
+            continue;
+        }
+        if c == '*' && out.ends_with('*') && !out.ends_with("\\*") {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
@@ -272,8 +313,12 @@ mod tests {
         (d, c)
     }
 
-    fn paths(v: Vec<&ContextEntry>) -> Vec<String> {
-        v.into_iter().map(|e| e.path.clone()).collect()
+    fn paths(v: Vec<Matched<'_>>) -> Vec<String> {
+        v.into_iter().map(|m| m.entry.path.clone()).collect()
+    }
+
+    fn names(v: Vec<Matched<'_>>) -> Vec<String> {
+        v.into_iter().map(|m| m.name).collect()
     }
 
     #[test]
@@ -286,17 +331,39 @@ mod tests {
         assert_eq!(paths(c.resolve_source("link").unwrap()), vec!["src/a.txt"]);
         assert_eq!(paths(c.resolve_source("srclink/sub/c.txt").unwrap()), vec!["src/sub/c.txt"]);
         assert!(c.resolve_source("missing").unwrap().is_empty());
+        assert_eq!(names(c.resolve_source("link").unwrap()), vec!["link"], "named after the source, not its target");
+        // `**` is not recursive (Go's filepath.Match): it matches one component like `*`.
+        assert_eq!(paths(c.resolve_source("**/*.txt").unwrap()), vec!["src/a.txt", "src/b.txt"]);
+        assert_eq!(paths(c.resolve_source("src/**").unwrap()), vec!["src/a.txt", "src/b.txt", "src/sub"]);
+        assert_eq!(names(c.resolve_source("srclink/*.txt").unwrap()), vec!["srclink/a.txt", "srclink/b.txt"]);
+        assert!(c.resolve_source("*.none").unwrap().is_empty());
         let kids: Vec<String> = c.children_of("src").unwrap().map(|e| e.path.clone()).collect();
         assert_eq!(kids, vec!["src/a.txt", "src/b.txt", "src/sub", "src/sub/c.txt"]);
+    }
+
+    /// docker/Dockerfile sends the repository as its context: its .dockerignore must keep the
+    /// build output (several GB) out, as any context reader that honours it does.
+    #[test]
+    fn the_repository_context_leaves_out_build_output() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let c = BuildContext::open(&repo).unwrap();
+        assert!(c.get("Cargo.toml").unwrap().is_some() && c.get("docker/Dockerfile").unwrap().is_some());
+        assert!(c.get("target").unwrap().is_none(), "target/ is ignored");
+        assert!(c.get(".git").unwrap().is_none(), ".git/ is ignored");
     }
 
     #[test]
     fn escapes_are_errors() {
         let (_d, c) = ctx();
-        for bad in ["../x", "src/../../x", "escape", "absolute"] {
+        for bad in ["../x", "src/../../x", "escape"] {
             let e = c.resolve_source(bad).unwrap_err().to_string();
             assert!(e.contains("outside") || e.contains("absolute"), "{bad}: {e}");
         }
+        // An absolute target resolves inside the context, as BuildKit does.
+        assert!(c.resolve_source("absolute").unwrap().is_empty(), "no etc/passwd in the context");
+        symlink("/src/a.txt", c.root().join("abs-in")).unwrap();
+        let c = BuildContext::open(c.root()).unwrap();
+        assert_eq!(paths(c.resolve_source("abs-in").unwrap()), vec!["src/a.txt"]);
         assert!(c.check_inner_symlink("src/l", "../../../x").is_err());
         assert!(c.check_inner_symlink("src/l", "../link").is_ok());
     }

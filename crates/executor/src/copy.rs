@@ -6,10 +6,12 @@
 //! destination ending in `/`, an existing directory, or several sources mean "copy into this
 //! directory"; a directory source copies its contents; globs match within one path component;
 //! new files are owned by 0:0 unless `--chown`; `--chmod` sets the mode of what is copied;
-//! missing parent directories are created (0755, owned like the files); existing ones are left
+//! missing parent directories are created (0755, or the `--chmod` mode; owned like the files); existing ones are left
 //! alone (they are not written into the layer, so their metadata cannot change); symlinks in
-//! the destination path are followed inside the image root; hard links within one COPY stay
-//! hard links; ADD extracts local tar archives (plain or gzip) and refuses URLs.
+//! the destination path are followed inside the image root; hard links within one source
+//! stay hard links (each link after its target in the layer), files linked across sources
+//! become separate copies, as in BuildKit; ADD extracts local tar archives (plain, gzip, bzip2,
+//! xz; `--chmod` not applied to their members) and refuses URLs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -18,7 +20,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ext_dockerfile::{CopyOp, CopySource, Location};
-use ext_oci::{EntryMeta, LayerWriter};
+use ext_oci::{BUILD_TIME, EntryMeta, LayerWriter};
 
 use crate::context::{BuildContext, ContextEntry, EntryKind};
 use crate::error::{ExecError, Result};
@@ -29,7 +31,12 @@ use crate::users::Ids;
 #[derive(Debug, Clone)]
 enum Content {
     Dir,
-    File { path: PathBuf },
+    /// `inode`: (source number, device, inode) of a multiply-linked file, so files that are
+    /// one inode within one source become hard links (see [`CopyPlan::link_hardlinks`]).
+    File {
+        path: PathBuf,
+        inode: Option<(usize, u64, u64)>,
+    },
     Inline(Vec<u8>),
     Symlink(String),
     Hardlink(String),
@@ -63,8 +70,11 @@ pub struct CopyInput<'a> {
 /// One resolved source: an entry of some context (the build context, or an extracted archive).
 struct Item<'a> {
     context: &'a BuildContext,
+    /// The source's own path (a symlink's copy is named after the link, not its target).
+    name: &'a str,
     entry: &'a ContextEntry,
-    /// Archive contents keep their owners (unless `--chown`).
+    /// An extracted archive: its members keep their owners (unless `--chown`) and modes
+    /// (`--chmod` does not apply to them).
     keep_owner: bool,
 }
 
@@ -82,7 +92,8 @@ impl CopyPlan {
         // Archives are extracted into contexts of their own, which must outlive the items.
         let mut archives: Vec<BuildContext> = Vec::new();
         let mut inline: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut matched: Vec<(usize, &ContextEntry)> = Vec::new(); // (archive index + 1 or 0, entry)
+        // (archive index + 1 or 0, the source's own name, the entry it leads to)
+        let mut matched: Vec<(usize, String, &ContextEntry)> = Vec::new();
         for src in &op.sources {
             match src {
                 CopySource::Url(url) => {
@@ -96,35 +107,42 @@ impl CopyPlan {
                         ExecError::Context { message, .. } => step(format!("{name} source {message}")),
                         other => other,
                     })?;
+                    if found.is_empty() && has_wildcard(p) {
+                        // BuildKit skips a wildcard that matches nothing.
+                        tracing::info!("{}: {name} source `{p}` matches nothing in the build context", input.at);
+                        continue;
+                    }
                     if found.is_empty() {
                         return Err(step(format!(
                             "{name} source `{p}` not found in the build context {}",
                             input.context.root().display()
                         )));
                     }
-                    for e in found {
+                    for m in found {
+                        let e = m.entry;
                         if op.add && matches!(e.kind, EntryKind::File { .. }) {
                             let disk = input.context.disk_path(e);
                             if let Some(ctx) = extract_archive(&disk, input.scratch, archives.len(), input.at)? {
                                 archives.push(ctx);
-                                matched.push((archives.len(), e));
+                                matched.push((archives.len(), m.name, e));
                                 continue;
                             }
                         }
-                        matched.push((0, e));
+                        matched.push((0, m.name, e));
                     }
                 }
             }
         }
         let items: Vec<Item<'_>> = matched
             .iter()
-            .map(|&(a, e)| -> Result<Item<'_>> {
-                Ok(match a {
-                    0 => Item { context: input.context, entry: e, keep_owner: false },
+            .map(|(a, name, e)| -> Result<Item<'_>> {
+                Ok(match *a {
+                    0 => Item { context: input.context, name, entry: e, keep_owner: false },
                     n => {
                         let ctx = &archives[n - 1];
                         Item {
                             context: ctx,
+                            name,
                             entry: ctx.get("")?.expect("an archive context has a root"),
                             keep_owner: true,
                         }
@@ -132,8 +150,13 @@ impl CopyPlan {
                 })
             })
             .collect::<Result<_>>()?;
+        if items.is_empty() && inline.is_empty() {
+            // Only wildcards that matched nothing: no layer at all, as in BuildKit.
+            return Ok(CopyPlan::default());
+        }
 
         let count = items.len() + inline.len();
+        let copies_files = items.iter().any(|i| !i.keep_owner) || !inline.is_empty();
         let dest_resolved = input.tree.resolve(&dest_clean, true);
         let into_dir = dir_syntax || count > 1 || input.tree.is_dir(&dest_resolved);
         if count > 1 && !dir_syntax && !input.tree.is_dir(&dest_resolved) {
@@ -149,7 +172,6 @@ impl CopyPlan {
         };
 
         let mut plan = CopyPlan::default();
-        let mut links: HashMap<(u64, u64), String> = HashMap::new();
         let chmod = op.chmod.as_deref().map(|m| u32::from_str_radix(m, 8).expect("validated by the planner"));
         let owner_of = |e: &ContextEntry, keep: bool| -> (u64, u64) {
             match (input.owner, keep) {
@@ -159,13 +181,27 @@ impl CopyPlan {
             }
         };
 
-        for item in &items {
+        for (source, item) in items.iter().enumerate() {
             let e = item.entry;
+            // BuildKit applies --chmod to what COPY/ADD copies, never to an archive's members.
+            let chmod = if item.keep_owner { None } else { chmod };
             match &e.kind {
                 EntryKind::Dir => {
-                    let (uid, gid) = owner_of(e, item.keep_owner);
                     if !input.tree.is_dir(&dest_resolved) && !dest_resolved.is_empty() {
-                        plan.add(&dest_resolved, meta_of(&dest_resolved, e, chmod, uid, gid), Content::Dir);
+                        // The destination is made like a missing parent (BuildKit's MkdirAll:
+                        // 0755 or the --chmod mode, the --chown owner), not with the source
+                        // directory's metadata; an archive's is always 0755.
+                        let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
+                        let mode = chmod.unwrap_or(0o755);
+                        let meta = EntryMeta {
+                            path: dest_resolved.clone(),
+                            mode,
+                            uid,
+                            gid,
+                            mtime: BUILD_TIME,
+                            xattrs: vec![],
+                        };
+                        plan.add(&dest_resolved, meta, Content::Dir);
                     }
                     let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };
                     for child in item.context.children_of(&e.path)? {
@@ -176,41 +212,84 @@ impl CopyPlan {
                             &target,
                             chmod,
                             owner_of(child, item.keep_owner),
-                            &mut links,
+                            source,
                             input.at,
                         )?;
                     }
                 }
                 _ => {
-                    let target = if into_dir { join(&dest_resolved, leaf_name(&e.path)) } else { dest_file.clone() };
-                    plan.add_entry(
-                        item.context,
-                        e,
-                        &target,
-                        chmod,
-                        owner_of(e, item.keep_owner),
-                        &mut links,
-                        input.at,
-                    )?;
+                    let target = if into_dir { join(&dest_resolved, leaf_name(item.name)) } else { dest_file.clone() };
+                    plan.add_entry(item.context, e, &target, chmod, owner_of(e, item.keep_owner), source, input.at)?;
                 }
             }
         }
         for (name, content) in inline {
             let target = if into_dir { join(&dest_resolved, &name) } else { dest_file.clone() };
             let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
-            let meta =
-                EntryMeta { path: target.clone(), mode: chmod.unwrap_or(0o644), uid, gid, mtime: 0, xattrs: vec![] };
+            let meta = EntryMeta {
+                path: target.clone(),
+                mode: chmod.unwrap_or(0o644),
+                uid,
+                gid,
+                mtime: BUILD_TIME,
+                xattrs: vec![],
+            };
             plan.add(&target, meta, Content::Inline(content));
         }
+        plan.link_hardlinks();
         if plan.entries.is_empty() && dest_resolved.is_empty() {
             return Ok(plan);
         }
-        plan.add_missing_parents(input, if into_dir { &dest_resolved } else { &dest_file })?;
+        let owner = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
+        // BuildKit (fsutil since 2025) makes missing parents with the --chmod mode when there
+        // is one, except for an archive's destination (its unpack makes them 0755).
+        let parent_mode = match chmod {
+            Some(mode) if copies_files => mode,
+            _ => 0o755,
+        };
+        let dest = if into_dir { &dest_resolved } else { &dest_file };
+        plan.add_missing_parents(input.tree, input.at, owner, parent_mode, dest)?;
+        Ok(plan)
+    }
+
+    /// WORKDIR (BuildKit: `mkdir -p` as the USER in effect): the directory and its missing
+    /// parents, 0755, owned by `owner`; empty when the directory exists. `dir` is absolute.
+    pub fn workdir(tree: &dyn TreeView, dir: &str, owner: Ids, at: &Location) -> Result<CopyPlan> {
+        let mut plan = CopyPlan::default();
+        let resolved = tree.resolve(&clean_clamped(dir), true);
+        if tree.is_dir(&resolved) {
+            return Ok(plan);
+        }
+        if tree.node(&resolved).is_some() {
+            return Err(ExecError::step(at, format!("WORKDIR {dir}: `/{resolved}` is not a directory in the image")));
+        }
+        let (uid, gid) = (owner.uid.into(), owner.gid.into());
+        let meta = EntryMeta { path: resolved.clone(), mode: 0o755, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
+        plan.add(&resolved, meta, Content::Dir);
+        plan.add_missing_parents(tree, at, (uid, gid), 0o755, &resolved)?;
         Ok(plan)
     }
 
     fn add(&mut self, path: &str, meta: EntryMeta, content: Content) {
         self.entries.insert(path.to_string(), Planned { meta, content });
+    }
+
+    /// Files that are one inode within one source (BuildKit keeps hard links within a source,
+    /// not across sources) become hard links to the first of them in written (path) order, so
+    /// a link never precedes its target in the layer. Runs after every source is planned: a
+    /// later source may have replaced an entry of an earlier one.
+    fn link_hardlinks(&mut self) {
+        let mut first: HashMap<(usize, u64, u64), String> = HashMap::new();
+        for (path, planned) in &mut self.entries {
+            if let Content::File { inode: Some(key), .. } = planned.content {
+                match first.get(&key) {
+                    Some(target) => planned.content = Content::Hardlink(target.clone()),
+                    None => {
+                        first.insert(key, path.clone());
+                    }
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -221,7 +300,7 @@ impl CopyPlan {
         target: &str,
         chmod: Option<u32>,
         (uid, gid): (u64, u64),
-        links: &mut HashMap<(u64, u64), String>,
+        source: usize,
         at: &Location,
     ) -> Result<()> {
         if target.is_empty() {
@@ -237,17 +316,8 @@ impl CopyPlan {
             }
             EntryKind::File { .. } => {
                 meta.xattrs = read_xattrs(&ctx.disk_path(e));
-                if e.nlink > 1 {
-                    match links.get(&(e.dev, e.ino)) {
-                        Some(first) if self.entries.contains_key(first) => Content::Hardlink(first.clone()),
-                        _ => {
-                            links.insert((e.dev, e.ino), target.to_string());
-                            Content::File { path: ctx.disk_path(e) }
-                        }
-                    }
-                } else {
-                    Content::File { path: ctx.disk_path(e) }
-                }
+                let inode = (e.nlink > 1).then_some((source, e.dev, e.ino));
+                Content::File { path: ctx.disk_path(e), inode }
             }
             EntryKind::Other => {
                 return Err(ExecError::step(
@@ -264,7 +334,14 @@ impl CopyPlan {
     }
 
     /// Adds the destination's missing ancestors; errors if one of them is a file in the image.
-    fn add_missing_parents(&mut self, input: &CopyInput<'_>, dest: &str) -> Result<()> {
+    fn add_missing_parents(
+        &mut self,
+        tree: &dyn TreeView,
+        at: &Location,
+        (uid, gid): (u64, u64),
+        mode: u32,
+        dest: &str,
+    ) -> Result<()> {
         let mut needed: Vec<String> = Vec::new();
         let paths: Vec<String> = self.entries.keys().cloned().chain(std::iter::once(dest.to_string())).collect();
         for path in &paths {
@@ -273,11 +350,11 @@ impl CopyPlan {
                 if self.entries.contains_key(ancestor) || needed.iter().any(|n| n == ancestor) {
                     break;
                 }
-                match input.tree.node(ancestor) {
+                match tree.node(ancestor) {
                     Some(Node { kind: NodeKind::Dir, .. }) => break,
                     Some(_) => {
                         return Err(ExecError::step(
-                            input.at,
+                            at,
                             format!("cannot copy to `/{path}`: `/{ancestor}` is not a directory in the image"),
                         ));
                     }
@@ -286,9 +363,8 @@ impl CopyPlan {
                 ancestor = split(ancestor).0;
             }
         }
-        let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
         for dir in needed {
-            let meta = EntryMeta { path: dir.clone(), mode: 0o755, uid, gid, mtime: 0, xattrs: vec![] };
+            let meta = EntryMeta { path: dir.clone(), mode, uid, gid, mtime: BUILD_TIME, xattrs: vec![] };
             self.add(&dir, meta, Content::Dir);
         }
         Ok(())
@@ -318,7 +394,7 @@ impl CopyPlan {
                         .map_err(io_err(Path::new(&meta.path)))?;
                     bytes += data.len() as u64;
                 }
-                Content::File { path } => {
+                Content::File { path, .. } => {
                     let mut f =
                         File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
                     let size = f.metadata().map_err(io_err(path))?.size();
@@ -341,7 +417,7 @@ impl CopyPlan {
             if ImageTree::is_captured(path) {
                 let content = match &p.content {
                     Content::Inline(d) => d.clone(),
-                    Content::File { path: disk } => std::fs::read(disk).map_err(ExecError::io(disk))?,
+                    Content::File { path: disk, .. } => std::fs::read(disk).map_err(ExecError::io(disk))?,
                     _ => Vec::new(),
                 };
                 tree.capture(path, content);
@@ -381,42 +457,61 @@ fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// If `file` is a tar archive (plain or gzip), extracts it safely into a fresh directory and
-/// indexes that as a context; `None` if it is not an archive (ADD then copies it as a file).
-fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Result<Option<BuildContext>> {
-    let mut head = [0u8; 512];
-    let mut f = File::open(file).map_err(ExecError::io(file))?;
-    let got = read_up_to(&mut f, &mut head).map_err(ExecError::io(file))?;
-    let gzip = got >= 2 && head[..2] == [0x1f, 0x8b];
-    let is_bzip2 = got >= 3 && &head[..3] == b"BZh";
-    let is_xz = got >= 6 && head[..6] == [0xfd, b'7', b'z', b'X', b'Z', 0];
-    if is_bzip2 || is_xz {
-        return Err(ExecError::step(
-            at,
-            format!("ADD {}: bzip2 and xz archives are not supported; use a .tar or .tar.gz", file.display()),
-        ));
+/// How an ADD source is compressed (by its magic bytes, as BuildKit's DecompressStream).
+#[derive(Debug, Clone, Copy)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(b"BZh") {
+            Compression::Bzip2
+        } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+            Compression::Xz
+        } else {
+            Compression::None
+        }
     }
-    let tar_head = if gzip {
-        // Only a gzipped *tarball* is extracted; another gzip file is copied as is, like Docker.
-        let mut gz = flate2::read::MultiGzDecoder::new(File::open(file).map_err(ExecError::io(file))?);
-        let n = read_up_to(&mut gz, &mut head).unwrap_or(0);
-        &head[..n]
-    } else {
-        &head[..got]
-    };
+
+    fn reader(self, file: File) -> Box<dyn Read> {
+        let file = std::io::BufReader::new(file);
+        match self {
+            Compression::None => Box::new(file),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+            Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
+        }
+    }
+}
+
+/// If `file` is a tar archive (plain, gzip, bzip2 or xz), extracts it safely into a fresh
+/// directory and indexes that as a context; `None` if it is not an archive (ADD then copies it
+/// as a file, like Docker: a compressed file that is not a tarball stays as it is).
+fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Result<Option<BuildContext>> {
+    let open = || File::open(file).map_err(ExecError::io(file));
+    let mut head = [0u8; 512];
+    let got = read_up_to(&mut open()?, &mut head).map_err(ExecError::io(file))?;
+    let compression = Compression::sniff(&head[..got]);
+    let got = read_up_to(&mut compression.reader(open()?), &mut head).unwrap_or(0);
+    let tar_head = &head[..got];
     let is_tar = (tar_head.len() >= 262 && &tar_head[257..262] == b"ustar") || is_v7_tar(tar_head);
     if !is_tar {
         return Ok(None);
     }
-    let f = File::open(file).map_err(ExecError::io(file))?;
-    let reader: Box<dyn Read> = if gzip { Box::new(flate2::read::MultiGzDecoder::new(f)) } else { Box::new(f) };
     let dir = scratch.join(format!("add-{n}"));
     std::fs::create_dir_all(&dir).map_err(ExecError::io(&dir))?;
     let opts = ext_rootfs::UnpackOptions {
         whiteouts: ext_rootfs::WhiteoutMode::Apply,
         layer_name: file.display().to_string(),
     };
-    ext_rootfs::unpack_layer(&dir, reader, &opts).map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
+    ext_rootfs::unpack_layer(&dir, compression.reader(open()?), &opts)
+        .map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
     Ok(Some(BuildContext::open(&dir)?))
 }
 
@@ -441,6 +536,10 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+fn has_wildcard(source: &str) -> bool {
+    source.contains(['*', '?', '['])
 }
 
 fn leaf_name(path: &str) -> &str {

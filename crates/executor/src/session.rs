@@ -57,6 +57,8 @@ pub struct SessionOptions {
     /// (header indexes, unpacked layers). `None`: nothing is kept.
     pub cache_dir: Option<PathBuf>,
     pub executor: RunExecutor,
+    /// `-q`: a RUN's output is kept in the scratch dir and shown only if the command fails.
+    pub quiet: bool,
 }
 
 impl SessionOptions {
@@ -68,6 +70,7 @@ impl SessionOptions {
             ignore_paths: Vec::new(),
             cache_dir: None,
             executor: RunExecutor::Sandbox,
+            quiet: false,
         }
     }
 }
@@ -171,18 +174,24 @@ impl Session {
                 Op::Workdir(w) => {
                     let dir = self.resolve_workdir(w);
                     self.config.set_working_dir(&dir);
+                    if let Some((layer, paths)) = self.make_workdir(&dir, &at)? {
+                        report.layer = Some(layer);
+                        report.paths = paths;
+                    }
                 }
                 Op::Shell(s) => self.config.set_shell(s),
                 Op::Copy(op) => {
-                    let (layer, paths) = self.copy(op, &at, context)?;
-                    report.layer = Some(layer);
-                    report.paths = paths;
+                    if let Some((layer, paths)) = self.copy(op, &at, context)? {
+                        report.layer = Some(layer);
+                        report.paths = paths;
+                    }
                 }
                 Op::Run(run) => {
                     report.layer = self.run(run, &at, &step.text)?;
                 }
                 Op::Config(c) => self.apply_config(c, &mut cmd_set),
             }
+            log_layer(&report);
             self.record_history(step, &report, provenance);
             let size = self.config.canonical_len();
             if size > ext_oci::config::MAX_CONFIG_BYTES {
@@ -248,12 +257,52 @@ impl Session {
         Ok(self.tree.as_mut().expect("just built"))
     }
 
+    /// WORKDIR creates its directory (and missing parents) as the USER in effect, in a layer
+    /// of its own, as BuildKit does; nothing when it exists.
+    fn make_workdir(&mut self, dir: &str, at: &Location) -> Result<Option<(LayerBlob, Vec<String>)>> {
+        let user = match self.config.user() {
+            "" => "0".to_string(),
+            u => u.to_string(),
+        };
+        if self.is_live() {
+            // The directory must land on the live root too, for later RUNs and the build phase.
+            self.rootfs(at)?;
+        }
+        let tree = self.tree()?.view();
+        let (passwd, group) = (tree.captured("etc/passwd"), tree.captured("etc/group"));
+        let owner = users::resolve(&user, passwd.as_deref(), group.as_deref(), GroupDefault::Chown)
+            .map_err(|m| ExecError::step(at, format!("WORKDIR as USER {user}: {m}")))?;
+        let plan = CopyPlan::workdir(tree, dir, owner, at)?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        self.commit_plan(&plan, at).map(Some)
+    }
+
+    /// Writes a planned COPY/ADD/WORKDIR layer and makes it part of the image (metadata tree,
+    /// RUN rootfs).
+    fn commit_plan(&mut self, plan: &CopyPlan, at: &Location) -> Result<(LayerBlob, Vec<String>)> {
+        let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
+        plan.write(&mut writer)?;
+        let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
+        if let SessionTree::Image(tree) = self.tree()? {
+            plan.apply_to(tree)?;
+        }
+        if let Some(rootfs) = &mut self.rootfs {
+            // A later RUN must see what this layer added.
+            add_blob_to_rootfs(rootfs.as_mut(), &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
+        }
+        tracing::debug!("{at}: layer {} has {} entries", blob.digest.short(), blob.entries);
+        self.layers.push(blob.clone());
+        Ok((blob, plan.paths().map(|p| format!("/{p}")).collect()))
+    }
+
     fn copy(
         &mut self,
         op: &ext_dockerfile::CopyOp,
         at: &Location,
         context: &BuildContext,
-    ) -> Result<(LayerBlob, Vec<String>)> {
+    ) -> Result<Option<(LayerBlob, Vec<String>)>> {
         let workdir = self.workdir();
         let scratch = self.opts.scratch.join(format!("copy-{}", self.copies));
         self.copies += 1;
@@ -268,27 +317,21 @@ impl Session {
             Some(spec) => {
                 let (passwd, group) = (tree.captured("etc/passwd"), tree.captured("etc/group"));
                 Some(
-                    users::resolve(spec, passwd.as_deref(), group.as_deref(), GroupDefault::SameAsUid)
+                    users::resolve(spec, passwd.as_deref(), group.as_deref(), GroupDefault::Chown)
                         .map_err(|m| ExecError::step(at, format!("--chown={spec}: {m}")))?,
                 )
             }
             None => None,
         };
-        let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch })?;
-        let mut writer = LayerWriter::create(&self.blob_dir, self.opts.layer).map_err(ExecError::io(&self.blob_dir))?;
-        plan.write(&mut writer)?;
-        let blob = writer.finish().map_err(ExecError::io(&self.blob_dir))?;
-        if let SessionTree::Image(tree) = self.tree()? {
-            plan.apply_to(tree)?;
-        }
+        let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch });
+        let committed = match plan {
+            // Only wildcards that matched nothing: no layer (BuildKit drops the empty one).
+            Ok(plan) if plan.is_empty() => Ok(None),
+            Ok(plan) => self.commit_plan(&plan, at).map(Some),
+            Err(e) => Err(e),
+        };
         let _ = std::fs::remove_dir_all(&scratch);
-        if let Some(rootfs) = &mut self.rootfs {
-            // A later RUN must see what this COPY added.
-            add_blob_to_rootfs(rootfs.as_mut(), &blob.path, &blob.digest).map_err(|e| rootfs_error(at, e))?;
-        }
-        tracing::debug!("{at}: layer {} has {} entries", blob.digest.short(), blob.entries);
-        self.layers.push(blob.clone());
-        Ok((blob, plan.paths().map(|p| format!("/{p}")).collect()))
+        committed
     }
 
     /// The error for a base layer that failed to unpack: a damaged blob shows up as a gzip,
@@ -341,6 +384,15 @@ impl Session {
 
     /// The sandbox's rootfs, unpacked from every layer so far.
     fn unpack_rootfs(&mut self, at: &Location) -> Result<Rootfs> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            // Unpacking the image's files with their owners and entering namespaces both need
+            // root; without this, the first chown of the unpacking fails obscurely.
+            return Err(ExecError::step(
+                at,
+                "RUN needs root for its sandbox: run ext-extend as root (or, inside a container of the image being extended, with --live-root)",
+            ));
+        }
         let started = std::time::Instant::now();
         let dir = self.opts.scratch.join("rootfs");
         let mut rootfs =
@@ -419,6 +471,7 @@ impl Session {
         let workdir = self.workdir();
         let user_spec = self.config.user().to_string();
         let mut env = self.config.env();
+        let output = self.opts.quiet.then(|| self.opts.scratch.join("run-output"));
         let rootfs = self.rootfs(at)?;
         let passwd = rootfs.read_file("etc/passwd");
         let group = rootfs.read_file("etc/group");
@@ -446,6 +499,7 @@ impl Session {
             workdir,
             network: if op.network.as_deref() == Some("none") { Network::None } else { Network::Host },
             script,
+            output,
         };
         tracing::info!("{at} {}", ext_oci::escape::for_terminal(text));
         let started = std::time::Instant::now();
@@ -456,6 +510,14 @@ impl Session {
             ),
             other => rootfs_error(at, other),
         })?;
+        if let Some(path) = &spec.output {
+            // Quiet: the output of a command that failed is what the user needs to see.
+            if !outcome.status.success() {
+                let mut stderr = std::io::stderr().lock();
+                let _ = std::io::copy(&mut std::fs::File::open(path).map_err(ExecError::io(path))?, &mut stderr);
+            }
+            let _ = std::fs::remove_file(path);
+        }
         if !outcome.status.success() {
             return Err(ExecError::RunFailed {
                 at: at.clone(),
@@ -536,6 +598,28 @@ impl Session {
             rootfs.finish();
         }
         ExtendedImage { base: self.base, config: self.config, new_layers: self.layers }
+    }
+}
+
+/// How many paths of a COPY/ADD/WORKDIR layer the log lists.
+const MAX_LISTED_PATHS: usize = 20;
+
+/// Logs what a COPY/ADD/WORKDIR layer holds, as the step ends, so the log follows the
+/// Dockerfile's order (RUN steps log their own progress while they run).
+fn log_layer(report: &StepReport) {
+    let (Some(layer), false) = (&report.layer, report.paths.is_empty()) else { return };
+    tracing::info!(
+        "{} {} -> layer {} ({} bytes)",
+        report.location,
+        ext_oci::escape::for_terminal(&report.text),
+        layer.digest.short(),
+        layer.size
+    );
+    for p in report.paths.iter().take(MAX_LISTED_PATHS) {
+        tracing::info!("  + {}", ext_oci::escape::text(p));
+    }
+    if report.paths.len() > MAX_LISTED_PATHS {
+        tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);
     }
 }
 

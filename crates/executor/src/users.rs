@@ -23,8 +23,9 @@ fn lookup(db: Option<&[u8]>, name: &str) -> Option<(u32, Option<u32>)> {
 /// How a missing primary group is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupDefault {
-    /// `COPY --chown=user`: the gid is the uid's number (Docker's documented rule).
-    SameAsUid,
+    /// `COPY --chown=user`, `WORKDIR` (BuildKit's file operations): a user name takes its
+    /// primary group from `/etc/passwd`, a numeric uid is also the gid.
+    Chown,
     /// `USER user` for RUN: the user's primary group from `/etc/passwd` (0 if unknown).
     Primary,
 }
@@ -39,6 +40,7 @@ pub fn resolve(spec: &str, passwd: Option<&[u8]>, group: Option<&[u8]>, default:
         return Err(format!("`{spec}`: empty user"));
     }
     let (uid, primary) = match user.parse::<u32>() {
+        Ok(n) if default == GroupDefault::Chown => (n, Some(n)),
         Ok(n) => (n, lookup_by_uid(passwd, n)),
         Err(_) => {
             let (uid, primary) = lookup(passwd, user)
@@ -54,10 +56,7 @@ pub fn resolve(spec: &str, passwd: Option<&[u8]>, group: Option<&[u8]>, default:
                 .map(|(id, _)| id)
                 .ok_or_else(|| format!("group `{g}` is not in the image's /etc/group (use a numeric id)"))?,
         },
-        None => match default {
-            GroupDefault::SameAsUid => uid,
-            GroupDefault::Primary => primary.unwrap_or(0),
-        },
+        None => primary.unwrap_or(0),
     };
     Ok(Ids { uid, gid })
 }
@@ -121,9 +120,11 @@ mod tests {
     #[test]
     fn resolution_rules() {
         let r = |s, d| resolve(s, Some(PASSWD), Some(GROUP), d);
-        assert_eq!(r("1000", GroupDefault::SameAsUid), Ok(Ids { uid: 1000, gid: 1000 }));
+        assert_eq!(r("1000", GroupDefault::Chown), Ok(Ids { uid: 1000, gid: 1000 }));
+        assert_eq!(r("4242", GroupDefault::Chown), Ok(Ids { uid: 4242, gid: 4242 }));
         assert_eq!(r("1000", GroupDefault::Primary), Ok(Ids { uid: 1000, gid: 1001 }));
-        assert_eq!(r("cnb", GroupDefault::SameAsUid), Ok(Ids { uid: 1000, gid: 1000 }));
+        assert_eq!(r("cnb", GroupDefault::Chown), Ok(Ids { uid: 1000, gid: 1001 }), "primary group, not the uid");
+        assert_eq!(r("cnb:staff", GroupDefault::Chown), Ok(Ids { uid: 1000, gid: 50 }));
         assert_eq!(r("cnb", GroupDefault::Primary), Ok(Ids { uid: 1000, gid: 1001 }));
         assert_eq!(r("cnb:staff", GroupDefault::Primary), Ok(Ids { uid: 1000, gid: 50 }));
         assert_eq!(r("5:6", GroupDefault::Primary), Ok(Ids { uid: 5, gid: 6 }));

@@ -11,9 +11,8 @@ use ext_oci::{ImageRef, LayerOptions, MtimePolicy, Platform};
 use crate::Failure;
 use crate::cli::BuildArgs;
 
-const MAX_LISTED_PATHS: usize = 20;
-
-pub fn run(args: BuildArgs) -> Result<(), Failure> {
+/// `quiet`: `-q`, which also keeps RUN output off the terminal unless a command fails.
+pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
     let from: ImageRef = args.from.parse()?;
     let output: ImageRef = args.output.parse()?;
     let platform = match &args.platform {
@@ -49,6 +48,7 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         }
         dockerfiles.push((df, context.clone()));
     }
+    warn_unconsumed_build_args(&build_args, &dockerfiles);
 
     let store = args.store.options();
     let base = ext_oci::open_image(&from, &platform, &store)?;
@@ -64,30 +64,15 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
         ignore_paths: args.ignore_paths.clone(),
         cache_dir: Some(store.cache_dir()),
         executor,
+        quiet,
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);
     for (df, context_dir) in &dockerfiles {
         let context = BuildContext::open(context_dir)?;
         tracing::info!("applying {} (context {})", df.file, context_dir.display());
-        for report in session.apply(df, &build_args, &context, &Provenance::Standalone)? {
-            // RUN steps report their own progress; list what COPY/ADD layers hold.
-            if let (Some(layer), false) = (&report.layer, report.paths.is_empty()) {
-                tracing::info!(
-                    "{} {} -> layer {} ({} bytes)",
-                    report.location,
-                    ext_oci::escape::for_terminal(&report.text),
-                    layer.digest.short(),
-                    layer.size
-                );
-                for p in report.paths.iter().take(MAX_LISTED_PATHS) {
-                    tracing::info!("  + {}", ext_oci::escape::text(p));
-                }
-                if report.paths.len() > MAX_LISTED_PATHS {
-                    tracing::info!("  ... and {} more", report.paths.len() - MAX_LISTED_PATHS);
-                }
-            }
-        }
+        // Each step logs as it ends (Session), in Dockerfile order.
+        session.apply(df, &build_args, &context, &Provenance::Standalone)?;
     }
     let image = session.finish();
     let destination = target.describe();
@@ -101,6 +86,20 @@ pub fn run(args: BuildArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// BuildKit's warning for build args no ARG declares (typos, or args meant for another file).
+fn warn_unconsumed_build_args(build_args: &BTreeMap<String, String>, dockerfiles: &[(Dockerfile, PathBuf)]) {
+    let declared: std::collections::BTreeSet<String> =
+        dockerfiles.iter().flat_map(|(df, _)| df.declared_args()).collect();
+    let unused: Vec<&str> = build_args
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "base_image" && !ext_dockerfile::plan::PREDEFINED_ARGS.contains(k) && !declared.contains(*k))
+        .collect();
+    if !unused.is_empty() {
+        tracing::warn!("build args not consumed by any ARG: {}", unused.join(", "));
+    }
+}
+
 /// `KEY=VALUE`, or `KEY` from the environment (as `docker build` does); `base_image` is the
 /// `--from` reference unless given explicitly.
 fn parse_build_args(raw: &[String], from: &str) -> Result<BTreeMap<String, String>, Failure> {
@@ -112,6 +111,9 @@ fn parse_build_args(raw: &[String], from: &str) -> Result<BTreeMap<String, Strin
                 args.insert(k.to_string(), v.to_string());
             }
             Some(_) => return Err(Failure::input(anyhow!("--build-arg `{a}`: expected KEY=VALUE"))),
+            None if a.trim().is_empty() => {
+                return Err(Failure::input(anyhow!("--build-arg with an empty name: expected KEY=VALUE or KEY")));
+            }
             None => {
                 if let Ok(v) = std::env::var(a) {
                     args.insert(a.clone(), v);

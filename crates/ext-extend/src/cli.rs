@@ -10,14 +10,14 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Extend OCI images with Dockerfiles, natively: no Docker daemon, no Kaniko",
     long_about = "ext-extend applies Dockerfiles (the CNB image-extension subset: FROM, ADD, ARG, COPY, ENV, LABEL, RUN, SHELL, USER, WORKDIR) to an OCI image and writes the extended image. Base layers are carried over by digest, never decompressed or re-compressed; each COPY/ADD becomes one layer written straight from the build context.",
-    after_help = "Examples:\n  ext-extend build --from oci:run-image:latest -f run.Dockerfile --context ext-layer --output oci:out:extended\n  ext-extend build --from oci:base -f a.Dockerfile --context a -f b.Dockerfile --context b --output oci:out --json\n\nExit codes: 0 success, 2 bad input (usage, Dockerfile, context, reference), 1 other failures."
+    after_help = "Examples:\n  ext-extend build --from oci:run-image:latest \\\n      -f run.Dockerfile --context ext-layer --output oci:out:extended\n  ext-extend build --from oci:base --output oci:out --json \\\n      -f a.Dockerfile --context a -f b.Dockerfile --context b\n\nExit codes: 0 success, 2 bad input (usage, Dockerfile, context, reference),\n1 other failures."
 )]
 pub struct Cli {
-    /// Log level: error, warn, info, debug, trace (or set EXT_EXTEND_LOG).
-    #[arg(long, global = true, value_name = "LEVEL")]
+    /// Log level (EXT_EXTEND_LOG takes tracing directives instead).
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: Option<String>,
 
-    /// Only print warnings and errors on stderr.
+    /// Only print warnings and errors on stderr (build: RUN output only when a command fails).
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
@@ -169,7 +169,9 @@ pub struct BuildArgs {
     pub output: String,
 
     /// Platform to pick from a multi-platform base: os/arch[/variant]. Default: this machine's.
-    #[arg(long, value_name = "PLATFORM")]
+    /// (Named as in `extend` and `export`, where `--platform` is the CNB platform directory;
+    /// `--platform` still works here.)
+    #[arg(long = "target-platform", alias = "platform", value_name = "PLATFORM")]
     pub platform: Option<String>,
 
     /// gzip level for new layers (0-9). 1 is fast and what Kaniko uses; 6 is smaller.

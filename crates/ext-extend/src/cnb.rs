@@ -146,8 +146,11 @@ pub struct ExportArgs {
     /// The app image, as the lifecycle's exporter takes it (same as --output).
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
+    /// Platform (os/arch[/variant]) to pick from a multi-platform run image. Default: this
+    /// machine's.
     #[arg(long = "target-platform", value_name = "PLATFORM")]
     pub target_platform: Option<String>,
+    /// gzip level for new layers (0-9).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=9))]
     pub compression_level: u32,
     /// Print a JSON summary instead of the digest.
@@ -198,7 +201,7 @@ pub fn generate(args: GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-pub fn extend(args: ExtendArgs, log_level: Option<&str>) -> Result<(), Failure> {
+pub fn extend(args: ExtendArgs, log_level: Option<&str>, quiet: bool) -> Result<(), Failure> {
     let d = &args.dirs;
     let output = match &args.output {
         Some(o) => Some(o.parse()?),
@@ -249,6 +252,7 @@ pub fn extend(args: ExtendArgs, log_level: Option<&str>) -> Result<(), Failure> 
         scratch_dir,
         executor,
         kaniko_dir: kaniko,
+        quiet,
     };
     let report = ext_lifecycle::extend(&opts).map_err(phase_failure(Phase::Extend))?;
     if let Some(w) = report.output.as_ref().or(report.written.as_ref()) {

@@ -21,14 +21,19 @@ fn main() -> ExitCode {
     let is_phase = args.get(1).is_some_and(|a| matches!(a.as_str(), "generate" | "extend" | "export"));
     if is_phase {
         args = cnb::lifecycle_style_args(args);
+        if args.iter().any(|a| a == "--version") {
+            // The lifecycle's phases answer `-version` with the bare version.
+            println!("{}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
     }
     let cli = cli::Cli::parse_from(args);
     init_logging(cli.log_level.as_deref(), cli.quiet);
     install_signal_cleanup();
     let result = match cli.command {
-        cli::Command::Build(args) => build::run(args),
+        cli::Command::Build(args) => build::run(args, cli.quiet),
         cli::Command::Generate(args) => cnb::generate(args),
-        cli::Command::Extend(args) => cnb::extend(args, cli.log_level.as_deref()),
+        cli::Command::Extend(args) => cnb::extend(args, cli.log_level.as_deref(), cli.quiet),
         cli::Command::Export(args) => cnb::export(args),
         cli::Command::Cache(cli::CacheCommand::Verify(args)) => cache::verify(args),
     };
@@ -44,10 +49,24 @@ fn main() -> ExitCode {
         Err(failure) => {
             // Errors quote untrusted text (layer entry names, context file names, Dockerfile
             // lines): no control character of it may reach the terminal.
-            eprintln!("error: {}", ext_oci::escape::for_terminal(&format!("{:#}", failure.error)));
+            eprintln!("error: {}", ext_oci::escape::for_terminal(&error_line(&failure.error)));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: many messages already include their
+/// source (`... : No such file or directory`), and anyhow's `{:#}` would repeat it.
+fn error_line(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// On Ctrl-C or SIGTERM: stop sandbox processes, remove scratch and staging directories (the

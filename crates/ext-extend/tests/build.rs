@@ -175,9 +175,9 @@ fn copy_and_add_follow_docker_semantics() {
     assert_eq!(read("app/file.txt"), "file\n", "`.` is the WORKDIR");
     let cfg = skopeo_inspect(&out, "latest", &["--config"]);
     assert_eq!(cfg["config"]["WorkingDir"], "/app");
-    // Each COPY/ADD is exactly one new layer.
+    // Each COPY/ADD is exactly one new layer, and so is the WORKDIR that creates /app.
     let copies = COPY_CASES.lines().filter(|l| l.starts_with("COPY") || l.starts_with("ADD")).count();
-    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2 + copies);
+    assert_eq!(cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), 2 + copies + 1);
 }
 
 #[test]
@@ -415,8 +415,10 @@ fn config_instructions_and_json_output() {
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let info = skopeo_inspect(&out, "latest", &[]);
     assert_eq!(json["manifest_digest"], info["Digest"]);
-    assert_eq!(json["layers"].as_array().unwrap().len(), 2, "config-only: no new layer");
-    assert!(json["layers"].as_array().unwrap().iter().all(|l| l["new"] == false));
+    // Config-only instructions add no layer; WORKDIR creates its directory in a layer of its
+    // own (BuildKit), one for /srv and one for /srv/sub.
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.iter().map(|l| l["new"].as_bool().unwrap()).collect::<Vec<_>>(), [false, false, true, true]);
     let c = &skopeo_inspect(&out, "latest", &["--config"])["config"];
     assert_eq!(c["Env"], serde_json::json!(["PATH=/usr/local/bin:/usr/bin:/bin", "A=1", "B=two words"]));
     assert_eq!(c["Labels"]["com.example.x"], "y");
@@ -441,4 +443,128 @@ fn config_instructions_and_json_output() {
     assert_eq!(cfg["config"]["Healthcheck"]["Test"], serde_json::json!(["CMD-SHELL", "wget -q localhost"]));
     assert_eq!(cfg["config"]["Healthcheck"]["Interval"], 30_000_000_000u64);
     assert_eq!(cfg["config"]["Shell"], serde_json::json!(["/bin/ash", "-c"]));
+}
+
+/// `SOURCE_DATE_EPOCH` is one rule for every entry of every new layer: times newer than the
+/// epoch are clamped to it, older ones kept, and entries the build makes itself (missing
+/// parents, here-documents, WORKDIR directories, whiteouts, RUN output) get the epoch, never
+/// 1970.
+#[test]
+fn source_date_epoch_clamps_every_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("new.txt"), "new\n");
+    write(&ctx.join("old.txt"), "old\n");
+    let touched = Command::new("touch").args(["-d", "2001-02-03 04:05:06 UTC"]).arg(ctx.join("old.txt")).status();
+    assert!(touched.unwrap().success());
+    let df = t.path().join("Dockerfile");
+    write(
+        &df,
+        "FROM ${base_image}\nCOPY new.txt old.txt /deep/new/dir/\nCOPY <<EOF /etc/inline\nhi\nEOF\nUSER root\nWORKDIR /made/by/workdir\nRUN rm /etc/motd && echo x > /tmp/run\n",
+    );
+    let out = t.path().join("out");
+    let o = ext_extend_env(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}", s(&base)),
+            "-f",
+            &s(&df),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}", s(&out)),
+        ],
+        &[("SOURCE_DATE_EPOCH", "1700000000"), ("EXT_EXTEND_CACHE_DIR", &s(&test_cache()))],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let layers = layer_digests(&skopeo_inspect(&out, "latest", &[]));
+    let mut seen = 0;
+    for digest in &layers[2..] {
+        let blob = out.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+        let list =
+            Command::new("tar").args(["--numeric-owner", "--full-time", "-tvzf"]).arg(&blob).env("TZ", "UTC").output();
+        let list = String::from_utf8(list.unwrap().stdout).unwrap();
+        for line in list.lines() {
+            let time = line.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" ");
+            let want = if line.ends_with("/old.txt") { "2001-02-03 04:05:06" } else { "2023-11-14 22:13:20" };
+            assert_eq!(time, want, "{line}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= 12, "{seen} entries checked");
+}
+
+/// Flags a new user gets wrong are refused or warned about, and every error is one line that
+/// names its cause once.
+#[test]
+fn new_user_mistakes_get_clear_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("bad.Dockerfile");
+    write(&df, "FROM ${base_image}\nARG USED\nENV A=${B\n");
+    let from = format!("oci:{}", s(&base));
+    let out = format!("oci:{}", s(&t.path().join("out")));
+    let common = ["build", "--from", &from, "-f", &s(&df), "--context", &s(t.path()), "--output", &out];
+    let with = |extra: &[&str]| -> Vec<String> { common.iter().chain(extra).map(|a| a.to_string()).collect() };
+    let run = |a: Vec<String>, code| build_err(&a.iter().map(String::as_str).collect::<Vec<_>>(), code);
+
+    let e = run(with(&["--build-arg", ""]), 2);
+    assert!(e.contains("--build-arg with an empty name"), "{e}");
+    let e = run([vec!["--log-level".to_string(), "bogus".into()], with(&[])].concat(), 2);
+    assert!(e.contains("invalid value 'bogus'"), "{e}");
+
+    let e = run(with(&["--build-arg", "USED=1", "--build-arg", "TYPO=1", "--build-arg", "HTTP_PROXY=x"]), 2);
+    assert!(e.contains("build args not consumed by any ARG: TYPO\n"), "only TYPO is unused: {e}");
+    let last = e.lines().last().unwrap();
+    assert_eq!(last.matches("missing '}'").count(), 1, "one cause, once: {last}");
+
+    let e = run(
+        vec![
+            "build".into(),
+            "--from".into(),
+            from.clone(),
+            "-f".into(),
+            "nope.Dockerfile".into(),
+            "--output".into(),
+            out.clone(),
+        ],
+        2,
+    );
+    let last = e.lines().last().unwrap();
+    assert_eq!(last.matches("No such file or directory").count(), 1, "{last}");
+}
+
+/// Every option of every command has a description, help examples are not wrapped mid-command
+/// on an 80-column terminal, and `extender -version` answers like the lifecycle's phases.
+#[test]
+fn help_describes_every_option_and_extender_knows_its_version() {
+    for cmd in ["build", "generate", "extend", "export"] {
+        let o = Command::new(bin()).args([cmd, "--help"]).env("COLUMNS", "80").output().unwrap();
+        let help = String::from_utf8(o.stdout).unwrap();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_option = line.starts_with("  -") || line.starts_with("      --");
+            if is_option && !line.contains("--help") {
+                let described = line.trim_start().contains("  ")
+                    || lines.get(i + 1).is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+                assert!(described, "{cmd}: `{line}` has no description:\n{help}");
+            }
+        }
+        assert!(!help.contains("--platform <PLATFORM>"), "{cmd}: --platform is the platform dir in the phases");
+    }
+    let o = Command::new(bin()).arg("--help").env("COLUMNS", "80").output().unwrap();
+    let help = String::from_utf8(o.stdout).unwrap();
+    for l in help.lines().skip_while(|l| !l.starts_with("Examples:")).skip(1).take_while(|l| !l.is_empty()) {
+        assert!(l.len() <= 80 && (l.ends_with('\\') || l.starts_with("      -")), "example line `{l}`");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let extender = t.path().join("extender");
+    std::os::unix::fs::symlink(bin(), &extender).unwrap();
+    let o = Command::new(&extender).arg("-version").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap().trim(), env!("CARGO_PKG_VERSION"));
 }

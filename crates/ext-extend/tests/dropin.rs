@@ -356,7 +356,9 @@ fn live_root_is_refused_where_nothing_says_container_unless_forced() {
         &rootfs.join("Dockerfile"),
         "FROM ${base_image}\nUSER root\nRUN apt-get install -y jq\nRUN apt-get install -y yq\nUSER 1000\n",
     );
-    let host = Container::new(&rootfs).without_container_marker();
+    // Also without /dev: RUN must not need /dev/null from the root (it once failed as if
+    // `/bin/sh` were missing).
+    let host = Container::new(&rootfs).without_container_marker().without_dev();
     let build = |mode: &str| {
         host.command("/ext-extend")
             .args([
@@ -387,4 +389,25 @@ fn live_root_is_refused_where_nothing_says_container_unless_forced() {
     // Only what the second RUN changed: not the output's staging blobs (also under `/`).
     let names = file_names_in_layer(&rootfs.join("out"), &layers[3]);
     assert_eq!(names, vec!["usr", "usr/bin", "usr/bin/yq"], "{names:?}");
+}
+
+/// `-q` keeps RUN output off the terminal in the extend phase too, unless the command fails.
+#[test]
+fn quiet_extender_shows_run_output_only_when_a_command_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    make_image(&run, "latest", "--fake-apt");
+    for (body, ok) in [("echo chatty-output", true), ("echo chatty-output && false", false)] {
+        let p = Platform::new(&run, "latest");
+        let digest = p.save_base(&run, "latest", false);
+        write(
+            &p.layers.join("analyzed.toml"),
+            &format!("[run-image]\nreference = \"registry.invalid/run@{digest}\"\n"),
+        );
+        write(&p.layers.join("group.toml"), "[[group-extensions]]\nid = \"q\"\nversion = \"1\"\napi = \"0.9\"\n");
+        write(&p.layers.join("generated/q/run.Dockerfile"), &format!("FROM ${{base_image}}\nRUN {body}\nUSER 1000\n"));
+        let o = p.extender(&["-kind", "run", "-q"], &[]);
+        assert_eq!(o.status.success(), ok, "{}", stderr(&o));
+        assert_eq!(stderr(&o).contains("chatty-output"), !ok, "{body}: {}", stderr(&o));
+    }
 }

@@ -376,7 +376,7 @@ fn image_index_in_a_registry_selects_the_platform() {
         let output = reg.url(&format!("test/picked:{arch}"));
         let mut args =
             build_args(&from, &output, &plain, &ctx, &cache).iter().map(|a| a.to_string()).collect::<Vec<_>>();
-        args.extend(["--platform".into(), platform.into()]);
+        args.extend(["--target-platform".into(), platform.into()]);
         let digest = ok(&ext_extend_env(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[]));
         let config = reg.inspect(&format!("test/picked:{arch}"), &["--config"]).unwrap();
         assert_eq!(config["architecture"], arch);
@@ -386,6 +386,7 @@ fn image_index_in_a_registry_selects_the_platform() {
     }
     let output = reg.url("test/picked:s390x");
     let mut args = build_args(&from, &output, &plain, &ctx, &cache);
+    // `--platform` is still accepted by build (an alias of --target-platform).
     args.extend(["--platform", "linux/s390x"]);
     let err = failed(&ext_extend_env(&args, &[]), 2);
     assert!(err.contains("linux/s390x") && err.contains("linux/amd64") && err.contains("linux/arm64"), "{err}");

@@ -116,9 +116,11 @@ fn run_changes_become_layers_in_both_snapshot_modes() {
         assert_eq!(read("tmp/pwd"), "/home/made/by/workdir\n", "WORKDIR created and used");
         assert!(!r.join("proc/self").exists() && !r.join("dev/null").exists(), "sandbox mounts stay out");
 
-        // One layer per changing RUN: the `true` and the ignored write add none.
+        // One layer per changing RUN (the `true` and the ignored write add none), plus the
+        // WORKDIR that creates its directory.
         let listings = new_layer_listings(&out, "latest", 2);
-        assert_eq!(listings.len(), 8, "{mode}: {listings:#?}");
+        assert_eq!(listings.len(), 9, "{mode}: {listings:#?}");
+        assert!(listings[7].contains("home/made/by/workdir"), "WORKDIR layer: {}", listings[7]);
         assert!(listings[0].contains("etc/.wh.motd") && listings[0].contains("home/.wh.cnb"), "{}", listings[0]);
         assert!(listings[2].contains("bin/busybox"), "ctime/mtime change caught: {}", listings[2]);
         let cfg = skopeo_inspect(&out, "latest", &["--config"]);
@@ -382,4 +384,135 @@ fn base_layers_are_unpacked_once_per_machine() {
         fs::read_dir(cache.join("unpacked")).unwrap().flatten().filter(|e| e.path().is_dir()).collect();
     assert_eq!(cached.len(), 2);
     assert!(cached.iter().any(|e| e.path().join("etc/motd").is_file()));
+}
+
+/// A base layer without entries for the directories it writes into (ext-extend's own COPY
+/// layers leave existing parents out) must not hide their metadata from a RUN, whether the
+/// layer was just unpacked into the unpacked-layer cache or is found there.
+#[test]
+fn implicit_parent_dirs_of_base_layers_keep_the_lower_metadata() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    write(&t.path().join("ctx/x.txt"), "x");
+    write(&t.path().join("copy.Dockerfile"), "FROM ${base_image}\nCOPY x.txt /tmp/\n");
+    let copied = t.path().join("copied");
+    build_ok(&[
+        "build",
+        "--from",
+        &format!("oci:{}", s(&base)),
+        "-f",
+        &s(&t.path().join("copy.Dockerfile")),
+        "--context",
+        &s(&t.path().join("ctx")),
+        "--output",
+        &format!("oci:{}", s(&copied)),
+    ]);
+    write(&t.path().join("run.Dockerfile"), "FROM ${base_image}\nUSER cnb\nRUN touch /tmp/by-cnb\n");
+    let cache = t.path().join("cache");
+    let mut digests = Vec::new();
+    for i in 0..2 {
+        let out = t.path().join(format!("out{i}"));
+        let o = Command::new(bin())
+            .args(["build", "--from", &format!("oci:{}", s(&copied)), "-f", &s(&t.path().join("run.Dockerfile"))])
+            .args(["--output", &format!("oci:{}", s(&out)), "--snapshot", "overlay"])
+            .args(["--cache-dir", &s(&cache)])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "build {i}: {}", String::from_utf8_lossy(&o.stderr));
+        digests.push(String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let (_g, r) = umoci_unpack(&out, "latest");
+        let tmp = fs::metadata(r.join("tmp")).unwrap();
+        assert_eq!(tmp.mode() & 0o7777, 0o1777, "build {i}: /tmp keeps its mode");
+        assert_eq!(fs::metadata(r.join("tmp/by-cnb")).unwrap().uid(), 1000);
+    }
+    assert_eq!(digests[0], digests[1]);
+}
+
+/// As a non-root user, a Dockerfile with RUN fails with one line saying RUN needs root
+/// (instead of the unpacker's `chown ... Operation not permitted`), and exit code 2.
+#[test]
+fn run_as_non_root_says_it_needs_root() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let df = t.path().join("run.Dockerfile");
+    write(&df, "FROM ${base_image}\nRUN true\n");
+    for p in [t.path(), &base] {
+        // nobody must be able to read the inputs and write the output next to them.
+        Command::new("chmod").arg("-R").arg("a+rwX").arg(p).status().unwrap();
+    }
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["build", "--from", &format!("oci:{}", s(&base)), "-f", &s(&df), "--context", &s(t.path())])
+        .args(["--output", &format!("oci:{}", s(&t.path().join("out")))])
+        .env("TMPDIR", t.path())
+        .env("EXT_EXTEND_CACHE_DIR", t.path().join("cache"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.contains("run.Dockerfile:2: RUN needs root") && last.contains("--live-root"), "{stderr}");
+}
+
+/// Steps log in Dockerfile order: a COPY's line comes before the RUN after it.
+#[test]
+fn log_follows_the_dockerfile_order() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    write(&t.path().join("ctx/x"), "x");
+    let df = t.path().join("order.Dockerfile");
+    write(&df, "FROM ${base_image}\nCOPY x /x\nUSER root\nRUN echo hi > /y\nCOPY x /z\n");
+    let o = build_with(
+        t.path(),
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}", s(&base)),
+            "-f",
+            &s(&df),
+            "--context",
+            &s(&t.path().join("ctx")),
+            "--output",
+            &format!("oci:{}", s(&t.path().join("out"))),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let at = |needle: &str| stderr.find(needle).unwrap_or_else(|| panic!("no `{needle}` in {stderr}"));
+    assert!(at("order.Dockerfile:2 COPY x /x") < at("order.Dockerfile:4 RUN echo hi"), "{stderr}");
+    assert!(at("order.Dockerfile:4 RUN echo hi") < at("order.Dockerfile:5 COPY x /z"), "{stderr}");
+}
+
+/// With `-q`, a RUN's output stays off the terminal, unless the command fails: then it is
+/// what the user needs to see.
+#[test]
+fn quiet_keeps_run_output_unless_the_command_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    for (body, ok) in [("echo chatty-output && true", true), ("echo chatty-output && false", false)] {
+        let df = t.path().join("q.Dockerfile");
+        write(&df, &format!("FROM ${{base_image}}\nRUN {body}\n"));
+        let o = build_with(
+            t.path(),
+            &[
+                "-q",
+                "build",
+                "--from",
+                &format!("oci:{}", s(&base)),
+                "-f",
+                &s(&df),
+                "--output",
+                &format!("oci:{}", s(&t.path().join("out"))),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.success(), ok, "{stderr}");
+        assert_eq!(stderr.contains("chatty-output"), !ok, "{body}: {stderr}");
+        assert!(!stderr.contains("INFO"), "{stderr}");
+    }
 }

@@ -69,6 +69,8 @@ pub struct ExtendOptions {
     /// The lifecycle's Kaniko directory: the restorer saves the base image's manifest and
     /// config in `<kaniko-dir>/cache/base/<digest>/`, which we read instead of the registry.
     pub kaniko_dir: Option<PathBuf>,
+    /// `-q`: RUN output is kept and shown only when a command fails.
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +194,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         ignore_paths,
         cache_dir: Some(opts.store.cache_dir()),
         executor: opts.executor.clone(),
+        quiet: opts.quiet,
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, blobs.path(), session_opts);

@@ -98,15 +98,22 @@ pub struct EntryMeta {
     pub mode: u32,
     pub uid: u64,
     pub gid: u64,
-    /// Seconds; the writer's [`MtimePolicy`] is applied to it.
+    /// Seconds; the writer's [`MtimePolicy`] is applied to it. [`BUILD_TIME`] for an entry
+    /// the build makes itself (a missing parent, a here-document, a whiteout).
     pub mtime: u64,
     /// Extended attributes, written as PAX `SCHILY.xattr.<name>` records.
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// The mtime of an entry the build makes itself: it was made "now", so every policy gives it
+/// the policy's own time (the CNB normalized time, or `SOURCE_DATE_EPOCH` when clamping), the
+/// same rule as for a file a RUN has just written.
+pub const BUILD_TIME: u64 = u64::MAX;
+
 impl EntryMeta {
+    /// An entry the build makes (mtime [`BUILD_TIME`]).
     pub fn new(path: impl Into<String>, mode: u32) -> Self {
-        EntryMeta { path: path.into(), mode, uid: 0, gid: 0, mtime: 0, xattrs: Vec::new() }
+        EntryMeta { path: path.into(), mode, uid: 0, gid: 0, mtime: BUILD_TIME, xattrs: Vec::new() }
     }
 }
 

@@ -24,7 +24,7 @@ pub mod tls;
 pub use config::{HistoryEntry, ImageConfig};
 pub use digest::{Digest, HashingWriter, VerifyingReader};
 pub use error::{OciError, Result};
-pub use layer::{DeviceKind, EntryMeta, LayerBlob, LayerOptions, LayerWriter, MtimePolicy};
+pub use layer::{BUILD_TIME, DeviceKind, EntryMeta, LayerBlob, LayerOptions, LayerWriter, MtimePolicy};
 pub use layout::{BlobFetcher, BlobStore, Image, LayoutWriter, OciLayout};
 pub use platform::Platform;
 pub use reference::{ImageRef, LayoutRef, RegistryRef};

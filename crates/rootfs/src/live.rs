@@ -258,9 +258,10 @@ fn spawn_as(argv: &[String], spec: &RunSpec, workdir: &Path) -> io::Result<std::
     let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let change_ids = spec.uid != euid || spec.gid != egid || euid == 0;
     let (uid, gid, groups) = (spec.uid, spec.gid, spec.groups.clone());
-    let stderr = io::stderr();
-    let out = std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
+    let out = crate::sandbox::command_output(spec)?;
+    // stdin is a pipe closed at once (EOF), not /dev/null: a container's /dev is the runtime's,
+    // and a root without one must not make RUN fail as if the program were missing.
+    cmd.stdin(Stdio::piped()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
     // SAFETY (parent side): getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the hook makes async-signal-safe system calls only, on data prepared before
@@ -285,6 +286,7 @@ fn spawn_as(argv: &[String], spec: &RunSpec, workdir: &Path) -> io::Result<std::
         });
     }
     let mut child = cmd.spawn()?;
+    drop(child.stdin.take());
     // The command leads its own process group: an interrupt kills everything it started.
     let _guard = ext_oci::cleanup::register_process_group(child.id());
     child.wait()

@@ -13,6 +13,7 @@
 //! Mount points the sandbox needs (`/proc`, `/dev`, `/sys`, `/etc/resolv.conf`, `/etc/hosts`)
 //! that the image lacks are provided without ever appearing in a layer.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -75,6 +76,10 @@ pub struct Rootfs {
     just_filled: std::collections::HashSet<String>,
     /// RUN in a user namespace over idmapped mounts (image root is not host root).
     user_namespace: bool,
+    /// Overlay strategy: per layer (same order as its `layers`), the directories it has only
+    /// as parents of its entries. Their metadata comes from the layers below (as when the
+    /// layers are applied to one tree), which each RUN's mount layer restores on top.
+    implicit_dirs: Vec<HashSet<PathBuf>>,
 }
 
 /// One layer for [`Rootfs::fill_layer_cache`]: its digest, a name for messages, and how to
@@ -141,6 +146,7 @@ impl Rootfs {
             cache_hits: 0,
             just_filled: Default::default(),
             user_namespace,
+            implicit_dirs: Vec::new(),
         })
     }
 
@@ -178,21 +184,26 @@ impl Rootfs {
         };
         let cached = cache.join(digest_hex);
         let mut stats = UnpackStats::default();
-        match cached_diff_id(cache, digest_hex) {
-            None => stats = unpack_into_cache(cache, digest_hex, diff_id, name, open)?,
-            Some(recorded) if recorded != diff_id => {
+        let implicit = match (cached_diff_id(cache, digest_hex), read_implicit_dirs(cache, digest_hex)) {
+            (Some(recorded), _) if recorded != diff_id => {
                 return Err(RootfsError::DiffIdMismatch {
                     layer: name.to_string(),
                     recorded,
                     expected: diff_id.to_string(),
                 });
             }
-            Some(_) => {
+            (Some(_), Some(implicit)) => {
                 if !self.just_filled.remove(digest_hex) {
                     self.cache_hits += 1;
                 }
+                implicit
             }
-        }
+            _ => {
+                stats = unpack_into_cache(cache, digest_hex, diff_id, name, open)?;
+                stats.implicit_dirs.iter().cloned().collect()
+            }
+        };
+        self.implicit_dirs.push(implicit);
         let rel = format!("l/{}", layers.len());
         let link = self.scratch.join(&rel);
         fs::create_dir_all(self.scratch.join("l")).map_err(RootfsError::io(&self.scratch))?;
@@ -208,7 +219,9 @@ impl Rootfs {
 
     /// Whether a layer is already in the unpacked-layer cache (always false without one).
     pub fn is_cached(&self, digest_hex: &str) -> bool {
-        self.layer_cache.as_ref().is_some_and(|c| cached_diff_id(c, digest_hex).is_some())
+        self.layer_cache
+            .as_ref()
+            .is_some_and(|c| cached_diff_id(c, digest_hex).is_some() && read_implicit_dirs(c, digest_hex).is_some())
     }
 
     /// Unpacks layers into the unpacked-layer cache on every core at once: each layer goes to a
@@ -271,6 +284,7 @@ impl Rootfs {
                 fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
                 let stats = unpack_whole(&dir, tar, WhiteoutMode::Overlay, name)?;
                 layers.push(rel);
+                self.implicit_dirs.push(stats.implicit_dirs.iter().cloned().collect());
                 Ok(stats)
             }
             Strategy::Stat { index } => {
@@ -308,12 +322,16 @@ impl Rootfs {
         }
     }
 
-    /// Metadata of a path in the merged layers below the current RUN (overlay strategy).
+    /// Metadata of a path in the merged layers below the current RUN (overlay strategy), as
+    /// applying the layers to one tree gives it: a layer's implicit parent directory has none.
     fn lower_metadata(&self, layers: &[String], rel: &str) -> Option<fs::Metadata> {
-        for layer in layers.iter().rev() {
+        for (i, layer) in layers.iter().enumerate().rev() {
             let dir = self.scratch.join(layer);
             match fs::symlink_metadata(dir.join(rel)) {
                 Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return None,
+                Ok(md) if md.is_dir() && self.implicit_dirs.get(i).is_some_and(|s| s.contains(Path::new(rel))) => {
+                    continue;
+                }
                 Ok(md) => return Some(md),
                 Err(_) if hidden_below(&dir, rel) => return None,
                 Err(_) => {}
@@ -390,6 +408,8 @@ impl Rootfs {
                 let diff_time = started.elapsed();
                 if let Strategy::Overlay { layers } = &mut self.strategy {
                     layers.push(upper_rel);
+                    // Copy-ups carry their metadata: an upper dir has none implicit.
+                    self.implicit_dirs.push(HashSet::new());
                 }
                 Ok(RunOutcome { status, snapshot: Some(snapshot), command_time, diff_time })
             }
@@ -425,19 +445,35 @@ impl Rootfs {
         }
     }
 
-    /// A lower layer holding the sandbox's mount points, for the overlay strategy.
+    /// The top lower layer of a RUN, for the overlay strategy: the sandbox's mount points, and
+    /// every directory that some layer has only as an implicit parent, with the metadata the
+    /// layers below give it (overlayfs shows a directory's metadata from the topmost layer that
+    /// has it, so `COPY x /tmp/` would otherwise turn `/tmp` 0755 root for the next RUN).
     fn make_mount_layer(&self, dir: &Path, layers: &[String]) -> Result<(), RootfsError> {
         fs::create_dir_all(dir).map_err(RootfsError::io(dir))?;
-        for d in MOUNT_DIRS.iter().copied().chain(["etc"]) {
+        let mut dirs: std::collections::BTreeSet<PathBuf> =
+            MOUNT_DIRS.iter().copied().chain(["etc"]).map(PathBuf::from).collect();
+        for p in self.implicit_dirs.iter().take(layers.len()).flatten() {
+            let Some(rel) = p.to_str() else { continue };
+            // Only what the merged tree has as a directory (a later layer may have deleted it).
+            if self.lower_metadata(layers, rel).is_some_and(|m| m.is_dir()) {
+                dirs.extend(p.ancestors().filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf));
+            }
+        }
+        for d in &dirs {
             let p = dir.join(d);
             fs::create_dir_all(&p).map_err(RootfsError::io(&p))?;
-            if let Some(md) = self.lower_metadata(layers, d).filter(|m| m.is_dir()) {
-                copy_metadata(&p, &md)?;
-            }
         }
         for f in MOUNT_FILES {
             let p = dir.join(f);
             fs::write(&p, b"").map_err(RootfsError::io(&p))?;
+        }
+        // Deepest first: setting a parent's times before its children exist would not last.
+        for d in dirs.iter().rev() {
+            let Some(rel) = d.to_str() else { continue };
+            if let Some(md) = self.lower_metadata(layers, rel).filter(|m| m.is_dir()) {
+                copy_metadata(&dir.join(d), &md)?;
+            }
         }
         Ok(())
     }
@@ -493,6 +529,9 @@ fn unpack_into_cache<R: Read>(
         .map_err(RootfsError::io(cache))?;
     let _cleanup = ext_oci::cleanup::register_path(tmp.path());
     let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
+    // The list goes in first: a cached layer without one is unpacked again. The layer's bytes
+    // decide both, so a list left by a build that lost the rename race below is still right.
+    write_implicit_dirs(cache, digest_hex, &stats.implicit_dirs)?;
     let tmp = tmp.keep();
     if fs::rename(&tmp, cache.join(digest_hex)).is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -510,6 +549,39 @@ fn cached_diff_id(cache: &Path, digest_hex: &str) -> Option<String> {
         return None;
     }
     fs::read_to_string(cache.join(format!("{digest_hex}.diffid"))).ok()
+}
+
+/// `<cache>/../implicit-dirs/<digest hex>`: a cached layer's implicit directories,
+/// NUL-separated.
+fn implicit_dirs_file(cache: &Path, digest_hex: &str) -> PathBuf {
+    cache.with_file_name("implicit-dirs").join(digest_hex)
+}
+
+fn write_implicit_dirs(cache: &Path, digest_hex: &str, dirs: &[PathBuf]) -> Result<(), RootfsError> {
+    use std::os::unix::ffi::OsStrExt;
+    let file = implicit_dirs_file(cache, digest_hex);
+    let parent = file.parent().expect("a file in a directory");
+    fs::create_dir_all(parent).map_err(RootfsError::io(parent))?;
+    let mut data = Vec::new();
+    for d in dirs {
+        data.extend_from_slice(d.as_os_str().as_bytes());
+        data.push(0);
+    }
+    let tmp = tempfile::NamedTempFile::new_in(parent).map_err(RootfsError::io(parent))?;
+    fs::write(tmp.path(), &data).map_err(RootfsError::io(tmp.path()))?;
+    tmp.persist(&file).map_err(|e| RootfsError::io(&file)(e.error))?;
+    Ok(())
+}
+
+fn read_implicit_dirs(cache: &Path, digest_hex: &str) -> Option<HashSet<PathBuf>> {
+    use std::os::unix::ffi::OsStrExt;
+    let data = fs::read(implicit_dirs_file(cache, digest_hex)).ok()?;
+    Some(
+        data.split(|&b| b == 0)
+            .filter(|p| !p.is_empty())
+            .map(|p| PathBuf::from(std::ffi::OsStr::from_bytes(p)))
+            .collect(),
+    )
 }
 
 /// Unpacks a layer and then reads its stream to the end: a verifying reader underneath checks

@@ -87,6 +87,17 @@ pub struct RunSpec {
     pub network: Network,
     /// A script to place at [`SCRIPT_PATH`] (for `RUN <<EOF` with a `#!` line).
     pub script: Option<Vec<u8>>,
+    /// A file (created or truncated) for the command's stdout and stderr, instead of our
+    /// stderr (`-q`: the caller shows it only if the command fails).
+    pub output: Option<PathBuf>,
+}
+
+/// Where a RUN's stdout and stderr go: the spec's output file, else our own stderr.
+pub(crate) fn command_output(spec: &RunSpec) -> io::Result<std::os::fd::OwnedFd> {
+    match &spec.output {
+        Some(path) => Ok(std::fs::File::create(path)?.into()),
+        None => std::os::fd::AsFd::as_fd(&io::stderr()).try_clone_to_owned(),
+    }
 }
 
 /// Where a here-document script is placed inside the sandbox (on the /dev tmpfs, so it never
@@ -121,8 +132,7 @@ pub fn run(fs: &SandboxFs, spec: &RunSpec) -> io::Result<ExitStatus> {
             None => cmd.env(kv, ""),
         };
     }
-    let stderr = io::stderr();
-    let out = std::os::fd::AsFd::as_fd(&stderr).try_clone_to_owned()?;
+    let out = command_output(spec)?;
     cmd.stdin(Stdio::null()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
     // SAFETY: the hook only makes async-signal-safe system calls on data prepared above.
     unsafe {

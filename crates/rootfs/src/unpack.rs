@@ -60,7 +60,7 @@ pub struct UnpackOptions {
 }
 
 /// What [`unpack_layer`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnpackStats {
     /// Entries applied to the tree, whiteouts included (skipped root entries are not counted).
     pub entries: u64,
@@ -68,6 +68,10 @@ pub struct UnpackStats {
     pub bytes: u64,
     /// Whiteout entries (plain and opaque) seen.
     pub whiteouts: u64,
+    /// [`WhiteoutMode::Overlay`] only: directories the layer has without an entry of their own
+    /// (made as parents of its entries, 0755 root). They must not hide the metadata the lower
+    /// layers give the same directory, which is what overlayfs would otherwise show.
+    pub implicit_dirs: Vec<PathBuf>,
 }
 
 /// Reads an uncompressed layer tar stream and applies it to `root`.
@@ -84,6 +88,7 @@ pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Res
         root,
         opts,
         keep: HashSet::new(),
+        explicit_dirs: HashSet::new(),
         dirs: Vec::new(),
         stats: UnpackStats::default(),
         buf: vec![0; COPY_BUF],
@@ -116,6 +121,18 @@ pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Res
         last = Some(raw);
     }
     unpacker.finish()?;
+    if opts.whiteouts == WhiteoutMode::Overlay {
+        // Every directory of the layer is in `keep` (as an entry or an ancestor of one).
+        let mut implicit: Vec<PathBuf> = unpacker
+            .keep
+            .iter()
+            .filter(|p| !p.as_os_str().is_empty() && !unpacker.explicit_dirs.contains(*p))
+            .filter(|p| fs::symlink_metadata(root.join(p)).is_ok_and(|m| m.is_dir()))
+            .cloned()
+            .collect();
+        implicit.sort();
+        unpacker.stats.implicit_dirs = implicit;
+    }
     Ok(unpacker.stats)
 }
 
@@ -150,6 +167,8 @@ struct Unpacker<'a> {
     /// whiteouts only hide lower layers, so these survive an opaque marker or whiteout of the
     /// same layer regardless of the entry order.
     keep: HashSet<PathBuf>,
+    /// Directories this layer has an entry for (the others are implicit parents).
+    explicit_dirs: HashSet<PathBuf>,
     dirs: Vec<DeferredDir>,
     stats: UnpackStats,
     buf: Vec<u8>,
@@ -408,6 +427,7 @@ impl Unpacker<'_> {
         std::os::unix::fs::lchown(dest, Some(meta.uid), Some(meta.gid))
             .map_err(|e| self.io_err(raw, "chown", dest_rel, e))?;
         self.set_xattrs(raw, dest_rel, XattrTarget::Path(dest), &meta.xattrs)?;
+        self.explicit_dirs.insert(dest_rel.to_path_buf());
         self.dirs.push(DeferredDir {
             entry: raw.to_path_buf(),
             rel: dest_rel.to_path_buf(),

@@ -38,6 +38,7 @@ pub struct Container {
     pub rootfs: PathBuf,
     volumes: Vec<(PathBuf, String)>,
     user: Option<(u32, u32)>,
+    dev: bool,
     files: tempfile::TempDir,
 }
 
@@ -60,7 +61,7 @@ impl Container {
         // of them would go to the (absent) DNS server and wait for its timeout.
         std::fs::write(files.path().join("hosts"), b"127.0.0.1 localhost registry.test\n::1 localhost registry.test\n")
             .unwrap();
-        Container { rootfs: rootfs.to_path_buf(), volumes: Vec::new(), user: None, files }
+        Container { rootfs: rootfs.to_path_buf(), volumes: Vec::new(), user: None, dev: true, files }
     }
 
     /// Bind-mounts `host` at `path` (absolute, inside the container), as a volume.
@@ -78,6 +79,12 @@ impl Container {
         self
     }
 
+    /// No `/dev` mounted (an empty directory, as in a bare chroot).
+    pub fn without_dev(mut self) -> Container {
+        self.dev = false;
+        self
+    }
+
     /// Runs as this non-root user with every capability dropped (how kpack runs phases).
     pub fn non_root(mut self, uid: u32, gid: u32) -> Container {
         self.user = Some((uid, gid));
@@ -90,7 +97,9 @@ impl Container {
         let root = c(&self.rootfs);
         let in_root = |p: &str| c(&self.rootfs.join(p.trim_start_matches('/')));
         let mut binds: Vec<(CString, CString)> = self.volumes.iter().map(|(h, p)| (c(h), in_root(p))).collect();
-        binds.push((CString::new("/dev").unwrap(), in_root("/dev")));
+        if self.dev {
+            binds.push((CString::new("/dev").unwrap(), in_root("/dev")));
+        }
         binds.push((c(&self.files.path().join("resolv.conf")), in_root("/etc/resolv.conf")));
         binds.push((c(&self.files.path().join("hosts")), in_root("/etc/hosts")));
         let proc_dir = in_root("/proc");

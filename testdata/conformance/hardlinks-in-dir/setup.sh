@@ -1,0 +1,1 @@
+ln dir/b.txt dir/a.txt
