@@ -299,6 +299,13 @@ impl<R: Read> Read for ExactReader<R> {
 
 /// Decompresses a layer blob stream, recognising gzip by its magic bytes (some registries label
 /// gzipped layers as plain tar and vice versa); zstd is rejected with a clear message upstream.
+/// [`decompress`], verifying the uncompressed stream against `diff_id` at its end (a
+/// [`crate::digest::BlobCheckFailure::DiffId`] error on a mismatch). Every base layer is read
+/// through this, so a config listing a wrong diffID is never copied into an output unnoticed.
+pub fn decompress_verified(reader: impl Read + Send + 'static, diff_id: Digest) -> io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(crate::digest::VerifyingReader::diff_id(decompress(reader)?, diff_id)))
+}
+
 pub fn decompress(reader: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
     let mut buf = BufReader::with_capacity(256 * 1024, reader);
     let head = buf.fill_buf()?;

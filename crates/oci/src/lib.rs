@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod escape;
 pub mod layer;
 pub mod layout;
 pub mod media;
@@ -17,6 +18,7 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod targuard;
 pub mod tls;
 
 pub use config::{HistoryEntry, ImageConfig};
