@@ -1,7 +1,7 @@
 # ext-extend. `make demo` runs the bundled sample; `make test` runs every test (what CI runs).
 CARGO ?= cargo
 
-.PHONY: all build demo test deps lint fmt clean bench
+.PHONY: all build demo test deps lint fmt clean bench fuzz fuzz-smoke
 
 all: build
 
@@ -21,6 +21,15 @@ lint:
 
 test: deps lint
 	$(CARGO) test --workspace --locked
+	$(MAKE) fuzz-smoke
+
+# Each fuzz target for FUZZ_SECONDS (README "Security"); fuzz-smoke: a few seconds each.
+FUZZ_SECONDS ?= 300
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+fuzz-smoke:
+	scripts/fuzz.sh smoke
 
 # Benchmark against Buildah and the physical limit (README "Performance"); needs root.
 bench:

@@ -53,6 +53,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// How deeply `${...}` forms may nest (`${a:-${b:-...}}`). BuildKit has no limit (Go stacks
+/// grow to 1 GB); a recursive expander needs one, and no real Dockerfile comes near it.
+pub const MAX_NESTING: usize = 64;
+
+/// The longest result one word may expand to, in bytes. Docker has no such limit, but no word
+/// of a real Dockerfile comes near it, and without one a few lines of `ARG L2=${L1}${L1}`
+/// reach gigabytes.
+pub const MAX_WORD_BYTES: usize = 1 << 20;
+
+/// How many steps a `#`, `%` or `/` pattern may take to match one value: patterns with several
+/// `*` on a long value are quadratic or worse, so their cost is bounded rather than their size.
+pub const MAX_PATTERN_STEPS: usize = 20_000_000;
+
 /// Where variable values come from. Unset variables expand to "".
 pub trait VarLookup {
     /// The value of `name`, or `None` when the variable is not set.
@@ -125,6 +138,20 @@ pub enum ExpandError {
         name: String,
         /// The (expanded) message.
         message: String,
+    },
+    /// `${` forms nested deeper than [`MAX_NESTING`].
+    #[error("`${{...}}` nested more than {MAX_NESTING} levels deep")]
+    TooDeep,
+    /// A result longer than [`MAX_WORD_BYTES`].
+    #[error("the expansion is longer than {} MiB", MAX_WORD_BYTES >> 20)]
+    TooLong,
+    /// A pattern whose match would take more than [`MAX_PATTERN_STEPS`].
+    #[error("the pattern `{pattern}` is too costly to match against a value of {chars} characters")]
+    PatternTooCostly {
+        /// The pattern after expansion.
+        pattern: String,
+        /// The length of the value it is matched against.
+        chars: usize,
     },
     /// A pattern of `#`, `%` or `/` with an invalid escape, e.g. `\x`.
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
@@ -268,6 +295,8 @@ struct State<'a> {
     /// Keep escape characters in the output (pattern and replacement words
     /// of `#`, `%` and `/`, which the pattern compiler unescapes itself).
     raw_escapes: bool,
+    /// How many `${` forms enclose the current position.
+    depth: usize,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
 }
@@ -280,6 +309,7 @@ impl<'a> State<'a> {
             pos: 0,
             vars,
             raw_escapes: false,
+            depth: 0,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
         }
@@ -329,6 +359,7 @@ impl<'a> State<'a> {
             match ch {
                 '$' => {
                     let v = self.process_dollar()?;
+                    check_len(result.len() + v.len())?;
                     if split {
                         words.add_str(&v);
                     }
@@ -400,6 +431,7 @@ impl<'a> State<'a> {
                 }
                 Some('$') => {
                     let v = self.process_dollar()?;
+                    check_len(out.len() + v.len())?;
                     out.push_str(&v);
                 }
                 Some(mut c) => {
@@ -489,6 +521,17 @@ impl<'a> State<'a> {
             return Ok(self.get_env(&name).unwrap_or_default());
         }
         self.pos += 1; // '{'
+        if self.depth >= MAX_NESTING {
+            return Err(ExpandError::TooDeep);
+        }
+        self.depth += 1;
+        let r = self.process_braced();
+        self.depth -= 1;
+        r
+    }
+
+    /// The rest of a `${...}` form, after the `{`.
+    fn process_braced(&mut self) -> Result<String, ExpandError> {
         match self.peek() {
             None => return Err(ExpandError::MissingBrace),
             Some('{' | '}' | ':') => return Err(ExpandError::BadSubstitution),
@@ -560,13 +603,14 @@ impl<'a> State<'a> {
                 let compiled = Pattern::compile(&pattern, true)?;
                 let text: Vec<char> = value.chars().collect();
                 if replace_all {
-                    Ok(replace_all_matches(&compiled, &text, &replacement))
+                    replace_all_matches(&compiled, &pattern, &text, &replacement)
                 } else {
-                    Ok(match compiled.find(&text) {
+                    Ok(match compiled.find(&pattern, &text)? {
                         Some((start, end)) => {
                             let mut out: String = text[..start].iter().collect();
                             out.push_str(&replacement);
                             out.extend(&text[end..]);
+                            check_len(out.len())?;
                             out
                         }
                         None => value,
@@ -587,10 +631,23 @@ impl<'a> State<'a> {
     ) -> Result<String, ExpandError> {
         match self.process_until(stop, raw_escapes, false) {
             Ok((word, _)) => Ok(word),
+            Err(e) if e.is_limit() => Err(e),
             Err(_) if self.at_end() => Err(at_end),
             Err(e) => Err(e),
         }
     }
+}
+
+impl ExpandError {
+    /// Whether the error is one of the resource limits (nesting, length, pattern cost) rather
+    /// than a syntax error of the word.
+    pub fn is_limit(&self) -> bool {
+        matches!(self, ExpandError::TooDeep | ExpandError::TooLong | ExpandError::PatternTooCostly { .. })
+    }
+}
+
+fn check_len(len: usize) -> Result<(), ExpandError> {
+    if len > MAX_WORD_BYTES { Err(ExpandError::TooLong) } else { Ok(()) }
 }
 
 fn required(name: String, word: String, default: &str) -> ExpandError {
@@ -665,6 +722,10 @@ impl Pattern {
                 c => push_lit(&mut tokens, c),
             }
         }
+        // The matcher recurses once per token.
+        if tokens.len() > MAX_PATTERN_TOKENS {
+            return Err(ExpandError::PatternTooCostly { pattern: pattern.to_string(), chars: 0 });
+        }
         Ok(Self { tokens, greedy })
     }
 
@@ -678,11 +739,15 @@ impl Pattern {
         let Some(token) = self.tokens.get(ti) else {
             return Some(pos);
         };
+        if memo.steps_left == 0 {
+            return None;
+        }
+        memo.steps_left -= 1;
         let key = ti * (text.len() + 1) + pos;
-        match memo[key] {
+        match memo.cells[key] {
             UNKNOWN => {}
             NO_MATCH => return None,
-            end => return Some(end),
+            end => return Some(end as usize),
         }
         let found = match token {
             Token::Literal(lit) => {
@@ -699,6 +764,7 @@ impl Pattern {
             },
             Token::Star => {
                 let max = text[pos..].iter().take_while(|&&c| c != '\n').count();
+                memo.steps_left = memo.steps_left.saturating_sub(max);
                 if self.greedy {
                     (0..=max).rev().find_map(|k| self.match_from(ti + 1, text, pos + k, memo))
                 } else {
@@ -706,12 +772,20 @@ impl Pattern {
                 }
             }
         };
-        memo[key] = found.unwrap_or(NO_MATCH);
+        if memo.steps_left > 0 {
+            memo.cells[key] = found.map_or(NO_MATCH, |e| e as u32);
+        }
         found
     }
 
-    fn memo(&self, text: &[char]) -> Memo {
-        vec![UNKNOWN; self.tokens.len() * (text.len() + 1)]
+    /// A fresh memo for matching against `text`, or an error when the table or the work would
+    /// exceed the bounds.
+    fn memo(&self, pattern: &str, text: &[char]) -> Result<Memo, ExpandError> {
+        let cells = self.tokens.len().saturating_mul(text.len() + 1);
+        if cells > MAX_PATTERN_CELLS {
+            return Err(ExpandError::PatternTooCostly { pattern: pattern.to_string(), chars: text.len() });
+        }
+        Ok(Memo { cells: vec![UNKNOWN; cells], steps_left: MAX_PATTERN_STEPS })
     }
 
     /// The leftmost match at or after `from`.
@@ -719,26 +793,50 @@ impl Pattern {
         (from..=text.len()).find_map(|s| self.match_at(text, s, memo).map(|e| (s, e)))
     }
 
-    fn find(&self, text: &[char]) -> Option<(usize, usize)> {
-        let mut memo = self.memo(text);
-        self.find_from(text, 0, &mut memo)
+    fn find(&self, pattern: &str, text: &[char]) -> Result<Option<(usize, usize)>, ExpandError> {
+        let mut memo = self.memo(pattern, text)?;
+        let found = self.find_from(text, 0, &mut memo);
+        memo.check(pattern, text)?;
+        Ok(found)
     }
 }
 
+/// The largest memo table (4 bytes a cell) of one match.
+const MAX_PATTERN_CELLS: usize = 1 << 22;
+
+/// The most tokens a pattern may have (the matcher recurses once per token; runs of literal
+/// characters count as one).
+const MAX_PATTERN_TOKENS: usize = 256;
+
 /// For each (token index, text position): the end of the preferred match of
 /// the rest of the pattern from there, [`NO_MATCH`] or [`UNKNOWN`] (not
-/// computed yet). The recursion is as deep as the pattern has tokens (runs
-/// of literal characters count as one).
-type Memo = Vec<usize>;
-const UNKNOWN: usize = usize::MAX;
-const NO_MATCH: usize = usize::MAX - 1;
+/// computed yet); plus the steps left before the match is given up.
+struct Memo {
+    cells: Vec<u32>,
+    steps_left: usize,
+}
+
+impl Memo {
+    /// An error when the match ran out of steps (its result is then meaningless).
+    fn check(&self, pattern: &str, text: &[char]) -> Result<(), ExpandError> {
+        if self.steps_left == 0 {
+            Err(ExpandError::PatternTooCostly { pattern: pattern.to_string(), chars: text.len() })
+        } else {
+            Ok(())
+        }
+    }
+}
+const UNKNOWN: u32 = u32::MAX;
+const NO_MATCH: u32 = u32::MAX - 1;
 
 /// `${VAR#pattern}` / `${VAR##pattern}`.
 fn trim_prefix(pattern: &str, value: &str, greedy: bool) -> Result<String, ExpandError> {
     let compiled = Pattern::compile(pattern, greedy)?;
     let text: Vec<char> = value.chars().collect();
-    let mut memo = compiled.memo(&text);
-    Ok(match compiled.match_at(&text, 0, &mut memo) {
+    let mut memo = compiled.memo(pattern, &text)?;
+    let found = compiled.match_at(&text, 0, &mut memo);
+    memo.check(pattern, &text)?;
+    Ok(match found {
         Some(end) => text[end..].iter().collect(),
         None => value.to_string(),
     })
@@ -768,8 +866,13 @@ fn reverse_pattern(pattern: &str) -> String {
 /// `${VAR//pattern/replacement}`: Go's `Regexp.ReplaceAllString`, including
 /// its handling of empty matches and of `$` in the replacement (`$0` or
 /// `${0}` is the match, `$$` a `$`, other references are empty).
-fn replace_all_matches(pattern: &Pattern, text: &[char], replacement: &str) -> String {
-    let mut memo = pattern.memo(text);
+fn replace_all_matches(
+    pattern: &Pattern,
+    pattern_text: &str,
+    text: &[char],
+    replacement: &str,
+) -> Result<String, ExpandError> {
+    let mut memo = pattern.memo(pattern_text, text)?;
     let mut out = String::new();
     let mut last_end = 0;
     let mut search = 0;
@@ -782,11 +885,14 @@ fn replace_all_matches(pattern: &Pattern, text: &[char], replacement: &str) -> S
         if end > last_end || start == 0 {
             expand_template(&mut out, replacement, &text[start..end]);
         }
+        check_len(out.len())?;
         last_end = end;
         search = if search + 1 > end { search + 1 } else { end };
     }
+    memo.check(pattern_text, text)?;
     out.extend(&text[last_end..]);
-    out
+    check_len(out.len())?;
+    Ok(out)
 }
 
 /// Go's `Regexp.Expand` for a pattern without groups.

@@ -6,6 +6,7 @@
 //! name; ENV (including the base image's) wins over ARG of the same name; RUN text is never
 //! expanded (declared ARGs reach the command as environment variables instead).
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 
 use crate::error::{DockerfileError, Location};
@@ -26,6 +27,15 @@ pub const PREDEFINED_ARGS: &[&str] = &[
     "ALL_PROXY",
     "all_proxy",
 ];
+
+/// How many bytes of ARG and ENV values (names included) a Dockerfile may define on top of the
+/// image's own `Env`. Docker has no limit, but a few lines of `ARG L2=${L1}${L1}` would
+/// otherwise take gigabytes; real Dockerfiles stay far below.
+pub const MAX_VARIABLES_BYTES: usize = 2 << 20;
+
+/// How many bytes all expanded words of a plan may add up to (every RUN carries a copy of the
+/// declared ARGs, so this also bounds many RUNs after a large ARG).
+pub const MAX_PLAN_BYTES: usize = 32 << 20;
 
 /// A Dockerfile with every word expanded, ready for the executor.
 #[derive(Debug, Clone)]
@@ -150,6 +160,49 @@ pub struct Healthcheck {
 struct Scope<'a> {
     env: &'a [(String, String)],
     args: &'a BTreeMap<String, String>,
+    /// Bytes of expanded words the plan may still produce.
+    budget: &'a Budget,
+}
+
+/// What is left of [`MAX_PLAN_BYTES`].
+struct Budget(Cell<usize>);
+
+impl Budget {
+    fn new() -> Budget {
+        Budget(Cell::new(MAX_PLAN_BYTES))
+    }
+
+    fn charge(&self, bytes: usize, at: &Location) -> Result<(), DockerfileError> {
+        match self.0.get().checked_sub(bytes) {
+            Some(left) => {
+                self.0.set(left);
+                Ok(())
+            }
+            None => Err(DockerfileError::Invalid {
+                at: at.clone(),
+                message: format!(
+                    "the Dockerfile expands to more than {} MiB of words and variables",
+                    MAX_PLAN_BYTES >> 20
+                ),
+            }),
+        }
+    }
+}
+
+fn pairs_bytes<'a>(pairs: impl IntoIterator<Item = (&'a String, &'a String)>) -> usize {
+    pairs.into_iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// An error when the variables a Dockerfile defined (`defined` bytes beyond the image's own)
+/// exceed [`MAX_VARIABLES_BYTES`].
+fn check_variables(defined: usize, at: &Location) -> Result<(), DockerfileError> {
+    if defined > MAX_VARIABLES_BYTES {
+        return Err(DockerfileError::Invalid {
+            at: at.clone(),
+            message: format!("ARG and ENV values add up to more than {} MiB", MAX_VARIABLES_BYTES >> 20),
+        });
+    }
+    Ok(())
 }
 
 impl VarLookup for Scope<'_> {
@@ -169,7 +222,8 @@ impl Dockerfile {
         let lex = ShellLex::new(self.escape);
         let globals = self.global_arg_values(build_args)?;
         let at = self.at(self.from.line);
-        let image = expand_word(&lex, &self.from.image, &Scope { env: &[], args: &globals }, &at)?;
+        let budget = Budget::new();
+        let image = expand_word(&lex, &self.from.image, &Scope { env: &[], args: &globals, budget: &budget }, &at)?;
         if image.trim().is_empty() {
             let missing = if self.from.image.contains("base_image") {
                 "; the build arg `base_image` is not set (pass --from)"
@@ -212,13 +266,15 @@ impl Dockerfile {
         let lex = ShellLex::new(self.escape);
         let globals = self.global_arg_values(build_args)?;
         let mut env: Vec<(String, String)> = image_env.to_vec();
+        let image_env_bytes = pairs_bytes(image_env.iter().map(|(k, v)| (k, v)));
         let mut args: BTreeMap<String, String> = BTreeMap::new();
         let mut steps = Vec::with_capacity(self.instructions.len());
+        let budget = Budget::new();
 
         for ins in &self.instructions {
             let at = self.at(ins.line);
             let op = {
-                let scope = Scope { env: &env, args: &args };
+                let scope = Scope { env: &env, args: &args, budget: &budget };
                 let word = |w: &str| expand_word(&lex, w, &scope, &at);
                 match &ins.kind {
                     Kind::Arg(text) => {
@@ -316,6 +372,7 @@ impl Dockerfile {
                                 proxy_env.push(((*p).to_string(), v.clone()));
                             }
                         }
+                        budget.charge(pairs_bytes(args_env.iter().chain(&proxy_env).map(|(k, v)| (k, v))), &at)?;
                         Op::Run(RunOp { command, args_env, proxy_env, network })
                     }
                     Kind::Cmd(c) => {
@@ -345,6 +402,11 @@ impl Dockerfile {
                     Kind::Onbuild(o) => Op::Config(ConfigOp::Onbuild(o.clone())),
                 }
             };
+            if matches!(op, Op::Arg(_) | Op::Env(_)) {
+                let defined =
+                    (pairs_bytes(&args) + pairs_bytes(env.iter().map(|(k, v)| (k, v)))).saturating_sub(image_env_bytes);
+                check_variables(defined, &at)?;
+            }
             steps.push(Step { line: ins.line, text: ins.text.clone(), op });
         }
         Ok(Plan { file: self.file.clone(), from, steps, warnings: self.warnings.clone() })
@@ -370,18 +432,20 @@ impl Dockerfile {
         if let Some(b) = build_args.get("base_image") {
             values.insert("base_image".to_string(), b.clone());
         }
+        let budget = Budget::new();
         for ins in &self.global_args {
             let Kind::Arg(text) = &ins.kind else { continue };
             let at = self.at(ins.line);
             for p in parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))? {
                 let default = match &p.value {
-                    Some(d) => Some(expand_word(&lex, d, &Scope { env: &[], args: &values }, &at)?),
+                    Some(d) => Some(expand_word(&lex, d, &Scope { env: &[], args: &values, budget: &budget }, &at)?),
                     None => None,
                 };
                 if let Some(v) = build_args.get(&p.key).cloned().or(default) {
                     values.insert(p.key, v);
                 }
             }
+            check_variables(pairs_bytes(&values), &at)?;
         }
         Ok(values)
     }
@@ -511,11 +575,23 @@ impl Dockerfile {
 }
 
 fn expand_word(lex: &ShellLex, word: &str, scope: &Scope<'_>, at: &Location) -> Result<String, DockerfileError> {
-    lex.process_word(word, scope).map_err(|source| DockerfileError::Expand {
+    let expanded = lex.process_word(word, scope).map_err(|source| DockerfileError::Expand {
         at: at.clone(),
-        word: word.to_string(),
+        word: quote_word(word),
         source,
-    })
+    })?;
+    scope.budget.charge(expanded.len(), at)?;
+    Ok(expanded)
+}
+
+/// A word as quoted in an error: cut after 200 characters (a word that hit a limit may be
+/// huge).
+fn quote_word(word: &str) -> String {
+    const MAX: usize = 200;
+    match word.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}...", &word[..cut]),
+        None => word.to_string(),
+    }
 }
 
 /// Here-document bodies expand variables but keep quotes and whitespace, like a shell heredoc.

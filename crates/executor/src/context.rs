@@ -72,7 +72,11 @@ impl BuildContext {
     /// Indexes `root`, honouring its `.dockerignore`.
     fn build_index(root: &Path) -> Result<BTreeMap<String, ContextEntry>> {
         let err = |message: String| ExecError::Context { dir: root.to_path_buf(), message };
-        let ignore = match fs::read_to_string(root.join(".dockerignore")) {
+        let ignore = match crate::special_file::read_text(
+            &root.join(".dockerignore"),
+            crate::special_file::Symlinks::Refuse,
+            crate::special_file::MAX_DOCKERIGNORE,
+        ) {
             Ok(text) => DockerIgnore::parse(&text).map_err(err)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
             Err(e) => return Err(err(format!(".dockerignore: {e}"))),

@@ -9,6 +9,7 @@ pub mod error;
 pub mod output;
 pub mod paths;
 pub mod session;
+pub mod special_file;
 pub mod step_key;
 pub mod tree;
 pub mod users;

@@ -77,9 +77,15 @@ pub struct WrittenLayer {
 }
 
 impl ExtendedImage {
-    /// Canonical config bytes.
-    pub fn config_bytes(&self) -> Vec<u8> {
-        self.config.to_canonical_bytes()
+    /// Canonical config bytes; an error if they exceed [`ext_oci::config::MAX_CONFIG_BYTES`]
+    /// (the session refuses such a config at the instruction that grew it; this catches edits
+    /// made after the session, e.g. the lifecycle's labels).
+    pub fn config_bytes(&self) -> Result<Vec<u8>> {
+        let bytes = self.config.to_canonical_bytes();
+        if bytes.len() > ext_oci::config::MAX_CONFIG_BYTES {
+            return Err(ExecError::Image(OciError::ConfigTooLarge { size: bytes.len() }));
+        }
+        Ok(bytes)
     }
 
     /// The layers of the result: base layers unchanged (media types in their OCI spelling),
@@ -148,7 +154,7 @@ impl ExtendedImage {
             };
             layers.push(PushLayer { digest: l.digest.clone(), size: l.size, source });
         }
-        let config = self.config_bytes();
+        let config = self.config_bytes()?;
         let config_digest = Digest::of(&config);
         let manifest = self.manifest_bytes(&config_digest, config.len() as u64);
         let pushed = ext_oci::registry::push_image(target, &manifest, media::OCI_MANIFEST, &config, &layers, opts)?;
@@ -180,7 +186,7 @@ impl ExtendedImage {
         for layer in &self.new_layers {
             writer.add_blob_file(&layer.path, &layer.digest)?;
         }
-        let config = self.config_bytes();
+        let config = self.config_bytes()?;
         let config_digest = writer.add_blob_bytes(&config)?;
         let manifest = self.manifest_bytes(&config_digest, config.len() as u64);
         let desc = writer.commit(&manifest, media::OCI_MANIFEST, tag)?;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ext_dockerfile::{ConfigOp, Dockerfile, Location, Op, Plan, RunCommand, RunOp, Step};
-use ext_oci::layer::{decompress, rfc3339};
+use ext_oci::layer::{decompress, decompress_verified, rfc3339};
 use ext_oci::{Digest, HistoryEntry, Image, ImageConfig, LayerBlob, LayerOptions, LayerWriter};
 use ext_rootfs::{CacheFill, LiveRoot, Network, Rootfs, RootfsError, RunRoot, RunSpec, SnapshotMode};
 use ext_stepcache::StepCache;
@@ -224,6 +224,17 @@ impl Session {
             }
             log_layer(&report);
             self.record_history(step, &report, provenance);
+            let size = self.config.canonical_len();
+            if size > ext_oci::config::MAX_CONFIG_BYTES {
+                return Err(ExecError::step(
+                    &at,
+                    format!(
+                        "{} makes the image config {size} bytes, more than the {} MiB container tools accept",
+                        step.text.split_whitespace().next().unwrap_or("this instruction").to_uppercase(),
+                        ext_oci::config::MAX_CONFIG_BYTES >> 20
+                    ),
+                ));
+            }
             reports.push(report);
         }
         Ok(reports)
@@ -354,6 +365,28 @@ impl Session {
         committed
     }
 
+    /// The error for a base layer that failed to unpack: a damaged blob shows up as a gzip,
+    /// tar or unpack error before its digest is checked at the end, so the root cause is named
+    /// when there is one (a damaged blob first, then a config whose diffID is wrong).
+    fn layer_error(&self, at: &Location, digest: &Digest, size: u64, e: RootfsError) -> ExecError {
+        if let Err(damaged) = self.base.store.verify(digest, Some(size)) {
+            return ExecError::Image(damaged);
+        }
+        if let RootfsError::DiffIdMismatch { recorded, expected, .. } = &e
+            && let (Ok(actual), Ok(expected)) = (recorded.parse(), expected.parse())
+        {
+            return ExecError::Image(ext_oci::OciError::DiffIdMismatch {
+                image: self.base.name.clone(),
+                layer: digest.clone(),
+                failure: ext_oci::digest::BlobCheckFailure::DiffId { expected, actual },
+            });
+        }
+        match self.base.diff_id_failure(digest, &e) {
+            Some(mismatch) => ExecError::Image(mismatch),
+            None => rootfs_error(at, e),
+        }
+    }
+
     fn is_live(&self) -> bool {
         matches!(self.opts.executor, RunExecutor::LiveRoot(_))
     }
@@ -404,43 +437,43 @@ impl Session {
         // into a directory of its own); the loop below then adds all layers in order.
         let mut fills = Vec::new();
         if rootfs.has_layer_cache() {
-            for desc in self.base.layers() {
+            for (i, desc) in self.base.layers().iter().enumerate() {
                 let digest = Digest::try_from(desc.digest())?;
                 if rootfs.is_cached(digest.hex()) {
                     continue;
                 }
                 // Downloads (if any) happen here, one at a time, before the parallel part.
                 self.base.store.ensure(&digest, Some(desc.size()))?;
-                let (store, size) = (self.base.store.clone(), desc.size());
+                let (store, size, diff_id) = (self.base.store.clone(), desc.size(), self.base.diff_id(i)?);
                 fills.push(CacheFill {
                     digest_hex: digest.hex().to_string(),
+                    diff_id: diff_id.to_string(),
                     name: digest.to_string(),
-                    open: Box::new(move || open_layer(&store, &digest, size)),
+                    open: Box::new(move || open_layer(&store, &digest, size, diff_id)),
                 });
             }
         }
         if fills.len() > 1 {
             let stats = rootfs.fill_layer_cache(fills).map_err(|(hex, e)| {
-                let damaged = self.base.layers().iter().find_map(|d| {
-                    let digest = Digest::try_from(d.digest()).ok().filter(|g| g.hex() == hex)?;
-                    self.base.store.verify(&digest, Some(d.size())).err()
-                });
-                damaged.map_or_else(|| rootfs_error(at, e), ExecError::Image)
+                let failed =
+                    self.base.layers().iter().find_map(|d| {
+                        Digest::try_from(d.digest()).ok().filter(|g| g.hex() == hex).map(|g| (g, d.size()))
+                    });
+                match failed {
+                    Some((digest, size)) => self.layer_error(at, &digest, size, e),
+                    None => rootfs_error(at, e),
+                }
             })?;
             bytes += stats.bytes;
         }
-        for desc in self.base.layers() {
+        for (i, desc) in self.base.layers().iter().enumerate() {
             let digest = Digest::try_from(desc.digest())?;
+            let diff_id = self.base.diff_id(i)?;
             let store = &self.base.store;
-            let open = || open_layer(store, &digest, desc.size());
-            let stats = rootfs.add_layer_by_digest(digest.hex(), digest.as_str(), open).map_err(|e| {
-                // A damaged blob shows up as a gzip, tar or unpack error before its digest
-                // is checked at the end; name the root cause when it is one.
-                match store.verify(&digest, Some(desc.size())) {
-                    Err(damaged) => ExecError::Image(damaged),
-                    Ok(()) => rootfs_error(at, e),
-                }
-            })?;
+            let open = || open_layer(store, &digest, desc.size(), diff_id.clone());
+            let stats = rootfs
+                .add_layer_by_digest(digest.hex(), diff_id.as_str(), digest.as_str(), open)
+                .map_err(|e| self.layer_error(at, &digest, desc.size(), e))?;
             bytes += stats.bytes;
         }
         for layer in &self.layers {
@@ -500,7 +533,7 @@ impl Session {
             script,
             output,
         };
-        tracing::info!("{at} {text}");
+        tracing::info!("{at} {}", ext_oci::escape::for_terminal(text));
         let started = std::time::Instant::now();
         let outcome = rootfs.run(&spec).map_err(|e| match e {
             RootfsError::Spawn { program, source } if source.kind() == std::io::ErrorKind::NotFound => ExecError::step(
@@ -629,9 +662,15 @@ const MAX_LISTED_PATHS: usize = 20;
 /// Dockerfile's order (RUN steps log their own progress while they run).
 fn log_layer(report: &StepReport) {
     let (Some(layer), false) = (&report.layer, report.paths.is_empty()) else { return };
-    tracing::info!("{} {} -> layer {} ({} bytes)", report.location, report.text, layer.digest.short(), layer.size);
+    tracing::info!(
+        "{} {} -> layer {} ({} bytes)",
+        report.location,
+        ext_oci::escape::for_terminal(&report.text),
+        layer.digest.short(),
+        layer.size
+    );
     for p in report.paths.iter().take(MAX_LISTED_PATHS) {
-        tracing::info!("  + {p}");
+        tracing::info!("  + {}", ext_oci::escape::text(p));
     }
     let count = report.path_count.max(report.paths.len());
     if count > MAX_LISTED_PATHS {
@@ -639,16 +678,19 @@ fn log_layer(report: &StepReport) {
     }
 }
 
-/// A base layer's uncompressed tar stream, with unpack progress (bars on terminals only).
+/// A base layer's uncompressed tar stream, verified against its diffID at the end, with
+/// unpack progress (bars on terminals only).
 fn open_layer(
     store: &ext_oci::BlobStore,
     digest: &Digest,
     size: u64,
+    diff_id: Digest,
 ) -> std::result::Result<Box<dyn std::io::Read + Send>, RootfsError> {
     let reader = store.open(digest, Some(size)).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
     let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(size));
     let reader = ext_oci::progress::ProgressReader::new(reader, progress);
-    decompress(reader).map_err(|e| RootfsError::Io { path: PathBuf::from(digest.as_str()), source: e })
+    decompress_verified(reader, diff_id)
+        .map_err(|e| RootfsError::Io { path: PathBuf::from(digest.as_str()), source: e })
 }
 
 fn rootfs_error(at: &Location, e: RootfsError) -> ExecError {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use ext_oci::{Digest, Image, layer::decompress};
+use ext_oci::{Digest, Image, OciError, layer::decompress, layer::decompress_verified};
 
 use crate::error::{ExecError, Result};
 
@@ -35,7 +35,7 @@ const MAX_CAPTURE: u64 = 4 << 20;
 const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Bumped when [`LayerIndex`]'s meaning changes, so stale cache files are ignored.
-const INDEX_VERSION: u32 = 1;
+const INDEX_VERSION: u32 = 2;
 
 #[derive(Debug, Default, Clone)]
 pub struct ImageTree {
@@ -137,6 +137,9 @@ impl TreeView for LiveTree {
 #[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LayerIndex {
     version: u32,
+    /// The layer's uncompressed digest, verified while it was scanned: a cached index is
+    /// used only for an image whose config lists the same diffID.
+    diff_id: Option<String>,
     ops: Vec<IndexOp>,
     /// Opaque directories (applied after the layer's own entries).
     opaque: Vec<String>,
@@ -154,50 +157,58 @@ impl LayerIndex {
     /// Reads a layer's tar headers (contents skipped, except captured files) and then the rest
     /// of the stream, so a verifying reader below checks the blob's digest at its end.
     pub fn scan(tar: Box<dyn Read>) -> std::io::Result<LayerIndex> {
+        let (tar, guard) = ext_oci::targuard::guard(tar);
         let mut archive = tar::Archive::new(tar);
         let mut index = LayerIndex { version: INDEX_VERSION, ..Default::default() };
-        for entry in archive.entries()? {
+        let mut entries = archive.entries()?;
+        while let Some(entry) = guard.next(&mut entries) {
             let mut entry = entry?;
-            let raw = entry.path()?.to_string_lossy().into_owned();
-            let Some(path) = normalize(&raw) else { continue };
-            let (dir, name) = split(&path);
-            if name == ".wh..wh..opq" {
-                index.opaque.push(dir.to_string());
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(".wh.") {
-                index.ops.push(IndexOp::Whiteout(join(dir, hidden)));
-                continue;
-            }
-            let h = entry.header();
-            let kind = match h.entry_type() {
-                tar::EntryType::Directory => NodeKind::Dir,
-                tar::EntryType::Symlink => {
-                    NodeKind::Symlink(entry.link_name()?.map(|l| l.to_string_lossy().into_owned()).unwrap_or_default())
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => NodeKind::File,
-                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName => continue,
-                _ => NodeKind::Other,
-            };
-            let node =
-                Node { kind, mode: h.mode().unwrap_or(0o755), uid: h.uid().unwrap_or(0), gid: h.gid().unwrap_or(0) };
-            if CAPTURED.contains(&path.as_str()) {
-                let capturable = node.kind == NodeKind::File
-                    && entry.header().entry_type() != tar::EntryType::Link
-                    && entry.size() <= MAX_CAPTURE;
-                let content = if capturable {
-                    let mut content = Vec::new();
-                    entry.read_to_end(&mut content)?;
-                    Some(content)
-                } else {
-                    None
-                };
-                index.captured.insert(path.clone(), content);
-            }
-            index.ops.push(IndexOp::Entry(path, node));
+            index.add_entry(&mut entry)?;
+            // Contents are skipped here, outside the guard's budget for the next headers.
+            std::io::copy(&mut entry, &mut std::io::sink())?;
         }
         std::io::copy(&mut archive.into_inner(), &mut std::io::sink())?;
         Ok(index)
+    }
+
+    fn add_entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> std::io::Result<()> {
+        let raw = entry.path()?.to_string_lossy().into_owned();
+        let Some(path) = normalize(&raw) else { return Ok(()) };
+        let (dir, name) = split(&path);
+        if name == ".wh..wh..opq" {
+            self.opaque.push(dir.to_string());
+            return Ok(());
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            self.ops.push(IndexOp::Whiteout(join(dir, hidden)));
+            return Ok(());
+        }
+        let h = entry.header();
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => NodeKind::Dir,
+            tar::EntryType::Symlink => {
+                NodeKind::Symlink(entry.link_name()?.map(|l| l.to_string_lossy().into_owned()).unwrap_or_default())
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Link => NodeKind::File,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName => return Ok(()),
+            _ => NodeKind::Other,
+        };
+        let node = Node { kind, mode: h.mode().unwrap_or(0o755), uid: h.uid().unwrap_or(0), gid: h.gid().unwrap_or(0) };
+        if CAPTURED.contains(&path.as_str()) {
+            let capturable = node.kind == NodeKind::File
+                && entry.header().entry_type() != tar::EntryType::Link
+                && entry.size() <= MAX_CAPTURE;
+            let content = if capturable {
+                let mut content = Vec::new();
+                entry.read_to_end(&mut content)?;
+                Some(content)
+            } else {
+                None
+            };
+            self.captured.insert(path.clone(), content);
+        }
+        self.ops.push(IndexOp::Entry(path, node));
+        Ok(())
     }
 
     fn cache_path(cache: &Path, digest: &Digest) -> PathBuf {
@@ -232,21 +243,37 @@ impl ImageTree {
     /// layer's tar headers, verified against its digest as they are read.
     pub fn from_image(image: &Image, cache: Option<&Path>) -> Result<ImageTree> {
         let mut tree = ImageTree::default();
-        for desc in image.layers() {
+        for (i, desc) in image.layers().iter().enumerate() {
             let digest = Digest::try_from(desc.digest())?;
+            let diff_id = image.diff_id(i)?;
             if let Some(index) = cache.and_then(|c| LayerIndex::load(c, &digest)) {
+                // The cached index was verified against the layer's real diffID.
+                if index.diff_id.as_deref() != Some(diff_id.as_str()) {
+                    return Err(ExecError::Image(OciError::DiffIdMismatch {
+                        image: image.name.clone(),
+                        layer: digest,
+                        failure: ext_oci::digest::BlobCheckFailure::DiffId {
+                            expected: diff_id,
+                            actual: index.diff_id.as_deref().unwrap_or_default().parse()?,
+                        },
+                    }));
+                }
                 tree.apply_index(&index);
                 continue;
             }
             let reader = image.store.open(&digest, Some(desc.size()))?;
             // A damaged blob usually breaks gzip or tar before its digest can be checked at
             // the end; report the digest mismatch, the root cause, when there is one.
+            // A damaged blob is the root cause of any later failure, a wrong diffID next.
             let layer_err = |e: std::io::Error| match image.store.verify(&digest, Some(desc.size())) {
                 Err(damaged) => ExecError::Image(damaged),
-                Ok(()) => ExecError::Image(image.store.read_error(&digest, e)),
+                Ok(()) => ExecError::Image(
+                    image.diff_id_failure(&digest, &e).unwrap_or_else(|| image.store.read_error(&digest, e)),
+                ),
             };
-            let tar = decompress(reader).map_err(layer_err)?;
-            let index = LayerIndex::scan(tar).map_err(layer_err)?;
+            let tar = decompress_verified(reader, diff_id.clone()).map_err(layer_err)?;
+            let mut index = LayerIndex::scan(tar).map_err(layer_err)?;
+            index.diff_id = Some(diff_id.to_string());
             if let Some(c) = cache {
                 index.store(c, &digest);
             }

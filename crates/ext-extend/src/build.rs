@@ -27,7 +27,10 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
     // Parse everything before touching any image, so bad input fails fast.
     let mut dockerfiles = Vec::new();
     for (file, context) in &jobs {
-        let text = std::fs::read_to_string(file)
+        use ext_executor::special_file::{MAX_DOCKERFILE, Symlinks, read_text};
+        // A Dockerfile named with -f is the user's choice; the default one is in the context.
+        let symlinks = if args.files.is_empty() { Symlinks::Refuse } else { Symlinks::Follow };
+        let text = read_text(file, symlinks, MAX_DOCKERFILE)
             .with_context(|| format!("cannot read Dockerfile {}", file.display()))
             .map_err(Failure::input)?;
         let df = Dockerfile::parse(&text, &file.display().to_string()).map_err(Failure::input)?;

@@ -1,4 +1,5 @@
-//! The step cache's flags (shared by `build` and `extend`) and `ext-extend cache prune`.
+//! The step cache's flags (shared by `build` and `extend`), `ext-extend cache prune` (step
+//! cache) and `ext-extend cache verify` (blob cache).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::anyhow;
 use clap::{Args, Subcommand};
+use ext_oci::BlobStore;
 use ext_stepcache::{LocalStore, PrunePolicy, StepCache, StepCacheError, StepCacheOptions, units};
 
 use crate::Failure;
@@ -76,6 +78,17 @@ pub enum CacheCommand {
     /// local store fits its size bound, and blobs no entry uses. Entries in a --cache-repo
     /// registry are not deleted (they expire by the TTL, and a new build replaces them).
     Prune(PruneArgs),
+    /// Re-hash every blob of the registry blob cache; corrupt ones are removed (and downloaded
+    /// again when needed). Builds re-hash a cached blob only when its size, mtime, ctime or
+    /// inode changed since it was last verified, so this is how silent corruption (a bad disk)
+    /// is found. Exit 1 if any blob was corrupt.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: crate::cli::StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -103,7 +116,13 @@ pub struct PruneArgs {
 }
 
 pub fn run(command: CacheCommand) -> Result<(), Failure> {
-    let CacheCommand::Prune(args) = command;
+    match command {
+        CacheCommand::Prune(args) => prune(args),
+        CacheCommand::Verify(args) => verify(args),
+    }
+}
+
+fn prune(args: PruneArgs) -> Result<(), Failure> {
     let cache_dir = args.cache_dir.clone().unwrap_or_else(ext_oci::default_cache_dir);
     let dir = args.step_cache_dir.clone().unwrap_or_else(|| cache_dir.join("steps"));
     let ttl = match &args.cache_ttl {
@@ -129,4 +148,23 @@ pub fn run(command: CacheCommand) -> Result<(), Failure> {
         report.bytes_kept as f64 / 1e6
     );
     Ok(())
+}
+
+fn verify(args: VerifyArgs) -> Result<(), Failure> {
+    let dir = args.store.options().cache_dir();
+    let store = BlobStore::new(&dir);
+    let ext_oci::layout::VerifyReport { good, removed } = store.verify_all()?;
+    for (digest, e) in &removed {
+        eprintln!("removed corrupt blob {digest}: {e}");
+    }
+    println!("{}: {} blobs verified, {} corrupt removed", dir.display(), good.len(), removed.len());
+    if removed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::other(anyhow!(
+            "{} corrupt blobs were removed from {} (they are downloaded again when needed)",
+            removed.len(),
+            dir.display()
+        )))
+    }
 }

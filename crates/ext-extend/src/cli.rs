@@ -38,7 +38,7 @@ pub enum Command {
     /// CNB export phase: the app image from the (extended) run image, the app and the launch
     /// layers; extension layers are never exported.
     Export(crate::cnb::ExportArgs),
-    /// Manage the step cache.
+    /// Maintain the caches: prune the step cache, verify the blob cache.
     Cache {
         #[command(subcommand)]
         command: crate::cache::CacheCommand,
@@ -58,6 +58,10 @@ pub struct StoreArgs {
     /// $DOCKER_CONFIG/config.json or ~/.docker/config.json.
     #[arg(long = "insecure-registry", value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+
+    /// Abandon (and retry) a registry transfer that moves no byte for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, env = "EXT_EXTEND_STALL_TIMEOUT")]
+    pub stall_timeout: f64,
 }
 
 /// Where RUN happens (shared by `build` and `extend`).
@@ -135,6 +139,7 @@ impl StoreArgs {
         ext_oci::StoreOptions {
             cache_dir: self.cache_dir.clone(),
             insecure_registries: self.insecure_registries.clone(),
+            stall_timeout: Some(std::time::Duration::from_secs_f64(self.stall_timeout.max(0.1))),
         }
     }
 }

@@ -47,7 +47,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {}", error_line(&failure.error));
+            // Errors quote untrusted text (layer entry names, context file names, Dockerfile
+            // lines): no control character of it may reach the terminal.
+            eprintln!("error: {}", ext_oci::escape::for_terminal(&error_line(&failure.error)));
             ExitCode::from(failure.code)
         }
     }

@@ -141,7 +141,13 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
     // Parse and validate everything first: a bad Dockerfile fails before any image work.
     let mut parsed = Vec::new();
     for job in &jobs {
-        let text = fs::read_to_string(&job.dockerfile).map_err(LifecycleError::io(&job.dockerfile))?;
+        // An extension's output: a symlink to a host file or a FIFO is refused, not read.
+        let text = ext_executor::special_file::read_text(
+            &job.dockerfile,
+            ext_executor::special_file::Symlinks::Refuse,
+            ext_executor::special_file::MAX_DOCKERFILE,
+        )
+        .map_err(LifecycleError::io(&job.dockerfile))?;
         let df = Dockerfile::parse(&text, &job.dockerfile.display().to_string())
             .map_err(|e| LifecycleError::Extension { id: job.id.clone(), message: e.to_string() })?;
         for w in &df.warnings {
@@ -271,7 +277,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
     // <extended>/<kind>/<manifest digest>/ (`sha256:<hex>`, as the lifecycle names it): one
     // image, replacing any earlier one (including one named the old way, `sha256_<hex>`).
     let kind_dir = opts.extended.join(opts.kind.name());
-    let config_bytes = image.config_bytes();
+    let config_bytes = image.config_bytes()?;
     let manifest = image.manifest_bytes(&ext_oci::Digest::of(&config_bytes), config_bytes.len() as u64);
     let digest = ext_oci::Digest::of(&manifest);
     let layout_dir = kind_dir.join(digest.to_string());
@@ -416,7 +422,7 @@ mod tests {
 
     #[test]
     fn history_matches_layers() {
-        let mut c = ext_oci::ImageConfig::from_slice(br#"{"rootfs":{"diff_ids":["a","b"]},"history":[{"created_by":"x"},{"created_by":"e","empty_layer":true},{"created_by":"y"},{"created_by":"ARG","empty_layer":true},{"created_by":"Layer: 'RUN z', Created by extension: e"}]}"#).unwrap();
+        let mut c = ext_oci::ImageConfig::from_slice(format!(r#"{{"os":"linux","architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{a}","{b}"]}},"history":[{{"created_by":"x"}},{{"created_by":"e","empty_layer":true}},{{"created_by":"y"}},{{"created_by":"ARG","empty_layer":true}},{{"created_by":"Layer: 'RUN z', Created by extension: e"}}]}}"#, a = ext_oci::Digest::of(b"a"), b = ext_oci::Digest::of(b"b")).as_bytes()).unwrap();
         cnb_history(&mut c, 2, 3);
         let h = c.history();
         let by: Vec<&str> = h.iter().map(|v| v["created_by"].as_str().unwrap_or("")).collect();

@@ -98,6 +98,36 @@ pub fn run_now(signal: i32) {
     }
 }
 
+/// The name prefix for a temporary directory that [`remove_stale`] can recognise as this
+/// process's: `<prefix><pid>-`.
+pub fn owned_prefix(prefix: &str) -> String {
+    format!("{prefix}{}-", std::process::id())
+}
+
+/// Removes the directories (or files) in `parent` named `<prefix><pid>-...` whose process is
+/// gone: what runs killed outright (SIGKILL, power loss) left behind. Returns how many.
+pub fn remove_stale(parent: &std::path::Path, prefix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(parent) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        tracing::info!("removing {} left by an interrupted run (pid {pid})", e.path().display());
+        let gone = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+            _ => std::fs::remove_file(e.path()),
+        };
+        if gone.is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Alive and not a zombie (a killed child stays a zombie until its parent waits).
 fn is_running(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

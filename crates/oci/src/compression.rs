@@ -10,6 +10,7 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 
+use crate::digest::Digest;
 use crate::media;
 use crate::pgzip::ParallelGzWriter;
 
@@ -147,6 +148,13 @@ pub fn decompress(reader: impl Read + Send + 'static) -> io::Result<Box<dyn Read
     } else {
         Ok(Box::new(buf))
     }
+}
+
+/// [`decompress`], verifying the uncompressed stream against `diff_id` at its end (a
+/// [`crate::digest::BlobCheckFailure::DiffId`] error on a mismatch). Every base layer is read
+/// through this, so a config listing a wrong diffID is never copied into an output unnoticed.
+pub fn decompress_verified(reader: impl Read + Send + 'static, diff_id: Digest) -> io::Result<Box<dyn Read + Send>> {
+    Ok(Box::new(crate::digest::VerifyingReader::diff_id(decompress(reader)?, diff_id)))
 }
 
 /// libzstd's errors name the zstd problem but not that it is zstd; say so.

@@ -11,6 +11,10 @@ use serde_json::{Map, Value, json};
 
 use crate::digest::Digest;
 
+/// The largest config ext-extend writes: container tools refuse bigger ones (containers/image's
+/// `MaxConfigBodySize` and the distribution registry's manifest limit are both 4 MiB).
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageConfig {
     root: Value,
@@ -25,11 +29,12 @@ pub struct HistoryEntry {
 }
 
 impl ImageConfig {
+    /// Parses a config and checks it against the OCI image config schema (the fields
+    /// ext-extend reads or writes must have their schema types: a config with
+    /// `diff_ids[0] = 42` or `Env = "x"` is refused here rather than passed through).
     pub fn from_slice(bytes: &[u8]) -> Result<ImageConfig, String> {
         let root: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if !root.is_object() {
-            return Err("the image config is not a JSON object".into());
-        }
+        validate(&root)?;
         Ok(ImageConfig { root })
     }
 
@@ -50,6 +55,23 @@ impl ImageConfig {
     /// `tests::serialization_sorts_keys` fails if something enables `preserve_order`.
     pub fn to_canonical_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.root).expect("a JSON value always serializes")
+    }
+
+    /// The length of [`ImageConfig::to_canonical_bytes`], without keeping the bytes.
+    pub fn canonical_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, &self.root).expect("a JSON value always serializes");
+        count.0
     }
 
     pub fn as_json(&self) -> &Value {
@@ -250,11 +272,137 @@ impl ImageConfig {
     }
 }
 
+/// The schema checks of [`ImageConfig::from_slice`]; the error names the offending field.
+fn validate(root: &Value) -> Result<(), String> {
+    let top = root.as_object().ok_or("the image config is not a JSON object")?;
+    let is_str = |v: &Value| v.is_string();
+    let strings = |v: &Value| v.as_array().is_some_and(|a| a.iter().all(Value::is_string));
+    let object_of = |v: &Value, f: &dyn Fn(&Value) -> bool| v.as_object().is_some_and(|m| m.values().all(f));
+    let check = |field: &str, v: Option<&Value>, ok: bool, want: &str| -> Result<(), String> {
+        match v {
+            Some(v) if !ok => Err(format!("`{field}` must be {want}, not {}", kind(v))),
+            _ => Ok(()),
+        }
+    };
+    for field in ["architecture", "os"] {
+        match top.get(field) {
+            None => return Err(format!("`{field}` is missing")),
+            Some(v) => check(field, Some(v), v.is_string(), "a string")?,
+        }
+    }
+    for field in ["variant", "created", "author", "os.version"] {
+        check(field, top.get(field), top.get(field).is_some_and(is_str), "a string")?;
+    }
+    let rootfs = top.get("rootfs").ok_or("`rootfs` is missing")?;
+    let rootfs = rootfs.as_object().ok_or_else(|| format!("`rootfs` must be an object, not {}", kind(rootfs)))?;
+    match rootfs.get("type") {
+        Some(Value::String(t)) if t == "layers" => {}
+        other => return Err(format!("`rootfs.type` must be \"layers\", not {}", other.map_or("missing".into(), kind))),
+    }
+    let diff_ids = rootfs.get("diff_ids").ok_or("`rootfs.diff_ids` is missing")?;
+    let diff_ids =
+        diff_ids.as_array().ok_or_else(|| format!("`rootfs.diff_ids` must be an array, not {}", kind(diff_ids)))?;
+    for (i, d) in diff_ids.iter().enumerate() {
+        match d.as_str().map(str::parse::<Digest>) {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => return Err(format!("`rootfs.diff_ids[{i}]` is not a sha256 digest: {d}")),
+            None => return Err(format!("`rootfs.diff_ids[{i}]` must be a digest string, not {}", kind(d))),
+        }
+    }
+    if let Some(history) = top.get("history") {
+        let list = history.as_array().ok_or_else(|| format!("`history` must be an array, not {}", kind(history)))?;
+        for (i, h) in list.iter().enumerate() {
+            let h = h.as_object().ok_or_else(|| format!("`history[{i}]` must be an object, not {}", kind(h)))?;
+            for field in ["created", "created_by", "author", "comment"] {
+                let v = h.get(field).filter(|v| !v.is_null());
+                check(&format!("history[{i}].{field}"), v, v.is_some_and(is_str), "a string")?;
+            }
+            let v = h.get("empty_layer");
+            check(&format!("history[{i}].empty_layer"), v, v.is_some_and(Value::is_boolean), "a boolean")?;
+        }
+    }
+    let Some(config) = top.get("config").filter(|c| !c.is_null()) else { return Ok(()) };
+    let config = config.as_object().ok_or_else(|| format!("`config` must be an object, not {}", kind(config)))?;
+    for (field, v) in config {
+        if v.is_null() {
+            continue;
+        }
+        let (ok, want) = match field.as_str() {
+            "User" | "WorkingDir" | "StopSignal" => (v.is_string(), "a string"),
+            "Env" | "Entrypoint" | "Cmd" | "Shell" | "OnBuild" => (strings(v), "an array of strings"),
+            "Labels" => (object_of(v, &is_str), "an object of strings"),
+            "ExposedPorts" | "Volumes" => (v.is_object(), "an object"),
+            _ => (true, ""),
+        };
+        check(&format!("config.{field}"), Some(v), ok, want)?;
+    }
+    Ok(())
+}
+
+/// A JSON value's type, for schema errors.
+fn kind(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const DOCKER_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","A=1"],"Shell":["/bin/bash","-c"],"Healthcheck":{"Test":["NONE"]},"OnBuild":null,"ArgsEscaped":true},"container_config":{"Hostname":"x"},"docker_version":"24.0","rootfs":{"type":"layers","diff_ids":["sha256:aa"]},"history":[{"created_by":"x"}]}"#;
+    const DOCKER_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin","A=1"],"Shell":["/bin/bash","-c"],"Healthcheck":{"Test":["NONE"]},"OnBuild":null,"ArgsEscaped":true},"container_config":{"Hostname":"x"},"docker_version":"24.0","rootfs":{"type":"layers","diff_ids":["sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"]},"history":[{"created_by":"x"}]}"#;
+
+    #[test]
+    fn schema_violations_are_refused_naming_the_field() {
+        let base: Value = serde_json::from_str(DOCKER_CONFIG).unwrap();
+        let cases: &[(&str, Value, &str)] = &[
+            ("/rootfs/diff_ids/0", json!(42), "`rootfs.diff_ids[0]` must be a digest string, not the number 42"),
+            ("/rootfs/diff_ids/0", json!("sha256:zz"), "`rootfs.diff_ids[0]` is not a sha256 digest"),
+            ("/rootfs/diff_ids", json!({}), "`rootfs.diff_ids` must be an array"),
+            ("/rootfs/type", json!("tarball"), "`rootfs.type` must be \"layers\""),
+            ("/rootfs", json!([]), "`rootfs` must be an object"),
+            ("/os", json!(7), "`os` must be a string"),
+            ("/config/Env", json!("PATH=/bin"), "`config.Env` must be an array of strings"),
+            ("/config/Env/0", json!(1), "`config.Env` must be an array of strings"),
+            ("/config/User", json!(0), "`config.User` must be a string"),
+            ("/config/Labels", json!({"a": 1}), "`config.Labels` must be an object of strings"),
+            ("/config/ExposedPorts", json!(["80/tcp"]), "`config.ExposedPorts` must be an object"),
+            ("/config", json!("x"), "`config` must be an object"),
+            ("/history/0/empty_layer", json!("yes"), "`history[0].empty_layer` must be a boolean"),
+            ("/history/0/created_by", json!(["x"]), "`history[0].created_by` must be a string"),
+            ("/history", json!({}), "`history` must be an array"),
+        ];
+        for (pointer, value, want) in cases {
+            let mut v = base.clone();
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            match v.pointer_mut(parent).unwrap_or_else(|| panic!("{pointer}")) {
+                Value::Object(m) => {
+                    m.insert(key.into(), value.clone());
+                }
+                Value::Array(a) => a[key.parse::<usize>().unwrap()] = value.clone(),
+                _ => panic!("{pointer}"),
+            }
+            let err = ImageConfig::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(err.contains(want), "{pointer} = {value}: {err}");
+        }
+        for field in ["os", "architecture", "rootfs"] {
+            let mut v = base.clone();
+            v.as_object_mut().unwrap().remove(field);
+            let err = ImageConfig::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(err.contains(&format!("`{field}` is missing")), "{err}");
+        }
+        // Nulls where Docker writes them are fine, and so are unknown fields.
+        let mut v = base.clone();
+        v["config"]["Cmd"] = Value::Null;
+        v["config"]["Labels"] = Value::Null;
+        v["config"]["Whatever"] = json!([1, {"x": 2}]);
+        ImageConfig::from_slice(&serde_json::to_vec(&v).unwrap()).unwrap();
+    }
 
     #[test]
     fn unknown_fields_survive_edits() {

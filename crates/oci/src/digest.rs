@@ -134,11 +134,26 @@ pub struct VerifyingReader<R> {
     expected: Digest,
     expected_size: Option<u64>,
     verified: bool,
+    /// Checks an uncompressed layer against its diffID (reported as [`BlobCheckFailure::DiffId`]).
+    diff_id: bool,
 }
 
 impl<R: Read> VerifyingReader<R> {
     pub fn new(inner: R, expected: Digest, expected_size: Option<u64>) -> Self {
-        VerifyingReader { inner, hasher: Sha256::new(), read: 0, expected, expected_size, verified: false }
+        VerifyingReader {
+            inner,
+            hasher: Sha256::new(),
+            read: 0,
+            expected,
+            expected_size,
+            verified: false,
+            diff_id: false,
+        }
+    }
+
+    /// Verifies a decompressed layer stream against the diffID the image config lists for it.
+    pub fn diff_id(inner: R, diff_id: Digest) -> Self {
+        VerifyingReader { diff_id: true, ..VerifyingReader::new(inner, diff_id, None) }
     }
 
     /// Reads to the end (so the check runs even if the consumer stopped early, e.g. at the tar
@@ -163,7 +178,12 @@ impl<R: Read> VerifyingReader<R> {
         }
         let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
         if actual != self.expected {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, BlobCheckFailure::Digest { actual }));
+            let failure = if self.diff_id {
+                BlobCheckFailure::DiffId { expected: self.expected.clone(), actual }
+            } else {
+                BlobCheckFailure::Digest { actual }
+            };
+            return Err(io::Error::new(io::ErrorKind::InvalidData, failure));
         }
         Ok(())
     }
@@ -198,12 +218,33 @@ pub enum BlobCheckFailure {
     Digest { actual: Digest },
     #[error("has {actual} bytes, descriptor says {expected}")]
     Size { expected: u64, actual: u64 },
+    /// The decompressed layer does not hash to the diffID its image config lists.
+    #[error("its uncompressed content hashes to {actual}, but the image config lists diff_id {expected}")]
+    DiffId { expected: Digest, actual: Digest },
 }
 
 impl BlobCheckFailure {
     /// Finds a check failure inside an I/O error chain (e.g. wrapped by the gzip decoder).
     pub fn find(e: &io::Error) -> Option<&BlobCheckFailure> {
         e.get_ref().and_then(|inner| inner.downcast_ref::<BlobCheckFailure>())
+    }
+
+    /// Finds a check failure anywhere in an error's source chain (an I/O error wrapped in
+    /// unpacking or tar errors).
+    pub fn find_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BlobCheckFailure> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(f) = err.downcast_ref::<BlobCheckFailure>() {
+                return Some(f);
+            }
+            if let Some(io) = err.downcast_ref::<io::Error>()
+                && let Some(f) = BlobCheckFailure::find(io)
+            {
+                return Some(f);
+            }
+            cur = err.source();
+        }
+        None
     }
 }
 

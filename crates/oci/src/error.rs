@@ -78,6 +78,14 @@ pub enum OciError {
     #[error("blob {digest} from {origin} has {actual} bytes, but its descriptor says {expected}")]
     RemoteSizeMismatch { digest: Digest, expected: u64, actual: u64, origin: String },
 
+    /// A layer's uncompressed content does not match its diffID in the image config.
+    #[error("{image}: layer {layer} is corrupt or mislabelled: {failure}")]
+    DiffIdMismatch { image: String, layer: Digest, failure: crate::digest::BlobCheckFailure },
+
+    /// The config to write is larger than [`crate::config::MAX_CONFIG_BYTES`].
+    #[error("the image config would be {size} bytes, more than the {} MiB container tools accept", crate::config::MAX_CONFIG_BYTES >> 20)]
+    ConfigTooLarge { size: usize },
+
     /// Malformed `CNB_REGISTRY_AUTH` or Docker config.
     #[error("{source_name}: {reason}")]
     BadCredentials { source_name: String, reason: String },
@@ -104,6 +112,7 @@ impl OciError {
                 | OciError::RegistryAuth { .. }
                 | OciError::ImageNotFound { .. }
                 | OciError::BadCredentials { .. }
+                | OciError::ConfigTooLarge { .. }
         )
     }
 }

@@ -10,7 +10,7 @@ use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 
 use crate::compression::Compressor;
-pub use crate::compression::{Compression, decompress};
+pub use crate::compression::{Compression, decompress, decompress_verified};
 use crate::digest::{Digest, HashingWriter};
 use crate::pgzip::ParallelGzWriter;
 

@@ -57,6 +57,8 @@ impl std::fmt::Debug for BlobStore {
 
 /// Temporary download directories in a fetching store: `<root>/tmp/.fetch-<pid>-<random>`.
 const FETCH_PREFIX: &str = ".fetch-";
+/// Prefix of a [`LayoutWriter`]'s staging directory beside its target (`<prefix><pid>-...`).
+pub const STAGING_PREFIX: &str = ".ext-extend-staging-";
 
 impl BlobStore {
     pub fn new(root: impl Into<PathBuf>) -> BlobStore {
@@ -75,13 +77,34 @@ impl BlobStore {
 
     /// Makes sure the blob is in the store, downloading it (verified, to a temporary file, then
     /// renamed into place) if the store has a fetcher; without one a missing blob is an error.
+    ///
+    /// A fetching store is a cache whose blobs are passed into outputs without being read, so
+    /// it records, per blob, the file's stat (size, mtime, ctime, inode) at which its content was
+    /// last verified: a blob whose stat changed since (edited, replaced, restored from a backup)
+    /// is hashed again, and downloaded again if it no longer matches.
     pub fn ensure(&self, digest: &Digest, size: Option<u64>) -> Result<()> {
-        if self.has(digest) {
-            return Ok(());
-        }
         let Some(fetcher) = &self.fetcher else {
+            if self.has(digest) {
+                return Ok(());
+            }
             return Err(OciError::MissingBlob { digest: digest.clone(), store: self.root.clone() });
         };
+        if self.has(digest) {
+            if self.verified_stat_unchanged(digest) {
+                return Ok(());
+            }
+            match self.verify(digest, size) {
+                Ok(()) => {
+                    self.record_verified(digest);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!("cached blob {digest} changed since it was verified ({e}); downloading it again");
+                    let _ = fs::remove_file(self.blob_path(digest));
+                    let _ = fs::remove_file(self.record_path(digest));
+                }
+            }
+        }
         let tmp_root = self.root.join("tmp");
         fs::create_dir_all(&tmp_root).map_err(OciError::io(&tmp_root))?;
         let tmp = tempfile::Builder::new()
@@ -95,20 +118,87 @@ impl BlobStore {
         fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
         let dest = self.blob_path(digest);
         fs::rename(&part, &dest).map_err(OciError::io(&dest))?;
+        self.record_verified(digest);
         Ok(())
+    }
+
+    /// `<root>/verified/sha256/<hex>`: the stat of the blob when its content was last verified.
+    fn record_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("verified").join("sha256").join(digest.hex())
+    }
+
+    fn stat_key(&self, digest: &Digest) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::symlink_metadata(self.blob_path(digest)).ok().filter(fs::Metadata::is_file)?;
+        Some(format!(
+            "size={} mtime={}.{:09} ctime={}.{:09} ino={} dev={}\n",
+            md.size(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec(),
+            md.ino(),
+            md.dev()
+        ))
+    }
+
+    fn verified_stat_unchanged(&self, digest: &Digest) -> bool {
+        match (self.stat_key(digest), fs::read_to_string(self.record_path(digest))) {
+            (Some(now), Ok(recorded)) => now == recorded,
+            _ => false,
+        }
+    }
+
+    /// Records that the blob's current content was verified (a failure only costs a re-hash).
+    pub fn record_verified(&self, digest: &Digest) {
+        let Some(key) = self.stat_key(digest) else { return };
+        let path = self.record_path(digest);
+        let Some(dir) = path.parent() else { return };
+        let written = fs::create_dir_all(dir).and_then(|_| {
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            tmp.write_all(key.as_bytes())?;
+            tmp.persist(&path).map_err(|e| e.error)?;
+            Ok(())
+        });
+        if let Err(e) = written {
+            tracing::debug!("cannot record the verification of {digest}: {e}");
+        }
+    }
+
+    /// Hashes every blob of the store: corrupt ones are removed (a cache downloads them again
+    /// when needed), good ones get a fresh verification record.
+    pub fn verify_all(&self) -> Result<VerifyReport> {
+        let dir = self.blobs_dir();
+        let mut good = Vec::new();
+        let mut removed = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifyReport { good, removed }),
+            Err(e) => return Err(OciError::Io { path: dir, source: e }),
+        };
+        for entry in entries {
+            let entry = entry.map_err(OciError::io(&dir))?;
+            let Ok(digest) = format!("sha256:{}", entry.file_name().to_string_lossy()).parse::<Digest>() else {
+                continue;
+            };
+            match self.verify(&digest, None) {
+                Ok(()) => {
+                    self.record_verified(&digest);
+                    good.push(digest);
+                }
+                Err(e) => {
+                    fs::remove_file(entry.path()).map_err(OciError::io(entry.path()))?;
+                    let _ = fs::remove_file(self.record_path(&digest));
+                    removed.push((digest, e));
+                }
+            }
+        }
+        Ok(VerifyReport { good, removed })
     }
 
     /// Removes download directories left by runs that were killed outright (their pid is gone).
     pub fn remove_stale_downloads(&self) {
-        let Ok(entries) = fs::read_dir(self.root.join("tmp")) else { return };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(FETCH_PREFIX)) else { continue };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = fs::remove_dir_all(e.path());
-            }
-        }
+        crate::cleanup::remove_stale(&self.root.join("tmp"), FETCH_PREFIX);
     }
 
     pub fn root(&self) -> &Path {
@@ -132,6 +222,11 @@ impl BlobStore {
         if self.fetcher.is_some() {
             self.ensure(digest, size)?;
         }
+        self.open_local(digest, size)
+    }
+
+    /// Opens the blob file as it is, never downloading.
+    fn open_local(&self, digest: &Digest, size: Option<u64>) -> Result<VerifyingReader<BufReader<File>>> {
         let path = self.blob_path(digest);
         let file = File::open(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => OciError::MissingBlob { digest: digest.clone(), store: self.root.clone() },
@@ -159,7 +254,7 @@ impl BlobStore {
 
     /// Hashes a whole blob and checks it against its digest and size.
     pub fn verify(&self, digest: &Digest, size: Option<u64>) -> Result<()> {
-        let reader = self.open(digest, size)?;
+        let reader = self.open_local(digest, size)?;
         reader.finish().map_err(|e| self.read_error(digest, e))
     }
 
@@ -175,9 +270,22 @@ impl BlobStore {
                 actual: *actual,
                 store: self.root.clone(),
             },
+            Some(f @ BlobCheckFailure::DiffId { .. }) => OciError::DiffIdMismatch {
+                image: self.root.display().to_string(),
+                layer: digest.clone(),
+                failure: f.clone(),
+            },
             None => OciError::Io { path: self.blob_path(digest), source: e },
         }
     }
+}
+
+/// What [`BlobStore::verify_all`] found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub good: Vec<Digest>,
+    /// Corrupt blobs, removed, with what was wrong.
+    pub removed: Vec<(Digest, OciError)>,
 }
 
 /// A resolved single-platform image: manifest and config, plus where its blobs are.
@@ -200,6 +308,32 @@ impl Image {
     /// Layer digests in order.
     pub fn layer_digests(&self) -> Result<Vec<Digest>> {
         self.layers().iter().map(|l| Digest::try_from(l.digest())).collect()
+    }
+
+    /// The diffID the config lists for layer `index` (validated on read: one per layer).
+    pub fn diff_id(&self, index: usize) -> Result<Digest> {
+        let ids = self.config.diff_ids();
+        ids.get(index).map_or_else(
+            || {
+                Err(OciError::Malformed {
+                    path: self.store.blob_path(&self.config_digest),
+                    what: "image config",
+                    reason: format!("no diff_id for layer {index}"),
+                })
+            },
+            |d| d.parse(),
+        )
+    }
+
+    /// The error to report when reading layer `layer` failed with `e`: the diffID mismatch it
+    /// carries, if any.
+    pub fn diff_id_failure(&self, layer: &Digest, e: &(dyn std::error::Error + 'static)) -> Option<OciError> {
+        match crate::digest::BlobCheckFailure::find_in(e)? {
+            f @ crate::digest::BlobCheckFailure::DiffId { .. } => {
+                Some(OciError::DiffIdMismatch { image: self.name.clone(), layer: layer.clone(), failure: f.clone() })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -384,6 +518,24 @@ pub fn resolve_descriptor(store: &BlobStore, desc: &Descriptor, platform: &Platf
             what: "image config",
             reason,
         })?;
+        let diff_ids = config.diff_ids().len();
+        if diff_ids != manifest.layers().len() {
+            return Err(OciError::Malformed {
+                path: store.blob_path(&config_digest),
+                what: "image config",
+                reason: format!(
+                    "`rootfs.diff_ids` lists {diff_ids} layers, but manifest {digest} has {}",
+                    manifest.layers().len()
+                ),
+            });
+        }
+        for (i, l) in manifest.layers().iter().enumerate() {
+            Digest::try_from(l.digest()).map_err(|_| OciError::Malformed {
+                path: store.blob_path(&digest),
+                what: "image manifest",
+                reason: format!("layer {i} has the digest {}, not a sha256 digest", l.digest()),
+            })?;
+        }
         if !platform.matches(config.os(), config.architecture(), config.variant()) {
             return Err(OciError::PlatformNotFound {
                 image: name.into(),
@@ -450,8 +602,10 @@ impl LayoutWriter {
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).map_err(OciError::io(&parent))?;
+        // Staging dirs of builds killed outright (SIGKILL) would otherwise pile up here.
+        crate::cleanup::remove_stale(&parent, STAGING_PREFIX);
         let staging = tempfile::Builder::new()
-            .prefix(".ext-extend-staging-")
+            .prefix(&crate::cleanup::owned_prefix(STAGING_PREFIX))
             .tempdir_in(&parent)
             .map_err(OciError::io(&parent))?;
         let blobs = staging.path().join("blobs").join("sha256");
@@ -493,7 +647,12 @@ impl LayoutWriter {
                 store: source.root().into(),
             });
         }
-        link_or_copy(&src, &dest)
+        link_or_copy(&src, &dest)?;
+        if source.fetcher.is_some() {
+            // The link changed the cached file's ctime; it is still the blob just verified.
+            source.record_verified(digest);
+        }
+        Ok(())
     }
 
     /// Carries over a blob file we wrote ourselves (a new layer in some other staging area),
@@ -518,6 +677,11 @@ impl LayoutWriter {
 
     /// Makes the image visible: moves the staged blobs into the layout and points `tag` at the
     /// manifest (replacing only that tag's entry; other tags stay).
+    ///
+    /// Concurrent writers of one layout (other ext-extend processes) are serialized by an
+    /// exclusive `flock` on the layout's parent directory, held around the read-modify-rename
+    /// of `index.json` (and the creation of a new layout), so no writer's tag is lost and none
+    /// fails on another's temporary file.
     pub fn commit(self, manifest: &[u8], media_type: &str, tag: &str) -> Result<Descriptor> {
         let mut this = self;
         let digest = this.add_blob_bytes(manifest)?;
@@ -526,6 +690,16 @@ impl LayoutWriter {
         let mut desc = Descriptor::new(oci_spec::image::MediaType::from(media_type), manifest.len() as u64, &digest);
         desc.set_annotations(Some(annotations));
 
+        let parent = match this.target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let _lock = lock_dir(&parent)?;
+        // Another writer may have created the layout since `begin`.
+        if !this.exists && this.target.join("index.json").is_file() {
+            OciLayout::open(&this.target)?;
+            this.exists = true;
+        }
         if this.exists {
             let blobs = this.target.join("blobs").join("sha256");
             fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
@@ -555,9 +729,14 @@ impl LayoutWriter {
                     != Some(tag)
             });
             list.push(serde_json::to_value(&desc).expect("descriptors serialize"));
-            let tmp = this.target.join(".index.json.tmp");
-            write_synced(&tmp, &serde_json::to_vec(&index).expect("JSON serializes"))?;
-            fs::rename(&tmp, &index_path).map_err(OciError::io(&index_path))?;
+            let mut tmp = tempfile::Builder::new()
+                .prefix(".index.json.")
+                .tempfile_in(&this.target)
+                .map_err(OciError::io(&this.target))?;
+            tmp.write_all(&serde_json::to_vec(&index).expect("JSON serializes"))
+                .and_then(|_| tmp.as_file().sync_all())
+                .map_err(OciError::io(tmp.path()))?;
+            tmp.persist(&index_path).map_err(|e| OciError::Io { path: index_path.clone(), source: e.error })?;
             sync_dir(&this.target)?;
         } else {
             let root = this.staging.path();
@@ -575,6 +754,24 @@ impl LayoutWriter {
             }
         }
         Ok(desc)
+    }
+}
+
+/// Holds an exclusive `flock` on a directory until dropped (released when the descriptor closes,
+/// also when the process dies).
+struct DirLock(#[allow(dead_code)] File);
+
+fn lock_dir(dir: &Path) -> Result<DirLock> {
+    let file = File::open(dir).map_err(OciError::io(dir))?;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) } == 0 {
+            return Ok(DirLock(file));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(OciError::Io { path: dir.to_path_buf(), source: e });
+        }
     }
 }
 

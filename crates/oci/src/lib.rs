@@ -9,6 +9,7 @@ pub mod compression;
 pub mod config;
 pub mod digest;
 pub mod error;
+pub mod escape;
 pub mod layer;
 pub mod layout;
 pub mod media;
@@ -18,6 +19,7 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod targuard;
 pub mod tls;
 
 pub use compression::Compression;

@@ -90,12 +90,38 @@ pub struct RegistryClient {
     plain_http: bool,
     /// Proxy settings, for the few requests made without `oci-client` (mount tokens).
     proxies: Vec<reqwest::Proxy>,
+    stall_timeout: Duration,
+}
+
+thread_local! {
+    /// When the request running on this thread last moved a byte. The runtime is
+    /// current-thread, so the request, its body stream and the watchdog all run here.
+    static LAST_PROGRESS: std::cell::Cell<std::time::Instant> = std::cell::Cell::new(std::time::Instant::now());
+}
+
+/// Records that the current transfer moved data (see [`RegistryClient::run`]'s watchdog).
+fn touch() {
+    LAST_PROGRESS.with(|t| t.set(std::time::Instant::now()));
+}
+
+/// Resolves when no progress was recorded for `stall`: the answer to a registry that keeps a
+/// connection open without sending (or reading) anything.
+async fn stalled(stall: Duration) -> Duration {
+    let tick = (stall / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(tick).await;
+        let idle = LAST_PROGRESS.with(|t| t.get()).elapsed();
+        if idle >= stall {
+            return idle;
+        }
+    }
 }
 
 fn client_for(registry: &str, opts: &StoreOptions) -> Result<Arc<RegistryClient>> {
     static CLIENTS: Mutex<BTreeMap<String, Arc<RegistryClient>>> = Mutex::new(BTreeMap::new());
     let plain_http = allows_plain_http(registry, &opts.insecure_registries);
-    let key = format!("{registry} {plain_http}");
+    let stall_timeout = opts.stall_timeout.unwrap_or(crate::store::DEFAULT_STALL_TIMEOUT);
+    let key = format!("{registry} {plain_http} {}", stall_timeout.as_millis());
     let mut clients = CLIENTS.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(c) = clients.get(&key) {
         return Ok(c.clone());
@@ -144,7 +170,15 @@ fn client_for(registry: &str, opts: &StoreOptions) -> Result<Arc<RegistryClient>
     }
     let client = oci_client::Client::try_from(config)
         .map_err(|e| OciError::Registry { registry: registry.into(), message: one_line(&e.to_string()) })?;
-    let c = Arc::new(RegistryClient { registry: registry.into(), client, auth, credentials, plain_http, proxies });
+    let c = Arc::new(RegistryClient {
+        registry: registry.into(),
+        client,
+        auth,
+        credentials,
+        plain_http,
+        proxies,
+        stall_timeout,
+    });
     // oci-client looks credentials up by the registry it really talks to (docker.io is
     // index.docker.io).
     let resolved = c.reference("library/x").resolve_registry().to_string();
@@ -190,7 +224,19 @@ impl RegistryClient {
         let mut delay = FIRST_RETRY_DELAY;
         let mut attempt = 1;
         loop {
-            match runtime().block_on(op()) {
+            touch();
+            let attempt_result = runtime().block_on(async {
+                let op = std::pin::pin!(op());
+                let watchdog = std::pin::pin!(stalled(self.stall_timeout));
+                match futures_util::future::select(op, watchdog).await {
+                    futures_util::future::Either::Left((result, _)) => result,
+                    futures_util::future::Either::Right((idle, _)) => Err(Failure::Transient(format!(
+                        "the transfer stalled (no data for {:.0}s)",
+                        idle.as_secs_f64()
+                    ))),
+                }
+            });
+            match attempt_result {
                 Ok(v) => return Ok(v),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient(reason)) => {
@@ -240,7 +286,9 @@ impl RegistryClient {
                 }
                 Subject::Other => OciError::Registry { registry, message: format!("{repository}: {}", describe(&e)) },
             }),
-            Some(429) => Failure::Transient("too many requests (HTTP 429)".into()),
+            // 429s come with any error body (distribution sends TOOMANYREQUESTS, others UNKNOWN);
+            // oci-client keeps only the body's codes, so UNKNOWN is retried like a 429 or 5xx.
+            Some(429) => Failure::Transient(format!("too many requests ({})", describe(&e))),
             Some(s) if s >= 500 => Failure::Transient(describe(&e)),
             Some(_) => {
                 Failure::Fatal(OciError::Registry { registry, message: format!("{repository}: {}", describe(&e)) })
@@ -316,6 +364,7 @@ impl RegistryClient {
                 match chunk {
                     Ok(bytes) => {
                         received += bytes.len() as u64;
+                        touch();
                         if size.is_some_and(|s| received > s) {
                             return Err(size_error(received).into());
                         }
@@ -440,6 +489,8 @@ impl RegistryClient {
                     Ok(n) => {
                         buf.truncate(n);
                         handle.inc(n as u64);
+                        // The client asks for the next chunk once it sent the last one.
+                        touch();
                         Some(Ok(bytes::Bytes::from(buf)))
                     }
                     Err(e) => {
@@ -805,7 +856,7 @@ fn status_of(e: &OciDistributionError) -> Option<u16> {
         OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => Some(401),
         OciDistributionError::ServerError { code, .. } => Some(*code),
         OciDistributionError::RequestError(r) => r.status().map(|s| s.as_u16()),
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.first().map(|x| match x.code {
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.first().map(|x| match &x.code {
             OciErrorCode::Unauthorized => 401,
             OciErrorCode::Denied => 403,
             OciErrorCode::ManifestUnknown
@@ -813,6 +864,7 @@ fn status_of(e: &OciDistributionError) -> Option<u16> {
             | OciErrorCode::NotFound
             | OciErrorCode::BlobUnknown => 404,
             OciErrorCode::Toomanyrequests => 429,
+            OciErrorCode::Other(code) if code.eq_ignore_ascii_case("UNKNOWN") => 429,
             _ => 400,
         }),
         _ => None,

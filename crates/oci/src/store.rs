@@ -15,12 +15,20 @@ pub struct StoreOptions {
     pub cache_dir: Option<PathBuf>,
     /// Registries (`host[:port]`) to reach over plain HTTP besides loopback ones.
     pub insecure_registries: Vec<String>,
+    /// A registry request that receives or sends no byte for this long is abandoned (and
+    /// retried like a connection error). Default: [`DEFAULT_STALL_TIMEOUT`].
+    pub stall_timeout: Option<std::time::Duration>,
 }
 
+/// No byte for this long and a transfer counts as stalled.
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl StoreOptions {
-    /// The registry blob cache: `cache_dir` or the default.
+    /// The registry blob cache: `cache_dir` or the default, as an absolute path (cached layers
+    /// are linked into the sandbox's overlay by absolute symlinks).
     pub fn cache_dir(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+        let dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 }
 

@@ -83,8 +83,9 @@ fn writer_keeps_other_tags_and_refuses_non_layouts() {
     let d = tempfile::tempdir().unwrap();
     layout(d.path());
     let mut w = LayoutWriter::begin(d.path()).unwrap();
-    let cfg = w.add_blob_bytes(br#"{"architecture":"amd64","os":"linux"}"#).unwrap();
-    let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.to_string(), "size": 37}, "layers": []})).unwrap();
+    let cfg_bytes = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let cfg = w.add_blob_bytes(cfg_bytes).unwrap();
+    let manifest = serde_json::to_vec(&json!({"schemaVersion": 2, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg.to_string(), "size": cfg_bytes.len()}, "layers": []})).unwrap();
     w.commit(&manifest, "application/vnd.oci.image.manifest.v1+json", "single").unwrap();
     let l = OciLayout::open(d.path()).unwrap();
     let mut tags = l.tags().unwrap();

@@ -261,9 +261,9 @@ fn ancestors(p: &str) -> impl Iterator<Item = &str> {
 
 fn rel_path(root: &Path, path: &Path) -> io::Result<String> {
     let rel = path.strip_prefix(root).map_err(io::Error::other)?;
-    rel.to_str()
-        .map(String::from)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{}: path is not UTF-8", path.display())))
+    rel.to_str().map(String::from).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: path is not UTF-8", crate::error::esc(path)))
+    })
 }
 
 /// Writes a snapshot as a layer: entries in path order, contents streamed from the snapshot's

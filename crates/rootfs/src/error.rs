@@ -64,16 +64,16 @@ impl fmt::Display for EscapeKind {
 /// machine and read the same way as the paths in a Dockerfile.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("path `{path}` is refused: {reason}")]
+    #[error("path `{path}` is refused: {reason}", path = crate::error::esc(.path))]
     UnsafePath { path: PathBuf, reason: UnsafeReason },
 
-    #[error("path `{path}` goes through symlink `{symlink}` -> `{target}`, which {kind}")]
+    #[error("path `{path}` goes through symlink `{symlink}` -> `{target}`, which {kind}", symlink = crate::error::esc(.symlink), target = crate::error::esc(.target), path = crate::error::esc(.path))]
     SymlinkEscape { path: PathBuf, symlink: PathBuf, target: PathBuf, kind: EscapeKind },
 
-    #[error("path `{path}`: `{component}` is not a directory")]
+    #[error("path `{path}`: `{component}` is not a directory", component = crate::error::esc(.component), path = crate::error::esc(.path))]
     NotADirectory { path: PathBuf, component: PathBuf },
 
-    #[error("path `{path}`: {op} `{at}` failed: {source}")]
+    #[error("path `{path}`: {op} `{at}` failed: {source}", path = crate::error::esc(.path), at = crate::error::esc(.at))]
     Io {
         path: PathBuf,
         op: &'static str,
@@ -87,33 +87,33 @@ pub enum ResolveError {
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     /// The entry name (or hard-link target) is absolute or contains `..`.
-    #[error("layer {layer}: entry `{entry}` is refused: {reason}")]
+    #[error("layer {layer}: entry `{entry}` is refused: {reason}", entry = crate::error::esc(.entry))]
     UnsafePath { layer: String, entry: PathBuf, reason: UnsafeReason },
 
     /// A parent component of the entry (or of its hard-link target) is a symlink that leads
     /// outside the root. `symlink` is relative to the root.
-    #[error("layer {layer}: entry `{entry}` goes through symlink `{symlink}` -> `{target}`, which {kind}")]
+    #[error("layer {layer}: entry `{entry}` goes through symlink `{symlink}` -> `{target}`, which {kind}", entry = crate::error::esc(.entry), symlink = crate::error::esc(.symlink), target = crate::error::esc(.target))]
     SymlinkEscape { layer: String, entry: PathBuf, symlink: PathBuf, target: PathBuf, kind: EscapeKind },
 
     /// A parent component of the entry exists and is not a directory.
-    #[error("layer {layer}: entry `{entry}`: parent `{component}` is not a directory")]
+    #[error("layer {layer}: entry `{entry}`: parent `{component}` is not a directory", entry = crate::error::esc(.entry), component = crate::error::esc(.component))]
     NotADirectory { layer: String, entry: PathBuf, component: PathBuf },
 
     /// The hard-link target is missing, is a directory, or cannot be linked.
-    #[error("layer {layer}: entry `{entry}`: hard link to `{target}` refused: {reason}")]
+    #[error("layer {layer}: entry `{entry}`: hard link to `{target}` refused: {reason}", entry = crate::error::esc(.entry), target = crate::error::esc(.target))]
     BadHardLink { layer: String, entry: PathBuf, target: PathBuf, reason: String },
 
     /// A tar entry type the unpacker does not know how to apply.
-    #[error("layer {layer}: entry `{entry}` has unsupported tar entry type {kind:?}")]
+    #[error("layer {layer}: entry `{entry}` has unsupported tar entry type {kind:?}", entry = crate::error::esc(.entry))]
     UnsupportedEntry { layer: String, entry: PathBuf, kind: u8 },
 
     /// A header field that cannot be applied (e.g. uid beyond `u32`).
-    #[error("layer {layer}: entry `{entry}`: invalid header: {reason}")]
+    #[error("layer {layer}: entry `{entry}`: invalid header: {reason}", entry = crate::error::esc(.entry))]
     BadHeader { layer: String, entry: PathBuf, reason: String },
 
     /// Setting an extended attribute failed (failures that only lose optional information,
     /// like `user.*` on a filesystem without user xattrs, are logged instead).
-    #[error("layer {layer}: entry `{entry}`: setting xattr `{name}` on `{path}` failed: {source}")]
+    #[error("layer {layer}: entry `{entry}`: setting xattr `{name}` on `{path}` failed: {source}", entry = crate::error::esc(.entry), path = crate::error::esc(.path), name = ext_oci::escape::text(.name))]
     Xattr {
         layer: String,
         entry: PathBuf,
@@ -132,8 +132,22 @@ pub enum UnpackError {
         source: io::Error,
     },
 
+    /// The filesystem being unpacked to is (nearly) full: unpacking stopped before it was.
+    #[error(
+        "layer {layer}: unpacking stopped at entry `{entry}`: the scratch filesystem is nearly full ({available_mib} MiB and {inodes_free} inodes free; {reserve_mib} MiB and {inode_reserve} inodes are kept free). Free some space or point --scratch-dir elsewhere",
+        entry = crate::error::esc(.entry)
+    )]
+    NoSpace {
+        layer: String,
+        entry: PathBuf,
+        available_mib: u64,
+        inodes_free: u64,
+        reserve_mib: u64,
+        inode_reserve: u64,
+    },
+
     /// A filesystem operation failed. `path` is relative to the root.
-    #[error("layer {layer}: entry `{entry}`: {op} `{path}` failed: {source}")]
+    #[error("layer {layer}: entry `{entry}`: {op} `{path}` failed: {source}", entry = crate::error::esc(.entry), path = crate::error::esc(.path))]
     Io {
         layer: String,
         entry: PathBuf,
@@ -144,9 +158,14 @@ pub enum UnpackError {
     },
 }
 
+/// An untrusted path (a tar entry name, a link target) for a message.
+pub(crate) fn esc(p: &std::path::Path) -> ext_oci::escape::Escaped<'_> {
+    ext_oci::escape::path(p)
+}
+
 fn after_suffix(after: &Option<PathBuf>) -> String {
     match after {
-        Some(p) => format!(" after entry `{}`", p.display()),
+        Some(p) => format!(" after entry `{}`", esc(p)),
         None => String::new(),
     }
 }
@@ -173,7 +192,7 @@ pub enum RootfsError {
     #[error(transparent)]
     Unpack(#[from] Box<UnpackError>),
 
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}", path = crate::error::esc(.path))]
     Io {
         path: PathBuf,
         #[source]
@@ -189,6 +208,13 @@ pub enum RootfsError {
 
     #[error("{0}")]
     Unsupported(String),
+
+    /// The unpacked-layer cache verified this layer against another diffID than the image
+    /// config now lists: the config is wrong (the compressed digest is the same).
+    #[error(
+        "layer {layer}: its uncompressed content hashes to {recorded}, but the image config lists diff_id {expected}"
+    )]
+    DiffIdMismatch { layer: String, recorded: String, expected: String },
 }
 
 impl RootfsError {

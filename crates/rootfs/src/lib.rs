@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod scratch;
 pub mod seccomp;
 pub mod unpack;
+pub mod userns;
 
 pub use diff::{Change, IgnoreSet, Snapshot, StatIndex, write_snapshot};
 pub use error::{EscapeKind, ResolveError, RootfsError, UnpackError, UnsafeReason};

@@ -74,6 +74,8 @@ pub struct Rootfs {
     cache_hits: usize,
     /// Layers this session just unpacked into the cache (not hits when they are added).
     just_filled: std::collections::HashSet<String>,
+    /// RUN in a user namespace over idmapped mounts (image root is not host root).
+    user_namespace: bool,
     /// Overlay strategy: per layer (same order as its `layers`), the directories it has only
     /// as parents of its entries. Their metadata comes from the layers below (as when the
     /// layers are applied to one tree), which each RUN's mount layer restores on top.
@@ -84,6 +86,8 @@ pub struct Rootfs {
 /// open its uncompressed tar stream (called on the unpacking thread).
 pub struct CacheFill<'a> {
     pub digest_hex: String,
+    /// The diffID the image config lists; `open` must verify the stream against it.
+    pub diff_id: String,
     pub name: String,
     #[allow(clippy::type_complexity)]
     pub open: Box<dyn FnOnce() -> Result<Box<dyn Read + Send>, RootfsError> + Send + 'a>,
@@ -130,7 +134,8 @@ impl Rootfs {
             fs::create_dir_all(&flat).map_err(RootfsError::io(&flat))?;
             Strategy::Stat { index: None }
         };
-        tracing::debug!(overlay = use_overlay, "rootfs strategy");
+        let user_namespace = crate::userns::supported(scratch, sandbox::overlay_extra_options());
+        tracing::debug!(overlay = use_overlay, user_namespace, "rootfs strategy");
         Ok(Rootfs {
             scratch: scratch.to_path_buf(),
             strategy,
@@ -140,6 +145,7 @@ impl Rootfs {
             layer_cache: None,
             cache_hits: 0,
             just_filled: Default::default(),
+            user_namespace,
             implicit_dirs: Vec::new(),
         })
     }
@@ -149,7 +155,10 @@ impl Rootfs {
     /// writes to a lower directory, so sharing them is safe).
     pub fn with_layer_cache(mut self, cache: &Path) -> Rootfs {
         if self.uses_overlay() {
-            self.layer_cache = Some(cache.join("unpacked"));
+            let unpacked = cache.join("unpacked");
+            // Layers half-unpacked by builds killed outright would otherwise pile up here.
+            ext_oci::cleanup::remove_stale(&unpacked, crate::scratch::UNPACKING_PREFIX);
+            self.layer_cache = Some(unpacked);
         }
         self
     }
@@ -161,9 +170,12 @@ impl Rootfs {
 
     /// Adds a layer identified by `digest_hex`: from the unpacked-layer cache if it is there,
     /// otherwise by unpacking the stream `open` returns (into the cache when there is one).
+    /// `open` must verify the stream against `diff_id` (the config's); a cache entry records
+    /// the diffID it was verified against and is used only for the same one.
     pub fn add_layer_by_digest<R: Read>(
         &mut self,
         digest_hex: &str,
+        diff_id: &str,
         name: &str,
         open: impl FnOnce() -> Result<R, RootfsError>,
     ) -> Result<UnpackStats, RootfsError> {
@@ -172,15 +184,22 @@ impl Rootfs {
         };
         let cached = cache.join(digest_hex);
         let mut stats = UnpackStats::default();
-        let implicit = match read_implicit_dirs(cache, digest_hex) {
-            Some(implicit) if cached.is_dir() => {
+        let implicit = match (cached_diff_id(cache, digest_hex), read_implicit_dirs(cache, digest_hex)) {
+            (Some(recorded), _) if recorded != diff_id => {
+                return Err(RootfsError::DiffIdMismatch {
+                    layer: name.to_string(),
+                    recorded,
+                    expected: diff_id.to_string(),
+                });
+            }
+            (Some(_), Some(implicit)) => {
                 if !self.just_filled.remove(digest_hex) {
                     self.cache_hits += 1;
                 }
                 implicit
             }
             _ => {
-                stats = unpack_into_cache(cache, digest_hex, name, open)?;
+                stats = unpack_into_cache(cache, digest_hex, diff_id, name, open)?;
                 stats.implicit_dirs.iter().cloned().collect()
             }
         };
@@ -202,7 +221,7 @@ impl Rootfs {
     pub fn is_cached(&self, digest_hex: &str) -> bool {
         self.layer_cache
             .as_ref()
-            .is_some_and(|c| c.join(digest_hex).is_dir() && read_implicit_dirs(c, digest_hex).is_some())
+            .is_some_and(|c| cached_diff_id(c, digest_hex).is_some() && read_implicit_dirs(c, digest_hex).is_some())
     }
 
     /// Unpacks layers into the unpacked-layer cache on every core at once: each layer goes to a
@@ -225,7 +244,7 @@ impl Rootfs {
                     .map(|job| {
                         let cache = &cache;
                         scope.spawn(move || {
-                            let r = unpack_into_cache(cache, &job.digest_hex, &job.name, job.open);
+                            let r = unpack_into_cache(cache, &job.digest_hex, &job.diff_id, &job.name, job.open);
                             (job.digest_hex, r)
                         })
                     })
@@ -327,6 +346,14 @@ impl Rootfs {
         let run_dir = self.scratch.join(format!("r/{}", self.runs));
         let resolv = copy_host_file("/etc/resolv.conf", &run_dir.join("resolv.conf"))?;
         let hosts = copy_host_file("/etc/hosts", &run_dir.join("hosts"))?;
+        let idmapped = run_dir.join("i");
+        let user_namespace = match self.user_namespace {
+            true => Some((
+                std::sync::Arc::new(crate::userns::UserNamespace::create().map_err(RootfsError::io("user namespace"))?),
+                idmapped.clone(),
+            )),
+            false => None,
+        };
         match &mut self.strategy {
             Strategy::Overlay { layers } => {
                 let layers = layers.clone();
@@ -334,8 +361,9 @@ impl Rootfs {
                 // metadata for the directories they need, so they never reach the upper dir.
                 let mounts_rel = format!("r/{}/m", self.runs);
                 self.make_mount_layer(&self.scratch.join(&mounts_rel), &layers)?;
-                let upper_rel = format!("r/{}/u", self.runs);
-                let work_rel = format!("r/{}/w", self.runs);
+                // Siblings in a directory of their own: one idmapped mount covers both.
+                let upper_rel = format!("r/{}/uw/u", self.runs);
+                let work_rel = format!("r/{}/uw/w", self.runs);
                 let merged = self.scratch.join(format!("r/{}/root", self.runs));
                 for d in [&upper_rel, &work_rel] {
                     let p = self.scratch.join(d);
@@ -360,11 +388,13 @@ impl Rootfs {
                     }),
                     resolv_conf: resolv,
                     hosts,
+                    user_namespace,
                 };
                 let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
                     .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
                 let command_time = started.elapsed();
+                let _ = fs::remove_dir_all(&idmapped);
                 let work = self.scratch.join(&work_rel);
                 let _ = fs::remove_dir_all(&work);
                 let upper = self.scratch.join(&upper_rel);
@@ -395,7 +425,8 @@ impl Rootfs {
                     Some(i) => i,
                     None => StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?,
                 };
-                let fs_spec = SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts };
+                let fs_spec =
+                    SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts, user_namespace };
                 let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
                     .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
@@ -481,15 +512,21 @@ impl crate::run_root::RunRoot for Rootfs {
 }
 
 /// Unpacks a layer into `<cache>/<digest hex>/`: into a temporary directory first, renamed into
-/// place only when complete (if another build got there first, its copy is as good as ours).
+/// place only when complete (if another build got there first, its copy is as good as ours),
+/// then records the diffID it was verified against in `<digest hex>.diffid`. An entry without
+/// that record (an interrupted fill, an older version) counts as missing.
 fn unpack_into_cache<R: Read>(
     cache: &Path,
     digest_hex: &str,
+    diff_id: &str,
     name: &str,
     open: impl FnOnce() -> Result<R, RootfsError>,
 ) -> Result<UnpackStats, RootfsError> {
     fs::create_dir_all(cache).map_err(RootfsError::io(cache))?;
-    let tmp = tempfile::Builder::new().prefix(".unpacking-").tempdir_in(cache).map_err(RootfsError::io(cache))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&ext_oci::cleanup::owned_prefix(crate::scratch::UNPACKING_PREFIX))
+        .tempdir_in(cache)
+        .map_err(RootfsError::io(cache))?;
     let _cleanup = ext_oci::cleanup::register_path(tmp.path());
     let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
     // The list goes in first: a cached layer without one is unpacked again. The layer's bytes
@@ -499,7 +536,19 @@ fn unpack_into_cache<R: Read>(
     if fs::rename(&tmp, cache.join(digest_hex)).is_err() {
         let _ = fs::remove_dir_all(&tmp);
     }
+    let record = cache.join(format!("{digest_hex}.diffid"));
+    let mut file = tempfile::NamedTempFile::new_in(cache).map_err(RootfsError::io(cache))?;
+    io::Write::write_all(&mut file, diff_id.as_bytes()).map_err(RootfsError::io(&record))?;
+    file.persist(&record).map_err(|e| RootfsError::Io { path: record.clone(), source: e.error })?;
     Ok(stats)
+}
+
+/// The diffID a cache entry was verified against, if the entry is complete.
+fn cached_diff_id(cache: &Path, digest_hex: &str) -> Option<String> {
+    if !cache.join(digest_hex).is_dir() {
+        return None;
+    }
+    fs::read_to_string(cache.join(format!("{digest_hex}.diffid"))).ok()
 }
 
 /// `<cache>/../implicit-dirs/<digest hex>`: a cached layer's implicit directories,

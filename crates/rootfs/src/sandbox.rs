@@ -1,15 +1,31 @@
 //! The RUN sandbox: a child process in new mount, PID, UTS and IPC namespaces (and a network
-//! namespace for `--network=none`), chrooted into the image's root filesystem.
+//! namespace for `--network=none`), with the image's root filesystem as its root.
 //!
 //! Process shape: we spawn a child whose pre-exec hook unshares the namespaces and forks once
 //! more, so the command runs as PID 1 of the new PID namespace (when it exits, every process it
 //! left behind dies with it). The middle process only waits and relays the exit status. Both
-//! die with SIGKILL if their parent dies (`PR_SET_PDEATHSIG`), and every mount (overlay, /proc,
-//! /dev, resolv.conf, hosts) lives only in the child's private mount namespace, so nothing is
-//! left mounted on the host whatever happens to ext-extend.
+//! die with SIGKILL if their parent dies (`PR_SET_PDEATHSIG`, armed again in the command after
+//! it changes its credentials, which clears it), and every mount (overlay, /proc, /dev,
+//! resolv.conf, hosts) lives only in the child's private mount namespace, so nothing is left
+//! mounted on the host whatever happens to ext-extend.
+//!
+//! Image content is untrusted, so the command gets what a default Docker container gets and no
+//! more (as runc, crun and bubblewrap do it):
+//! - the root filesystem is mounted `nosuid,nodev`: device nodes from layers stay in layers but
+//!   cannot be opened, setuid/setgid bits and file capabilities grant nothing;
+//! - `pivot_root` into it, with the old root unmounted: there is no host filesystem left in the
+//!   namespace for a `chroot`/`fchdir` trick to climb back to;
+//! - the capability bounding set is Docker's default set (no `CAP_SYS_ADMIN`, `CAP_SYS_MODULE`,
+//!   `CAP_SYS_PTRACE`, `CAP_SYS_RAWIO`, ...), ambient capabilities are cleared;
+//! - `no_new_privs` and a seccomp filter ([`crate::seccomp::SeccompProfile::docker_default`]:
+//!   `mount`, `umount2`, `pivot_root`, `unshare`, `setns`, namespace flags to `clone`,
+//!   `open_by_handle_at`, `kexec_*`, `bpf`, keyrings, modules, ... answer `EPERM`).
+//! - where the kernel allows it, a user namespace over idmapped mounts ([`crate::userns`]):
+//!   image root is then not host root at all.
 //!
 //! Everything the pre-exec hook needs is prepared before `fork` (C strings, the mount option
-//! string): between `fork` and `exec` only async-signal-safe system calls are made.
+//! string, the seccomp programs): between `fork` and `exec` only async-signal-safe system calls
+//! are made.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -17,6 +33,26 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+
+use crate::seccomp::SeccompProfile;
+
+/// Docker's default capabilities (moby `oci/caps/defaults.go`): the bounding set of a RUN.
+pub const DEFAULT_CAPABILITIES: &[u32] = &[
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
 
 /// The overlay mount: lower layer directories (top first) plus the upper and work dirs, all
 /// relative to `base`, which the child changes into so the option string stays short.
@@ -79,6 +115,9 @@ pub struct SandboxFs {
     /// sandbox never reach the host's files). The mount points must exist in the root.
     pub resolv_conf: Option<PathBuf>,
     pub hosts: Option<PathBuf>,
+    /// Run in this user namespace, over idmapped mounts (see [`crate::userns`]), with the
+    /// mount points for them under this (empty) directory.
+    pub user_namespace: Option<(std::sync::Arc<crate::userns::UserNamespace>, PathBuf)>,
 }
 
 /// Runs `spec` in a sandbox on `fs`. The command's stdout and stderr both go to our stderr
@@ -108,6 +147,9 @@ pub fn run(fs: &SandboxFs, spec: &RunSpec) -> io::Result<ExitStatus> {
 struct Prepared {
     ns_flags: libc::c_int,
     overlay: Option<(CString, CString)>, // (base dir, mount data)
+    /// The user namespace to enter, and the idmapped mounts (source, mount point) to make.
+    userns: Option<libc::c_int>,
+    idmaps: Vec<(CString, CString)>,
     root: CString,
     proc_dir: CString,
     dev_dir: CString,
@@ -122,6 +164,9 @@ struct Prepared {
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
     script: Option<(CString, Vec<u8>)>,
+    /// Capabilities to drop from the bounding set (all but [`DEFAULT_CAPABILITIES`]).
+    drop_caps: Vec<libc::c_ulong>,
+    seccomp: SeccompProfile,
 }
 
 fn cstr(p: impl AsRef<[u8]>) -> io::Result<CString> {
@@ -141,15 +186,39 @@ impl Prepared {
         if spec.network == Network::None {
             ns_flags |= libc::CLONE_NEWNET;
         }
+        // With a user namespace, every directory the root is made of is seen through an idmapped
+        // mount of it (mount points created here, before fork).
+        let mut idmaps = Vec::new();
+        let mut idmap = |src: &Path, name: &str| -> io::Result<PathBuf> {
+            let (_, dir) = fs.user_namespace.as_ref().expect("only with a user namespace");
+            let dst = dir.join(name);
+            std::fs::create_dir_all(&dst)?;
+            idmaps.push((cpath(src)?, cpath(&dst)?));
+            Ok(dst)
+        };
+        let rel =
+            |base: &Path, p: &Path| -> String { p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned() };
+        let mut root = fs.root.clone();
         let overlay = match &fs.overlay {
             Some(o) => {
-                let data = format!(
-                    "lowerdir={},upperdir={},workdir={}{}",
-                    o.lowers.join(":"),
-                    o.upper,
-                    o.work,
-                    overlay_extra_options()
-                );
+                let (lowers, upper, work) = if fs.user_namespace.is_some() {
+                    let mut lowers = Vec::new();
+                    for (i, l) in o.lowers.iter().enumerate() {
+                        lowers.push(rel(&o.base, &idmap(&o.base.join(l), &i.to_string())?));
+                    }
+                    // The upper and work dirs must be on one mount: their common parent's.
+                    let (upper, work) = (o.base.join(&o.upper), o.base.join(&o.work));
+                    let parent = upper.parent().filter(|p| Some(*p) == work.parent()).ok_or_else(|| {
+                        io::Error::other("the overlay's upper and work dirs must share a parent directory")
+                    })?;
+                    let mapped = idmap(parent, "uw")?;
+                    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    (lowers, rel(&o.base, &mapped.join(name(&upper))), rel(&o.base, &mapped.join(name(&work))))
+                } else {
+                    (o.lowers.clone(), o.upper.clone(), o.work.clone())
+                };
+                let data =
+                    format!("lowerdir={},upperdir={upper},workdir={work}{}", lowers.join(":"), overlay_extra_options());
                 if data.len() >= 4000 {
                     return Err(io::Error::other(format!(
                         "too many layers for one overlay mount ({} lower directories)",
@@ -158,9 +227,14 @@ impl Prepared {
                 }
                 Some((cpath(&o.base)?, cstr(data)?))
             }
-            None => None,
+            None => {
+                if fs.user_namespace.is_some() {
+                    root = idmap(&fs.root, "root")?;
+                }
+                None
+            }
         };
-        let r = |sub: &str| cpath(&fs.root.join(sub));
+        let r = |sub: &str| cpath(&root.join(sub));
         let devices =
             [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
                 .iter()
@@ -195,10 +269,18 @@ impl Prepared {
             Some(s) => Some((r(SCRIPT_PATH.trim_start_matches('/'))?, s.clone())),
             None => None,
         };
+        let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63);
+        let drop_caps = (0..=last_cap).filter(|c| !DEFAULT_CAPABILITIES.contains(c)).map(libc::c_ulong::from).collect();
+        let seccomp = SeccompProfile::docker_default();
         Ok(Prepared {
             ns_flags,
             overlay,
-            root: cpath(&fs.root)?,
+            userns: fs.user_namespace.as_ref().map(|(ns, _)| ns.raw_fd()),
+            idmaps,
+            root: cpath(&root)?,
             proc_dir: r("proc")?,
             dev_dir: r("dev")?,
             devices,
@@ -212,6 +294,8 @@ impl Prepared {
             gid: spec.gid,
             groups: spec.groups.clone(),
             script,
+            drop_caps,
+            seccomp,
         })
     }
 
@@ -229,15 +313,42 @@ impl Prepared {
                 libc::MS_REC | libc::MS_PRIVATE,
                 std::ptr::null(),
             ))?;
+            // The command learns that the middle process died through this pipe: the middle
+            // holds the write end until it exits.
+            let mut alive = [0 as libc::c_int; 2];
+            check(libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC))?;
             let pid = check(libc::fork())?;
             if pid > 0 {
-                relay_exit(pid);
+                libc::close(alive[0]);
+                relay_exit(pid, alive[1]);
             }
+            libc::close(alive[1]);
             // Now PID 1 of the new PID namespace.
             check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
-            if let Some((base, data)) = &self.overlay {
-                check(libc::chdir(base.as_ptr()))?;
-                mount(c"overlay", &self.root, c"overlay", 0, data.as_ptr().cast())?;
+            let confined = libc::MS_NOSUID | libc::MS_NODEV;
+            if let Some(userns) = self.userns {
+                for (src, dst) in &self.idmaps {
+                    crate::userns::mount_idmapped(src, dst, userns)?;
+                }
+            }
+            match &self.overlay {
+                Some((base, data)) => {
+                    check(libc::chdir(base.as_ptr()))?;
+                    let mount_overlay = || mount(c"overlay", &self.root, c"overlay", confined, data.as_ptr().cast());
+                    if self.userns.is_some() {
+                        // Over idmapped layers, overlayfs creates files with its mounter's ids.
+                        crate::userns::as_namespace_root(mount_overlay)?;
+                    } else {
+                        mount_overlay()?;
+                    }
+                }
+                // The idmapped mount is the root's own mount, `nosuid,nodev` already.
+                None if self.userns.is_some() => {}
+                None => {
+                    // A mount of its own, for the flags and for pivot_root.
+                    mount_bind(&self.root, &self.root)?;
+                    mount(c"none", &self.root, c"", libc::MS_REMOUNT | libc::MS_BIND | confined, std::ptr::null())?;
+                }
             }
             mount(
                 c"proc",
@@ -259,6 +370,7 @@ impl Prepared {
             }
             for (src, dst) in &self.binds {
                 mount_bind(src, dst)?;
+                mount(c"none", dst, c"", libc::MS_REMOUNT | libc::MS_BIND | confined, std::ptr::null())?;
             }
             if let Some((path, content)) = &self.script {
                 let fd = check(libc::open(
@@ -276,29 +388,63 @@ impl Prepared {
                 }
                 libc::close(fd);
             }
+            // pivot_root(".", "."): the old root ends up stacked on the new one and is
+            // unmounted at once, so nothing of the host's filesystem stays reachable.
             check(libc::chdir(self.root.as_ptr()))?;
-            check(libc::chroot(c".".as_ptr()))?;
+            check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()))?;
+            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
+            check(libc::chdir(c"/".as_ptr()))?;
             check(libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()))?;
+            if let Some(userns) = self.userns {
+                // From here on, image root is the namespace's root, nobody on the host. The
+                // mount namespace stays owned by the host's: nothing can be mounted in it.
+                check(libc::setns(userns, libc::CLONE_NEWUSER))?;
+                check(libc::setresgid(0, 0, 0))?;
+                check(libc::setresuid(0, 0, 0))?;
+            }
             for part in &self.workdir_parts {
                 if libc::mkdir(part.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
                     return Err(io::Error::last_os_error());
                 }
             }
+            // Needs CAP_SETPCAP, so before the user changes.
+            for &cap in &self.drop_caps {
+                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && *libc::__errno_location() != libc::EINVAL {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
             check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
             check(libc::setgid(self.gid))?;
             check(libc::setuid(self.uid))?;
+            // Changing credentials cleared the parent-death signal: arm it again, then make
+            // sure the parent did not die before that (it would then never come).
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
+            let mut poll = libc::pollfd { fd: alive[0], events: libc::POLLIN, revents: 0 };
+            if libc::poll(&mut poll, 1, 0) != 0 {
+                // Readable or hung up: the middle process is gone (it never writes).
+                libc::_exit(137);
+            }
             check(libc::chdir(self.workdir.as_ptr()))?;
         }
-        Ok(())
+        // Last: it sets no_new_privs and refuses what the steps above needed.
+        self.seccomp.install()
     }
 }
 
-/// The middle process: close every inherited descriptor (so the spawner's exec-status pipe
-/// sees the command's exec, not us), wait for the command, exit with its status.
-unsafe fn relay_exit(pid: libc::pid_t) -> ! {
+/// The middle process: close every inherited descriptor but `alive` (so the spawner's
+/// exec-status pipe sees the command's exec, not us), wait for the command, exit with its status.
+unsafe fn relay_exit(pid: libc::pid_t, alive: libc::c_int) -> ! {
     // SAFETY: async-signal-safe calls only.
     unsafe {
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        let alive = alive as u32;
+        if alive > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, alive - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, alive + 1, u32::MAX, 0u32);
+        if alive < 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        }
         let mut status = 0;
         loop {
             let r = libc::waitpid(pid, &mut status, 0);
@@ -339,7 +485,7 @@ unsafe fn mount_bind(src: &CStr, target: &CStr) -> io::Result<()> {
 
 /// Options that keep the upper directory a plain, self-contained diff: no metadata-only
 /// copy-up (file data would stay in a lower layer) and no redirects for renamed directories.
-fn overlay_extra_options() -> &'static str {
+pub(crate) fn overlay_extra_options() -> &'static str {
     static OPTS: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
     OPTS.get_or_init(|| {
         let supports = |name: &str| Path::new("/sys/module/overlay/parameters").join(name).exists();

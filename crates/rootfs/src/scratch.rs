@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug)]
 pub struct Scratch {
@@ -15,31 +15,22 @@ pub struct Scratch {
 
 const PREFIX: &str = "ext-extend-";
 
+/// Prefix of a layer being unpacked into the unpacked-layer cache (`<prefix><pid>-...`).
+pub const UNPACKING_PREFIX: &str = ".unpacking-";
+
 impl Scratch {
     pub fn create(parent: Option<&Path>) -> io::Result<Scratch> {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        // The sandbox changes directory: a relative scratch path would then point elsewhere.
+        let parent = std::path::absolute(&parent)?;
         fs::create_dir_all(&parent)?;
-        remove_stale(&parent);
-        let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{}-", std::process::id())).tempdir_in(&parent)?;
+        ext_oci::cleanup::remove_stale(&parent, PREFIX);
+        let dir = tempfile::Builder::new().prefix(&ext_oci::cleanup::owned_prefix(PREFIX)).tempdir_in(&parent)?;
         let _cleanup = ext_oci::cleanup::register_path(dir.path());
         Ok(Scratch { dir, _cleanup })
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
-    }
-}
-
-/// Removes `ext-extend-<pid>-*` directories whose process is gone.
-fn remove_stale(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid != std::process::id() && !PathBuf::from(format!("/proc/{pid}")).exists() && e.path().is_dir() {
-            tracing::info!("removing {} left by an interrupted run", e.path().display());
-            let _ = fs::remove_dir_all(e.path());
-        }
     }
 }

@@ -30,6 +30,16 @@ const OPAQUE_SUFFIX: &[u8] = b".wh..opq";
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Copy buffer size; large enough that syscall overhead is negligible for big files.
 const COPY_BUF: usize = 256 * 1024;
+/// Free space the unpacker leaves on the target filesystem: this much, or a tenth of the
+/// filesystem if that is less. A layer is unbounded by design (and a gzip bomb of 10 MB
+/// expands to 10 GiB), so it is the disk that is watched, not the layer.
+const RESERVE_BYTES: u64 = 256 << 20;
+/// Free inodes left, likewise (or a tenth of them): a bomb of empty files exhausts inodes.
+const RESERVE_INODES: u64 = 10_000;
+/// How often free space is checked at most: every so many bytes written or entries created
+/// (more often when the margin above the reserve is smaller, so it is never overrun).
+const SPACE_CHECK_BYTES: u64 = 16 << 20;
+const SPACE_CHECK_ENTRIES: u64 = 512;
 
 /// How OCI whiteout entries (`.wh.NAME`, `.wh..wh..opq`) are handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +79,9 @@ pub struct UnpackStats {
 /// Nothing outside `root` is created, modified or deleted, whatever the layer contains:
 /// entry names and hard-link targets with `..` or an absolute path are refused, and a
 /// symlink in the directory part of a name is followed only if it stays inside `root`.
+/// Resources are bounded: the headers of one entry (long names, PAX records) by
+/// [`ext_oci::targuard::MAX_ENTRY_METADATA`], and the unpacking stops with
+/// [`UnpackError::NoSpace`] before the filesystem of `root` runs out of space or inodes.
 /// The first error aborts the unpacking; the tree is then partially updated.
 pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
     let mut unpacker = Unpacker {
@@ -79,7 +92,11 @@ pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Res
         dirs: Vec::new(),
         stats: UnpackStats::default(),
         buf: vec![0; COPY_BUF],
+        bytes_until_check: 0,
+        entries_until_check: 0,
     };
+    unpacker.check_space(Path::new(""))?;
+    let (layer, guard) = ext_oci::targuard::guard(layer);
     let mut archive = tar::Archive::new(layer);
     let tar_err = |after: Option<&Path>, source| UnpackError::Tar {
         layer: opts.layer_name.clone(),
@@ -88,12 +105,19 @@ pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Res
     };
     // A stream that simply ends at a header boundary (umoci omits the two zero blocks) is
     // reported by `tar` as the normal end of the archive, so no special casing is needed.
-    let entries = archive.entries().map_err(|e| tar_err(None, e))?;
+    let mut entries = archive.entries().map_err(|e| tar_err(None, e))?;
     let mut last: Option<PathBuf> = None;
-    for entry in entries {
+    while let Some(entry) = guard.next(&mut entries) {
         let mut entry = entry.map_err(|e| tar_err(last.as_deref(), e))?;
         let raw = PathBuf::from(OsString::from_vec(entry.path_bytes().into_owned()));
         unpacker.entry(&mut entry, &raw)?;
+        // Data an entry type does not use (a hostile symlink with a body) is skipped here,
+        // outside the guard's header budget.
+        io::copy(&mut entry, &mut io::sink()).map_err(|e| tar_err(Some(&raw), e))?;
+        unpacker.entries_until_check = unpacker.entries_until_check.saturating_sub(1);
+        if unpacker.entries_until_check == 0 {
+            unpacker.check_space(&raw)?;
+        }
         last = Some(raw);
     }
     unpacker.finish()?;
@@ -148,9 +172,41 @@ struct Unpacker<'a> {
     dirs: Vec<DeferredDir>,
     stats: UnpackStats,
     buf: Vec<u8>,
+    /// Bytes to write and entries to make before free space is checked again.
+    bytes_until_check: u64,
+    entries_until_check: u64,
 }
 
 impl Unpacker<'_> {
+    /// Fails when the filesystem of the root has less free space or inodes than the reserve.
+    fn check_space(&mut self, entry: &Path) -> Result<(), UnpackError> {
+        let st = nix::sys::statvfs::statvfs(self.root)
+            .map_err(|e| self.io_err(entry, "statvfs", Path::new("."), e.into()))?;
+        let frsize = st.fragment_size() as u64;
+        let (total, available) = (st.blocks() as u64 * frsize, st.blocks_available() as u64 * frsize);
+        let reserve = RESERVE_BYTES.min(total / 10);
+        let (inodes, inodes_free) = (st.files() as u64, st.files_available() as u64);
+        // Filesystems without a fixed inode table (btrfs) report 0 inodes.
+        let inode_reserve = RESERVE_INODES.min(inodes / 10);
+        if available < reserve || (inodes > 0 && inodes_free < inode_reserve) {
+            return Err(UnpackError::NoSpace {
+                layer: self.layer(),
+                entry: entry.to_path_buf(),
+                available_mib: available >> 20,
+                inodes_free,
+                reserve_mib: reserve >> 20,
+                inode_reserve,
+            });
+        }
+        // Half the margin, so the next check comes before the reserve is reached.
+        self.bytes_until_check = ((available - reserve) / 2).clamp(1, SPACE_CHECK_BYTES);
+        self.entries_until_check = if inodes > 0 {
+            ((inodes_free - inode_reserve) / 2).clamp(1, SPACE_CHECK_ENTRIES)
+        } else {
+            SPACE_CHECK_ENTRIES
+        };
+        Ok(())
+    }
     fn layer(&self) -> String {
         self.opts.layer_name.clone()
     }
@@ -171,7 +227,7 @@ impl Unpacker<'_> {
         let kind = entry.header().entry_type();
         // Global PAX headers carry defaults we do not need; a GNU volume label names no file.
         if kind.is_pax_global_extensions() || kind.as_byte() == b'V' {
-            debug!(layer = %self.opts.layer_name, entry = %raw.display(), "skipping metadata-only entry");
+            debug!(layer = %self.opts.layer_name, entry = %crate::error::esc(raw), "skipping metadata-only entry");
             return Ok(());
         }
         let rel = normalize_relative(raw).map_err(|reason| UnpackError::UnsafePath {
@@ -181,7 +237,7 @@ impl Unpacker<'_> {
         })?;
         let Some(name) = rel.file_name().map(OsStr::to_os_string) else {
             // umoci writes a `./` entry for the root; the root's metadata belongs to the caller.
-            debug!(layer = %self.opts.layer_name, entry = %raw.display(), "skipping root entry");
+            debug!(layer = %self.opts.layer_name, entry = %crate::error::esc(raw), "skipping root entry");
             return Ok(());
         };
 
@@ -334,6 +390,10 @@ impl Unpacker<'_> {
             };
             file.write_all(&self.buf[..n]).map_err(|e| self.io_err(raw, "write", dest_rel, e))?;
             written += n as u64;
+            self.bytes_until_check = self.bytes_until_check.saturating_sub(n as u64);
+            if self.bytes_until_check == 0 {
+                self.check_space(raw)?;
+            }
         }
         if written != expected {
             return Err(self.io_err(
@@ -485,8 +545,8 @@ impl Unpacker<'_> {
             if xattr_failure_is_tolerable(&name_str, &e) {
                 warn!(
                     layer = %self.opts.layer_name,
-                    entry = %raw.display(),
-                    xattr = %name_str,
+                    entry = %crate::error::esc(raw),
+                    xattr = %ext_oci::escape::text(&name_str),
                     error = %e,
                     "cannot set extended attribute, skipping it"
                 );
@@ -612,7 +672,7 @@ impl Unpacker<'_> {
             // A later entry may have replaced this directory, or one of its parents by a
             // symlink; opening the stored path would then follow it.
             if !is_plain_dir_path(self.root, &d.rel) {
-                debug!(layer = %self.opts.layer_name, entry = %d.entry.display(), "directory replaced later in the layer");
+                debug!(layer = %self.opts.layer_name, entry = %crate::error::esc(&d.entry), "directory replaced later in the layer");
                 continue;
             }
             let dir = OpenOptions::new()
