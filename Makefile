@@ -36,6 +36,7 @@ bench:
 	scripts/install-deps.sh buildah strace
 	$(CARGO) build --release --locked -p ext-extend -p bench-limit
 	python3 bench/bench.py
+	python3 bench/compression.py
 
 fmt:
 	$(CARGO) fmt --all

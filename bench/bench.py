@@ -232,7 +232,7 @@ class Env:
 
 def ext_build(env: Env, name: str, dfs: list[tuple[str, Path]], base_ref: str, out_ref: str, out_dir: Path | None,
               base_digests: set[str], extra: list[str] = (), cold: bool = False, step_cache: bool = False,
-              cache_dir: Path | None = None) -> Sample:
+              cache_dir: Path | None = None, scratch: Path | None = None) -> Sample:
     """One `ext-extend build`. The step cache is off (`--no-cache`: every step runs) unless
     `step_cache`: the rows without it measure the work itself."""
     if out_dir is not None:
@@ -240,7 +240,7 @@ def ext_build(env: Env, name: str, dfs: list[tuple[str, Path]], base_ref: str, o
     cache_dir = cache_dir or env.ext_cache
     if cold:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    argv = [EXT, "build", "--from", base_ref, "--output", out_ref, "--scratch-dir", env.scratch,
+    argv = [EXT, "build", "--from", base_ref, "--output", out_ref, "--scratch-dir", scratch or env.scratch,
             "--cache-dir", cache_dir, "--log-level", "info", *([] if step_cache else ["--no-cache"]), *extra]
     for df, ctx in dfs:
         argv += ["-f", DOCKERFILES / df, "--context", ctx]
@@ -292,13 +292,15 @@ def ext_live(env: Env, name: str, df: str, ctx: Path, base_digests: set[str]) ->
     return s
 
 
-def buildah_argv(env: Env, *args) -> list:
-    return ["buildah", "--root", env.bstore / "root", "--runroot", env.bstore / "runroot", "--storage-driver", "vfs",
-            *args]
+def buildah_argv(env: Env, *args, driver: str = "vfs") -> list:
+    """Buildah with its own store per storage driver (vfs: the W rows; overlay: bench (c))."""
+    store = env.bstore if driver == "vfs" else env.bstore.with_name(f"buildah-store-{driver}")
+    return ["buildah", "--root", store / "root", "--runroot", store / "runroot", "--storage-driver", driver, *args]
 
 
 def buildah_build(env: Env, name: str, dfs: list[tuple[str, Path]], base: str, push_to: str, out_dir: Path | None,
-                  base_digests: set[str], tls: bool = True, layers: bool = False) -> Sample:
+                  base_digests: set[str], tls: bool = True, layers: bool = False, driver: str = "vfs",
+                  build_args: tuple = ()) -> Sample:
     """bud of each Dockerfile (each FROM the previous result), then one push; all timed.
     `layers`: `bud --layers`, Buildah's own step cache, whose images are kept between runs."""
     if out_dir is not None:
@@ -311,18 +313,20 @@ def buildah_build(env: Env, name: str, dfs: list[tuple[str, Path]], base: str, p
         tag = f"localhost/bench-{name.lower()}-{i}:latest"
         cache = ["--layers"] if layers else []
         s, _, _ = measure(buildah_argv(env, "bud", "--isolation", "chroot", *cache, *tlsflag, "-f", DOCKERFILES / df,
-                                       "--build-arg", f"base_image={prev}", "-t", tag, ctx), env.logs, f"{name}-bud{i}")
+                                       "--build-arg", f"base_image={prev}", *build_args, "-t", tag, ctx,
+                                       driver=driver), env.logs, f"{name}-bud{i}")
         total.add(s, "bud")
         prev = tag
         tags.append(tag)
-    s, _, _ = measure(buildah_argv(env, "push", *tlsflag, prev, push_to), env.logs, f"{name}-push")
+    s, _, _ = measure(buildah_argv(env, "push", *tlsflag, prev, push_to, driver=driver), env.logs, f"{name}-push")
     total.add(s, "push")
     if out_dir is not None:
         total.output_bytes = new_blob_bytes(out_dir, base_digests)
     # Untimed: drop the built images so every run starts from the same warm store (with its
     # layer cache, the store keeps them: they are the cache).
     if not layers:
-        subprocess.run(buildah_argv(env, "rmi", "-f", *tags), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(buildah_argv(env, "rmi", "-f", *tags, driver=driver), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
     return total
 
 
@@ -467,6 +471,33 @@ def make_workloads(env: Env) -> list[Workload]:
             "ext-extend": ext("W2-cold", w2, cold=True)}, 3,
                  "no unpacked-layer cache: the base is unpacked in the run", no_warmup=True),
     ]
+    if not env.args.no_debian:
+        # Bench (c): cold RUN on a Debian minbase image (debootstrap; one gzip -6 layer, as
+        # registries' images are), R2 writing ~20 MB. ext-extend with its caches emptied before
+        # every run, against Buildah with a warm overlay store (the base pulled by the warm-up).
+        deb = workloads.ensure_debian(WORK, log)
+        deb_ref, deb_digests = f"oci:{deb}:latest", layout_digests(deb)
+        r2 = [("r2.Dockerfile", r / "ctx-empty")]
+        shm = Path("/dev/shm/ext-extend-bench")
+
+        def ext_shm(env, name):
+            """The tmpfs lever, measured: scratch and caches on /dev/shm."""
+            shutil.rmtree(shm, ignore_errors=True)
+            (shm / "scratch").mkdir(parents=True)
+            try:
+                return ext_build(env, name, r2, deb_ref, f"oci:{out_ext}:latest", out_ext, deb_digests, cold=True,
+                                 cache_dir=shm / "cache", scratch=shm / "scratch")
+            finally:
+                shutil.rmtree(shm, ignore_errors=True)
+
+        wl.append(Workload("R2-cold", "Debian minbase (117 MB), one RUN writing ~20 MB, ext-extend's caches emptied", {
+            "ext-extend": ext("R2-cold", r2, cold=True, base=deb_ref, digests=deb_digests),
+            "ext-extend on tmpfs": ext_shm,
+            **({"buildah overlay warm": lambda env, name: buildah_build(
+                env, name, r2, deb_ref, f"oci:{out_buildah}:latest", out_buildah, deb_digests, driver="overlay")}
+               if peers else {})}, n,
+            "bench (c): overhead = wall - the RUN's sandbox+command time from ext-extend's log; Buildah's store "
+            "keeps the base between runs (warm); 'on tmpfs' puts --scratch-dir and --cache-dir on /dev/shm"))
     if not env.args.no_1g:
         b1g = f"oci:{env.base1g}:latest"
         k = 1  # for peak RSS only
@@ -1011,6 +1042,22 @@ def goals(results: dict, checks: dict) -> list[str]:
         else:
             line += "; 1 GB base not run)."
         out.append(line)
+    r2 = results.get("R2-cold", {}).get("tools", {})
+    for tool in ("ext-extend", "ext-extend on tmpfs"):
+        if tool not in r2:
+            continue
+        runs, wall = r2[tool]["runs"], r2[tool]["summary"]["wall"]
+        # The RUN script's own time: the sandbox+command time ext-extend logs for the step.
+        cmd = median([sum(r["command"] for r in x["info"]["runs"]) for x in runs])
+        over = wall - cmd
+        line = f"(c) {tool}: cold RUN overhead on the Debian minbase ≤ 1.5 s: {verdict(over <= 1.5)} " \
+               f"({over:.2f} s = wall {wall:.2f} − the RUN's sandbox+command {cmd:.2f}"
+        bo = summ("R2-cold", "buildah overlay warm")
+        if bo:
+            line += f"); ahead of Buildah overlay warm: {verdict(wall < bo['wall'])} ({wall:.2f} s vs {bo['wall']:.2f} s)."
+        else:
+            line += ")."
+        out.append(line)
     return out
 
 
@@ -1038,6 +1085,7 @@ def main() -> int:
     ap.add_argument("--only", help="comma-separated workload keys (W1,W2,W3,W4,W1-cold,...)")
     ap.add_argument("--no-buildah", action="store_true", help="skip the Buildah peer")
     ap.add_argument("--no-1g", action="store_true", help="skip the 1 GB base workloads")
+    ap.add_argument("--no-debian", action="store_true", help="skip bench (c), R2-cold on the Debian minbase image")
     ap.add_argument("--no-registry", action="store_true", help="skip W4")
     ap.add_argument("--no-criterion", action="store_true", help="skip the micro-benchmarks")
     ap.add_argument("--no-checks", action="store_true", help="skip the strace check of W3")
@@ -1134,6 +1182,7 @@ def main() -> int:
     print(md)
     # Scratch is large and regenerated each run; generated workloads stay cached.
     shutil.rmtree(env.bstore, ignore_errors=True)
+    shutil.rmtree(env.bstore.with_name("buildah-store-overlay"), ignore_errors=True)
     shutil.rmtree(env.scratch, ignore_errors=True)
     shutil.rmtree(env.limit_rootfs, ignore_errors=True)
     shutil.rmtree(env.live_rootfs, ignore_errors=True)
