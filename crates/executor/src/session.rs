@@ -678,8 +678,8 @@ fn log_layer(report: &StepReport) {
     }
 }
 
-/// A base layer's uncompressed tar stream, verified against its diffID at the end, with
-/// unpack progress (bars on terminals only).
+/// A base layer's uncompressed tar stream, verified against its diffID at the end, decoded
+/// ahead of the unpacker on a thread of its own, with unpack progress (bars on terminals only).
 fn open_layer(
     store: &ext_oci::BlobStore,
     digest: &Digest,
@@ -689,7 +689,9 @@ fn open_layer(
     let reader = store.open(digest, Some(size)).map_err(|e| RootfsError::Unsupported(e.to_string()))?;
     let progress = ext_oci::progress::Progress::bar_only("unpacked", digest.short(), Some(size));
     let reader = ext_oci::progress::ProgressReader::new(reader, progress);
+    // Decoded on a thread of its own while the unpacker creates files (README, cold RUN).
     decompress_verified(reader, diff_id)
+        .map(ext_oci::compression::read_ahead)
         .map_err(|e| RootfsError::Io { path: PathBuf::from(digest.as_str()), source: e })
 }
 

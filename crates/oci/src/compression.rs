@@ -157,12 +157,113 @@ pub fn decompress_verified(reader: impl Read + Send + 'static, diff_id: Digest) 
     Ok(Box::new(crate::digest::VerifyingReader::diff_id(decompress(reader)?, diff_id)))
 }
 
+/// Bytes decoded ahead of the reader, per message of the read-ahead thread.
+const READ_AHEAD_CHUNK: usize = 1 << 20;
+/// Chunks in flight: enough to keep the decoder busy while the reader writes files.
+const READ_AHEAD_DEPTH: usize = 4;
+
+/// Runs `reader` (a layer's whole decoding chain: blob hashing, decompression, diffID hashing)
+/// on a thread of its own, [`READ_AHEAD_CHUNK`] bytes ahead of the caller, so that a cold
+/// unpack decompresses and hashes on one core while it creates files on another (a layer is
+/// one gzip member as most producers write it, so it cannot be inflated in parallel). The
+/// caller reads exactly the bytes, and then the error, that it would have read from `reader`;
+/// dropping it stops the thread at its next chunk.
+pub fn read_ahead(reader: Box<dyn Read + Send>) -> Box<dyn Read + Send> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD_DEPTH);
+    let worker = std::thread::spawn(move || {
+        let mut reader = reader;
+        loop {
+            let mut chunk = vec![0u8; READ_AHEAD_CHUNK];
+            let mut filled = 0;
+            let result = loop {
+                match reader.read(&mut chunk[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == chunk.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            chunk.truncate(filled);
+            let end = filled < READ_AHEAD_CHUNK || result.is_err();
+            if filled > 0 && tx.send(Ok(chunk)).is_err() {
+                return;
+            }
+            if let Err(e) = result {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            if end {
+                return;
+            }
+        }
+    });
+    Box::new(ReadAhead { rx: Some(rx), current: Vec::new(), pos: 0, worker: Some(worker) })
+}
+
+struct ReadAhead {
+    rx: Option<std::sync::mpsc::Receiver<io::Result<Vec<u8>>>>,
+    current: Vec<u8>,
+    pos: usize,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            let Some(rx) = &self.rx else { return Ok(0) };
+            match rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.rx = None;
+                    return Err(e);
+                }
+                // The thread ended after the last chunk (or panicked: say so, never a silent EOF).
+                Err(_) => {
+                    self.rx = None;
+                    let panicked = self.worker.take().is_some_and(|w| w.join().is_err());
+                    return if panicked { Err(io::Error::other("layer read-ahead thread panicked")) } else { Ok(0) };
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Closing the channel makes the thread's next send fail; it then returns.
+        self.rx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 /// libzstd's errors name the zstd problem but not that it is zstd; say so.
 struct ZstdReader<R: BufRead>(zstd::stream::read::Decoder<'static, R>);
 
 impl<R: BufRead> Read for ZstdReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| io::Error::new(e.kind(), format!("zstd: {e}")))
+        self.0.read(buf).map_err(|e| {
+            // A failed digest check of the blob underneath passes through as it is, so that
+            // callers can still find it (`BlobCheckFailure::find`).
+            if crate::digest::BlobCheckFailure::find(&e).is_some() {
+                e
+            } else {
+                io::Error::new(e.kind(), format!("zstd: {e}"))
+            }
+        })
     }
 }
 
@@ -245,6 +346,61 @@ mod tests {
         let mut out = Vec::new();
         let err = decompress(io::Cursor::new(z)).unwrap().read_to_end(&mut out).unwrap_err();
         assert!(err.to_string().starts_with("zstd: "), "{err}");
+    }
+
+    /// A reader giving `data` in odd-sized pieces, then `err` (if any) instead of EOF.
+    struct Pieces {
+        data: Vec<u8>,
+        pos: usize,
+        err: Option<io::ErrorKind>,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.pos == self.data.len() {
+                return match self.err {
+                    Some(kind) => Err(io::Error::new(kind, "the blob's digest does not match")),
+                    None => Ok(0),
+                };
+            }
+            let n = buf.len().min(77_777).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_ahead_gives_the_same_bytes_then_the_same_error() {
+        for len in [0, 1, READ_AHEAD_CHUNK, 3 * READ_AHEAD_CHUNK + 5] {
+            let input = data(len);
+            let mut out = Vec::new();
+            read_ahead(Box::new(Pieces { data: input.clone(), pos: 0, err: None })).read_to_end(&mut out).unwrap();
+            assert_eq!(out, input, "{len} bytes");
+
+            let mut r =
+                read_ahead(Box::new(Pieces { data: input.clone(), pos: 0, err: Some(io::ErrorKind::InvalidData) }));
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            let err = loop {
+                match r.read(&mut buf) {
+                    Ok(0) => panic!("EOF instead of the error"),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break e,
+                }
+            };
+            assert_eq!(got, input, "every byte before the error");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains("digest does not match"), "{err}");
+        }
+    }
+
+    #[test]
+    fn read_ahead_dropped_early_stops_its_thread() {
+        let mut r = read_ahead(Box::new(Pieces { data: data(20 * READ_AHEAD_CHUNK), pos: 0, err: None }));
+        let mut buf = [0u8; 10];
+        r.read_exact(&mut buf).unwrap();
+        drop(r); // joins the thread: a hang here is the failure
     }
 
     #[test]
