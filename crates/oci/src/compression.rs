@@ -404,6 +404,15 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_check_failure_under_zstd_stays_findable() {
+        let blob = compress(Compression::Zstd { level: 3 }, &data(100_000), 1, 1 << 20);
+        let wrong = Digest::of(b"another blob");
+        let reader = crate::digest::VerifyingReader::new(io::Cursor::new(blob), wrong, None);
+        let err = decompress(reader).unwrap().read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(crate::digest::BlobCheckFailure::find(&err).is_some(), "{err}");
+    }
+
+    #[test]
     fn parse_levels() {
         assert_eq!(Compression::parse("gzip", None), Ok(Compression::Gzip { level: DEFAULT_GZIP_LEVEL }));
         assert_eq!(Compression::parse("zstd", Some(19)), Ok(Compression::Zstd { level: 19 }));
