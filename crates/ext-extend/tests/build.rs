@@ -127,17 +127,7 @@ fn copy_and_add_follow_docker_semantics() {
     let df = t.path().join("copy.Dockerfile");
     write(&df, COPY_CASES);
     let out = t.path().join("out");
-    build_ok(&[
-        "build",
-        "--from",
-        &format!("oci:{}", s(&base)),
-        "-f",
-        &s(&df),
-        "--context",
-        &s(&ctx),
-        "--output",
-        &format!("oci:{}", s(&out)),
-    ]);
+    build_ok(&strs(&oci_build(&base, &df, Some(&ctx), &out)));
     let (_g, r) = umoci_unpack(&out, "latest");
     let read = |p: &str| fs::read_to_string(r.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
     let meta = |p: &str| fs::symlink_metadata(r.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
@@ -275,20 +265,7 @@ fn bad_input_fails_clearly_and_leaves_the_output_alone() {
         2,
     );
     assert!(no_tag.contains("no image tagged `nosuchtag`") && no_tag.contains("latest"), "{no_tag}");
-    let not_layout = build_err(
-        &[
-            "build",
-            "--from",
-            &format!("oci:{}", s(&ctx)),
-            "-f",
-            &s(&ok_df),
-            "--context",
-            &s(&ctx),
-            "--output",
-            &format!("oci:{}", s(&out)),
-        ],
-        2,
-    );
+    let not_layout = build_err(&strs(&oci_build(&ctx, &ok_df, Some(&ctx), &out)), 2);
     assert!(not_layout.contains("not an OCI image layout"), "{not_layout}");
     assert_eq!(snapshot(&out), before);
 
@@ -466,17 +443,7 @@ fn source_date_epoch_clamps_every_entry() {
     );
     let out = t.path().join("out");
     let o = ext_extend_env(
-        &[
-            "build",
-            "--from",
-            &format!("oci:{}", s(&base)),
-            "-f",
-            &s(&df),
-            "--context",
-            &s(&ctx),
-            "--output",
-            &format!("oci:{}", s(&out)),
-        ],
+        &strs(&oci_build(&base, &df, Some(&ctx), &out)),
         &[("SOURCE_DATE_EPOCH", "1700000000"), ("EXT_EXTEND_CACHE_DIR", &s(&test_cache()))],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -167,18 +167,7 @@ fn failing_run_leaves_output_untouched() {
     make_run_image(&distroless, "latest", true);
     let shell = t.path().join("shell.Dockerfile");
     write(&shell, "FROM ${base_image}\nRUN echo hi\n");
-    let err = build_err(
-        &[
-            "build",
-            "--from",
-            &format!("oci:{}", s(&distroless)),
-            "-f",
-            &s(&shell),
-            "--output",
-            &format!("oci:{}", s(&t.path().join("o2"))),
-        ],
-        2,
-    );
+    let err = build_err(&strs(&oci_build(&distroless, &shell, None, &t.path().join("o2"))), 2);
     assert!(err.contains("shell.Dockerfile:2") && err.contains("`/bin/sh` is not in the image"), "{err}");
 }
 
@@ -401,17 +390,7 @@ fn implicit_parent_dirs_of_base_layers_keep_the_lower_metadata() {
     write(&t.path().join("ctx/x.txt"), "x");
     write(&t.path().join("copy.Dockerfile"), "FROM ${base_image}\nCOPY x.txt /tmp/\n");
     let copied = t.path().join("copied");
-    build_ok(&[
-        "build",
-        "--from",
-        &format!("oci:{}", s(&base)),
-        "-f",
-        &s(&t.path().join("copy.Dockerfile")),
-        "--context",
-        &s(&t.path().join("ctx")),
-        "--output",
-        &format!("oci:{}", s(&copied)),
-    ]);
+    build_ok(&strs(&oci_build(&base, &t.path().join("copy.Dockerfile"), Some(&t.path().join("ctx")), &copied)));
     write(&t.path().join("run.Dockerfile"), "FROM ${base_image}\nUSER cnb\nRUN touch /tmp/by-cnb\n");
     let cache = t.path().join("cache");
     let mut digests = Vec::new();
@@ -472,20 +451,7 @@ fn log_follows_the_dockerfile_order() {
     write(&t.path().join("ctx/x"), "x");
     let df = t.path().join("order.Dockerfile");
     write(&df, "FROM ${base_image}\nCOPY x /x\nUSER root\nRUN echo hi > /y\nCOPY x /z\n");
-    let o = build_with(
-        t.path(),
-        &[
-            "build",
-            "--from",
-            &format!("oci:{}", s(&base)),
-            "-f",
-            &s(&df),
-            "--context",
-            &s(&t.path().join("ctx")),
-            "--output",
-            &format!("oci:{}", s(&t.path().join("out"))),
-        ],
-    );
+    let o = build_with(t.path(), &strs(&oci_build(&base, &df, Some(&t.path().join("ctx")), &t.path().join("out"))));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{stderr}");
     let at = |needle: &str| stderr.find(needle).unwrap_or_else(|| panic!("no `{needle}` in {stderr}"));

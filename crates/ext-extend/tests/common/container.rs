@@ -16,23 +16,9 @@ use std::process::Command;
 
 use ext_rootfs::SeccompProfile;
 
-/// Docker's default capabilities (moby `oci/caps/defaults.go`).
-pub const DOCKER_CAPS: &[u32] = &[
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    8,  // CAP_SETPCAP
-    10, // CAP_NET_BIND_SERVICE
-    13, // CAP_NET_RAW
-    18, // CAP_SYS_CHROOT
-    27, // CAP_MKNOD
-    29, // CAP_AUDIT_WRITE
-    31, // CAP_SETFCAP
-];
+/// Docker's default capabilities, the set pack's containers get (the sandbox's bounding set is
+/// the same list; tests/sandbox.rs checks it against moby's mask independently).
+pub use ext_rootfs::sandbox::DEFAULT_CAPABILITIES as DOCKER_CAPS;
 
 pub struct Container {
     pub rootfs: PathBuf,

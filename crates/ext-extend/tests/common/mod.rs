@@ -165,6 +165,21 @@ pub fn write(path: &Path, content: &str) {
     std::fs::write(path, content).unwrap();
 }
 
+/// The arguments of the plainest build: `build --from oci:BASE -f DF [--context CTX] --output
+/// oci:OUT` (pass them through `strs`).
+pub fn oci_build(base: &Path, df: &Path, ctx: Option<&Path>, out: &Path) -> Vec<String> {
+    let mut args = vec!["build".into(), "--from".into(), format!("oci:{}", s(base)), "-f".into(), s(df)];
+    if let Some(ctx) = ctx {
+        args.extend(["--context".into(), s(ctx)]);
+    }
+    args.extend(["--output".into(), format!("oci:{}", s(out))]);
+    args
+}
+
+pub fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 pub fn s(p: &Path) -> String {
     p.display().to_string()
 }
