@@ -367,3 +367,29 @@ fn build_image_extension() {
     assert_eq!(o.status.code(), Some(92), "{stderr}");
     assert!(stderr.contains("ARG base_image"), "{stderr}");
 }
+
+#[test]
+fn zstd_extension_layers_keep_their_media_type_through_export() {
+    let t = tempfile::tempdir().unwrap();
+    let run = t.path().join("run");
+    make_run_image(&run, "latest", false);
+    let cnb = Cnb::new(&format!("oci:{}:latest", s(&run)), &["first"]);
+    cnb.ok("generate", &[]);
+    cnb.ok("extend", &["--kind", "run", "--compression", "zstd"]);
+    let app_image = t.path().join("app");
+    cnb.ok("export", &["--output", &format!("oci:{}", s(&app_image))]);
+    let base_layers = skopeo_inspect(&run, "latest", &["--raw"])["layers"].as_array().unwrap().len();
+    let manifest = skopeo_inspect(&app_image, "latest", &["--raw"]);
+    let types: Vec<&str> =
+        manifest["layers"].as_array().unwrap().iter().map(|l| l["mediaType"].as_str().unwrap()).collect();
+    let zstd = "application/vnd.oci.image.layer.v1.tar+zstd";
+    // Base layers (gzip), the extension's RUN layers (zstd), then the buildpack layers.
+    assert!(types[..base_layers].iter().all(|t| *t != zstd), "{types:?}");
+    assert!(types[base_layers] == zstd, "the extension layer is labelled zstd: {types:?}");
+    // Each blob is what its media type says.
+    for l in manifest["layers"].as_array().unwrap() {
+        let blob = app_image.join("blobs/sha256").join(l["digest"].as_str().unwrap().trim_start_matches("sha256:"));
+        let head = fs::read(blob).unwrap();
+        assert_eq!(head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]), l["mediaType"] == zstd, "{l}");
+    }
+}
