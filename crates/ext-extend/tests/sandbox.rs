@@ -76,6 +76,9 @@ impl Corpus {
             .args(["--output", &format!("oci:{}", s(&out))])
             .args(extra)
             .env("EXT_EXTEND_CACHE_DIR", self.path().join("cache"))
+            // Every probe must really run: a step-cache hit (the same RUN again, e.g. with
+            // another --snapshot mode, which is not part of the key) would print nothing.
+            .env("EXT_EXTEND_NO_CACHE", "1")
             .output()
             .unwrap()
     }
