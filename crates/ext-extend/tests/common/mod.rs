@@ -184,20 +184,22 @@ pub fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// Appends a layer (raw tar bytes, gzipped here) to `layout:tag`, rewriting config, manifest
-/// and index like any image tool would; used to plant hostile layers in test images.
-pub fn append_raw_layer(layout: &Path, tag: &str, tar: &[u8]) -> String {
-    use std::io::Write;
-    let blob = |bytes: &[u8]| -> String {
-        let d = ext_oci::Digest::of(bytes);
-        std::fs::write(layout.join("blobs/sha256").join(d.hex()), bytes).unwrap();
-        d.to_string()
+/// Stores `bytes` as a blob of `layout`; returns its digest.
+pub fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+    let d = ext_oci::Digest::of(bytes);
+    std::fs::write(layout.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+    d.to_string()
+}
+
+/// Rewrites `layout:tag` like an image tool would: `edit` changes its manifest and config, then
+/// the config, the manifest and the index entry are written anew.
+pub fn rewrite_image(layout: &Path, tag: &str, edit: impl FnOnce(&mut Value, &mut Value)) {
+    let read_blob = |d: &str| -> Value {
+        serde_json::from_slice(
+            &std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap(),
+        )
+        .unwrap()
     };
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(tar).unwrap();
-    let gz = gz.finish().unwrap();
-    let layer_digest = blob(&gz);
-    let diff_id = ext_oci::Digest::of(tar).to_string();
     let index_path = layout.join("index.json");
     let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
     let entry = index["manifests"]
@@ -206,25 +208,33 @@ pub fn append_raw_layer(layout: &Path, tag: &str, tar: &[u8]) -> String {
         .iter_mut()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .unwrap();
-    let read_blob = |d: &str| -> Value {
-        serde_json::from_slice(
-            &std::fs::read(layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"))).unwrap(),
-        )
-        .unwrap()
-    };
     let mut manifest = read_blob(entry["digest"].as_str().unwrap());
     let mut config = read_blob(manifest["config"]["digest"].as_str().unwrap());
-    config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(diff_id.into());
+    edit(&mut manifest, &mut config);
     let config_bytes = serde_json::to_vec(&config).unwrap();
-    manifest["config"]["digest"] = blob(&config_bytes).into();
+    manifest["config"]["digest"] = put_blob(layout, &config_bytes).into();
     manifest["config"]["size"] = config_bytes.len().into();
-    manifest["layers"].as_array_mut().unwrap().push(serde_json::json!({
-        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len()
-    }));
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap();
-    entry["digest"] = blob(&manifest_bytes).into();
+    entry["digest"] = put_blob(layout, &manifest_bytes).into();
     entry["size"] = manifest_bytes.len().into();
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// Appends a layer (raw tar bytes, gzipped here) to `layout:tag`, rewriting config, manifest
+/// and index like any image tool would; used to plant hostile layers in test images.
+pub fn append_raw_layer(layout: &Path, tag: &str, tar: &[u8]) -> String {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(tar).unwrap();
+    let gz = gz.finish().unwrap();
+    let layer_digest = put_blob(layout, &gz);
+    let diff_id = ext_oci::Digest::of(tar).to_string();
+    rewrite_image(layout, tag, |manifest, config| {
+        config["rootfs"]["diff_ids"].as_array_mut().unwrap().push(diff_id.into());
+        manifest["layers"].as_array_mut().unwrap().push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len()
+        }));
+    });
     layer_digest
 }
 
