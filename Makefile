@@ -33,7 +33,7 @@ fuzz-smoke:
 
 # Benchmark against Buildah and the physical limit (README "Performance"); needs root.
 bench:
-	scripts/install-deps.sh buildah strace
+	scripts/install-deps.sh buildah strace debootstrap
 	$(CARGO) build --release --locked -p ext-extend -p bench-limit
 	python3 bench/bench.py
 	python3 bench/compression.py

@@ -3,12 +3,12 @@
 # umoci and skopeo (independent image checkers), busybox-static (the real binary test images
 # are built from), docker-registry and apache2-utils (the local registry and its htpasswd),
 # openssl (the registry tests' token server signs its JWTs with it).
-# xz-utils and bzip2 make the ADD archive cases of the conformance table; buildah builds the
-# table as an independent builder.
+# xz-utils, bzip2 and zstd make the ADD archive cases of the conformance table (zstd also checks
+# our zstd layers); buildah builds the table as an independent builder.
 # Pass extra package names as arguments (e.g. strace for the benchmark).
 set -euo pipefail
 
-want=(umoci skopeo busybox-static docker-registry apache2-utils openssl file xz-utils bzip2 buildah "$@")
+want=(umoci skopeo busybox-static docker-registry apache2-utils openssl file xz-utils bzip2 zstd buildah "$@")
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,7 +11,7 @@
 //! the destination path are followed inside the image root; hard links within one source
 //! stay hard links (each link after its target in the layer), files linked across sources
 //! become separate copies, as in BuildKit; ADD extracts local tar archives (plain, gzip, bzip2,
-//! xz; `--chmod` not applied to their members) and refuses URLs.
+//! xz, zstd; `--chmod` not applied to their members) and refuses URLs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -464,6 +464,7 @@ enum Compression {
     Gzip,
     Bzip2,
     Xz,
+    Zstd,
 }
 
 impl Compression {
@@ -474,23 +475,27 @@ impl Compression {
             Compression::Bzip2
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
             Compression::Xz
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
         } else {
             Compression::None
         }
     }
 
-    fn reader(self, file: File) -> Box<dyn Read> {
+    fn reader(self, file: File) -> std::io::Result<Box<dyn Read>> {
         let file = std::io::BufReader::new(file);
-        match self {
+        Ok(match self {
             Compression::None => Box::new(file),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
             Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
             Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
-        }
+            // Every frame in turn, as the zstd CLI decompresses concatenated frames.
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+        })
     }
 }
 
-/// If `file` is a tar archive (plain, gzip, bzip2 or xz), extracts it safely into a fresh
+/// If `file` is a tar archive (plain, gzip, bzip2, xz or zstd), extracts it safely into a fresh
 /// directory and indexes that as a context; `None` if it is not an archive (ADD then copies it
 /// as a file, like Docker: a compressed file that is not a tarball stays as it is).
 fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Result<Option<BuildContext>> {
@@ -498,7 +503,7 @@ fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Resu
     let mut head = [0u8; 512];
     let got = read_up_to(&mut open()?, &mut head).map_err(ExecError::io(file))?;
     let compression = Compression::sniff(&head[..got]);
-    let got = read_up_to(&mut compression.reader(open()?), &mut head).unwrap_or(0);
+    let got = compression.reader(open()?).and_then(|mut r| read_up_to(&mut r, &mut head)).unwrap_or(0);
     let tar_head = &head[..got];
     let is_tar = (tar_head.len() >= 262 && &tar_head[257..262] == b"ustar") || is_v7_tar(tar_head);
     if !is_tar {
@@ -510,8 +515,8 @@ fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Resu
         whiteouts: ext_rootfs::WhiteoutMode::Apply,
         layer_name: file.display().to_string(),
     };
-    ext_rootfs::unpack_layer(&dir, compression.reader(open()?), &opts)
-        .map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
+    let members = compression.reader(open()?).map_err(ExecError::io(file))?;
+    ext_rootfs::unpack_layer(&dir, members, &opts).map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;
     Ok(Some(BuildContext::open(&dir)?))
 }
 

@@ -8,5 +8,6 @@ tar --sort=name --mtime=@0 --owner=1234 --group=5678 --numeric-owner -C t -cf pl
 gzip -n -c plain.tar > a.tar.gz
 bzip2 -c plain.tar > a.tar.bz2
 xz -c plain.tar > a.tar.xz
+zstd -q -c plain.tar > a.tar.zst
 echo not a tarball | gzip -n > notatar.gz
 rm -r t
