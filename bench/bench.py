@@ -228,20 +228,25 @@ class Env:
         self.limit_rootfs = self.tmp / "limit-rootfs"
         self.live_rootfs = self.tmp / "live-rootfs"
         self.ext_layers: dict[str, list[Path]] = {}  # workload -> new layers of the last ext-extend run
+        self.kaniko_registry: Registry | None = None  # with --kaniko: the registry Kaniko pulls bases from
+        self.kaniko_bases: set[str] = set()
 
 
 def ext_build(env: Env, name: str, dfs: list[tuple[str, Path]], base_ref: str, out_ref: str, out_dir: Path | None,
               base_digests: set[str], extra: list[str] = (), cold: bool = False, step_cache: bool = False,
-              cache_dir: Path | None = None, scratch: Path | None = None) -> Sample:
+              cache_dir: Path | None = None, scratch: Path | None = None, binary: Path = EXT) -> Sample:
     """One `ext-extend build`. The step cache is off (`--no-cache`: every step runs) unless
-    `step_cache`: the rows without it measure the work itself."""
+    `step_cache`: the rows without it measure the work itself. `binary`: this build's
+    ext-extend, or `--baseline`'s (a build from before the step cache has no `--no-cache` flag,
+    and runs every step anyway)."""
     if out_dir is not None:
         shutil.rmtree(out_dir, ignore_errors=True)
     cache_dir = cache_dir or env.ext_cache
     if cold:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    argv = [EXT, "build", "--from", base_ref, "--output", out_ref, "--scratch-dir", scratch or env.scratch,
-            "--cache-dir", cache_dir, "--log-level", "info", *([] if step_cache else ["--no-cache"]), *extra]
+    no_cache = [] if step_cache or not has_flag(binary, "--no-cache") else ["--no-cache"]
+    argv = [binary, "build", "--from", base_ref, "--output", out_ref, "--scratch-dir", scratch or env.scratch,
+            "--cache-dir", cache_dir, "--log-level", "info", *no_cache, *extra]
     for df, ctx in dfs:
         argv += ["-f", DOCKERFILES / df, "--context", ctx]
     s, _, stderr = measure(argv, env.logs, name)
@@ -251,6 +256,16 @@ def ext_build(env: Env, name: str, dfs: list[tuple[str, Path]], base_ref: str, o
         s.info["new_layers"] = [str(p) for p in new_layers(out_dir, base_digests)]
     s.parts["build"] = s.wall
     return s
+
+
+_FLAGS: dict = {}
+
+
+def has_flag(binary: Path, flag: str) -> bool:
+    """Whether `binary build --help` lists `flag` (asked once per binary)."""
+    if binary not in _FLAGS:
+        _FLAGS[binary] = subprocess.run([binary, "build", "--help"], capture_output=True, text=True).stdout
+    return flag in _FLAGS[binary]
 
 
 def ext_live(env: Env, name: str, df: str, ctx: Path, base_digests: set[str]) -> Sample:
@@ -330,6 +345,70 @@ def buildah_build(env: Env, name: str, dfs: list[tuple[str, Path]], base: str, p
     return total
 
 
+# Kaniko (bench (d)). Its executor is built outside the project (`--kaniko PATH`; nothing of
+# Kaniko is in this repository). It unpacks the base into its own "/" and snapshots "/", so it
+# only ever runs jailed: a fresh directory per run holding the executor (bind-mounted read-only)
+# and the Dockerfile, in private mount and PID namespaces, chrooted there, with a /dev of five
+# device nodes, the context read-only at /workspace and the output dir at /out. The jail is
+# removed after each run, once nothing is mounted in it any more.
+KANIKO_JAIL_SCRIPT = r"""
+set -eu
+J=$1 exe=$2 ctx=$3 out=$4; shift 4
+mount --bind "$exe" "$J/kaniko/executor"; mount -o remount,bind,ro "$J/kaniko/executor"
+mount --bind "$ctx" "$J/workspace"; mount -o remount,bind,ro "$J/workspace"
+mount --bind "$out" "$J/out"
+mount -t tmpfs -o mode=755,nosuid tmpfs "$J/dev"
+for d in null zero full random urandom tty; do touch "$J/dev/$d"; mount --bind "/dev/$d" "$J/dev/$d"; done
+ln -s /proc/self/fd "$J/dev/fd"
+exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    DOCKER_CONFIG=/kaniko/.docker chroot "$J" /kaniko/executor --force "$@"
+"""
+
+
+def kaniko_push_base(env: Env, layout: Path, repo: str) -> str:
+    """The base image in the Kaniko runs' registry (Kaniko pulls its base from a registry),
+    pushed once, untimed; skopeo keeps the blobs, so the base digests stay the same."""
+    ref = f"{env.kaniko_registry.addr}/{repo}:latest"
+    if ref not in env.kaniko_bases:
+        subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:latest",
+                        f"docker://{ref}"], check=True)
+        env.kaniko_bases.add(ref)
+    return ref
+
+
+def kaniko_build(env: Env, name: str, df: str, ctx: Path, base_layout: Path, out_dir: Path,
+                 base_digests: set[str]) -> Sample:
+    """One jailed `executor` run: the base pulled from the local registry, the image written as
+    an OCI layout (`--no-push --oci-layout-path`), Kaniko's defaults otherwise (full snapshots,
+    no cache): what the lifecycle's extender runs for a cold build."""
+    base = kaniko_push_base(env, base_layout, f"bench/{base_layout.name}")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    jail = env.tmp / f"kaniko-jail-{name}"
+    shutil.rmtree(jail, ignore_errors=True)
+    for d in ("kaniko", "workspace", "proc", "dev", "tmp", "out", "etc", "root"):
+        (jail / d).mkdir(parents=True)
+    (jail / "tmp").chmod(0o1777)
+    (jail / "kaniko" / "executor").touch()
+    shutil.copy(DOCKERFILES / df, jail / "kaniko" / "Dockerfile")
+    argv = ["unshare", "--mount", "--pid", "--fork", f"--mount-proc={jail / 'proc'}", "--propagation", "private",
+            "sh", "-c", KANIKO_JAIL_SCRIPT, "kaniko-jail", jail, env.args.kaniko, ctx, out_dir,
+            "--dockerfile", "/kaniko/Dockerfile", "--context", "dir:///workspace",
+            "--build-arg", f"base_image={base}", "--insecure-pull", "--skip-tls-verify-pull",
+            "--no-push", "--oci-layout-path", "/out/layout"]
+    try:
+        s, _, _ = measure(argv, env.logs, name, env=RUN_ENV)
+    finally:
+        # The namespace took its mounts with it; never delete through a mount that remained.
+        mounts = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True, text=True).stdout
+        if str(jail) in mounts:
+            raise RuntimeError(f"mounts remain under {jail}; not removing it")
+        subprocess.run(["rm", "-rf", "--one-file-system", str(jail)], check=True)
+    s.output_bytes = new_blob_bytes(out_dir / "layout", base_digests)
+    s.parts["build"] = s.wall
+    return s
+
+
 def limit_copy(env: Env, name: str, ctx: Path, dest: str, threads: int) -> Sample:
     out = env.scratch / "limit.tar.gz"
     s, _, _ = measure([LIMIT, "--threads", threads, "--out", out, "--dir", f"{ctx}:{dest}"], env.logs, name)
@@ -406,6 +485,23 @@ def make_workloads(env: Env) -> list[Workload]:
             return s
         return f
 
+    def baseline(dfs, cold=False, base=None, digests=None):
+        """`--baseline`: an earlier ext-extend build, on the same inputs with its own cache dir."""
+        if not env.args.baseline:
+            return {}
+        cache = env.tmp / "baseline-cache"
+        return {"ext-extend baseline": lambda env, name: ext_build(
+            env, name, dfs, base or base_ref, f"oci:{out_ext}:latest", out_ext, digests or env.base_digests,
+            cold=cold, cache_dir=cache, binary=Path(env.args.baseline))}
+
+    def kaniko(dfs, base_layout=None, digests=None):
+        """`--kaniko`: Kaniko's executor, jailed (one Dockerfile)."""
+        if not env.args.kaniko:
+            return {}
+        (df, ctx), = dfs
+        return {"kaniko": lambda env, name: kaniko_build(env, name, df, ctx, base_layout or env.base,
+                                                        env.tmp / "out-kaniko", digests or env.base_digests)}
+
     def buildah(dfs):
         return lambda env, name: buildah_build(env, name, dfs, base_ref, f"oci:{out_buildah}:latest", out_buildah,
                                                env.base_digests)
@@ -442,10 +538,10 @@ def make_workloads(env: Env) -> list[Workload]:
     peers = not env.args.no_buildah
     wl = [
         Workload("W1", "COPY of the 200 MB context", {
-            "ext-extend": ext("W1", w1), **({"buildah": buildah(w1)} if peers else {}),
+            "ext-extend": ext("W1", w1), **({"buildah": buildah(w1)} if peers else {}), **kaniko(w1),
             "limit 1 thread": limit_w1(1), "limit 2 threads": limit_w1(2)}, n),
         Workload("W2", "one RUN changing ~1 MB", {
-            "ext-extend": ext("W2", w2), **({"buildah": buildah(w2)} if peers else {}),
+            "ext-extend": ext("W2", w2), **({"buildah": buildah(w2)} if peers else {}), **kaniko(w2),
             "limit 1 thread": limit_runs("W2", w2_steps, 1), "limit 2 threads": limit_runs("W2", w2_steps, 2)}, n),
         Workload("W3", "three Dockerfiles (COPY 20 MB, RUN, RUN) in one extend", {
             "ext-extend": ext("W3", w3), **({"buildah": buildah(w3)} if peers else {}),
@@ -468,7 +564,7 @@ def make_workloads(env: Env) -> list[Workload]:
             "ext-extend": ext("W1-cold", w1, cold=True)}, 3,
                  "no header-index cache: the base layers' headers are read again", no_warmup=True),
         Workload("W2-cold", "W2 with ext-extend's caches emptied before each run", {
-            "ext-extend": ext("W2-cold", w2, cold=True)}, 3,
+            "ext-extend": ext("W2-cold", w2, cold=True), **baseline(w2, cold=True)}, 3,
                  "no unpacked-layer cache: the base is unpacked in the run", no_warmup=True),
     ]
     if not env.args.no_debian:
@@ -493,6 +589,8 @@ def make_workloads(env: Env) -> list[Workload]:
         wl.append(Workload("R2-cold", "Debian minbase (117 MB), one RUN writing ~20 MB, ext-extend's caches emptied", {
             "ext-extend": ext("R2-cold", r2, cold=True, base=deb_ref, digests=deb_digests),
             "ext-extend on tmpfs": ext_shm,
+            **baseline(r2, cold=True, base=deb_ref, digests=deb_digests),
+            **kaniko(r2, base_layout=deb, digests=deb_digests),
             **({"buildah overlay warm": lambda env, name: buildah_build(
                 env, name, r2, deb_ref, f"oci:{out_buildah}:latest", out_buildah, deb_digests, driver="overlay")}
                if peers else {})}, n,
@@ -855,7 +953,9 @@ def report(env: Env, results: dict, skipped: dict, checks: dict, crit: list, sta
     L.append(f"Run {machine['date']} on {machine['cpus']} CPUs ({machine['cpu']}), {machine['mem_gib']:.0f} GiB, "
              f"kernel {machine['kernel']}; load average before/after: {machine['load_before']} / "
              f"{machine['load_after']}. {machine['ext_version']}, commit {machine['commit']}; "
-             f"{machine['buildah']}. Medians of {env.args.runs} runs after 1 warm-up (-cold rows: 3 runs, no "
+             f"{machine['buildah']}"
+             f"{'; ' + machine['kaniko'] + ' (jailed)' if 'kaniko' in machine else ''}"
+             f"{'; baseline ' + machine['baseline'] if 'baseline' in machine else ''}. Medians of {env.args.runs} runs after 1 warm-up (-cold rows: 3 runs, no "
              f"warm-up; -1G rows: 1 run, for peak RSS), with `sync` before every run (untimed); min–max and "
              f"every run in latest.json; "
              f"total bench time {(time.monotonic() - started) / 60:.1f} min.")
@@ -1058,6 +1158,20 @@ def goals(results: dict, checks: dict) -> list[str]:
         else:
             line += ")."
         out.append(line)
+    for key in ("R2-cold", "W2-cold"):
+        e, b = summ(key, "ext-extend"), summ(key, "ext-extend baseline")
+        if e and b:
+            sp = b["wall"] / e["wall"]
+            out.append(f"{key} ≥ 3× faster than the baseline build: {verdict(sp >= 3)} ({sp:.1f}×: {e['wall']:.2f} s "
+                       f"vs {b['wall']:.2f} s).")
+    # Kaniko has no warm state: every run unpacks the base. W2-cold is ext-extend on the same terms.
+    kan = [(key, key, "ext-extend") for key in ("W1", "W2")] + [("W2", "W2-cold", "ext-extend, caches cold"),
+                                                               ("R2-cold", "R2-cold", "ext-extend, caches cold")]
+    kan = [(f"{key} ({what})" if what != "ext-extend" else key, summ(ours, "ext-extend"), summ(key, "kaniko"))
+           for key, ours, what in kan]
+    kan = [f"{key} {k['wall'] / e['wall']:.1f}× ({e['wall']:.2f} s vs {k['wall']:.2f} s)" for key, e, k in kan if e and k]
+    if kan:
+        out.append("(d) faster than Kaniko: " + "; ".join(kan) + ".")
     return out
 
 
@@ -1089,6 +1203,12 @@ def main() -> int:
     ap.add_argument("--no-registry", action="store_true", help="skip W4")
     ap.add_argument("--no-criterion", action="store_true", help="skip the micro-benchmarks")
     ap.add_argument("--no-checks", action="store_true", help="skip the strace check of W3")
+    ap.add_argument("--baseline", default=os.environ.get("EXT_EXTEND_BASELINE"), metavar="BIN",
+                    help="an earlier ext-extend binary, measured beside this one in the -cold rows "
+                         "(env EXT_EXTEND_BASELINE)")
+    ap.add_argument("--kaniko", default=os.environ.get("KANIKO_EXECUTOR"), metavar="BIN",
+                    help="a Kaniko executor built outside the project, run jailed in W1, W2 and R2-cold "
+                         "(bench (d); env KANIKO_EXECUTOR)")
     ap.add_argument("--output", default=str(RESULTS / "latest"), help="results path without extension")
     args = ap.parse_args()
     started = time.monotonic()
@@ -1102,7 +1222,20 @@ def main() -> int:
     if not args.no_buildah and shutil.which("buildah") is None:
         log("bench: buildah is missing (scripts/install-deps.sh buildah)")
         return 1
+    for flag, path in (("--baseline", args.baseline), ("--kaniko", args.kaniko)):
+        if path and not os.access(path, os.X_OK):
+            log(f"bench: {flag} {path}: not an executable file")
+            return 1
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
+    if args.kaniko:
+        args.kaniko = os.path.abspath(args.kaniko)
     machine = machine_info()
+    if args.baseline:
+        machine["baseline"] = subprocess.run([args.baseline, "--version"], capture_output=True, text=True).stdout.strip()
+    if args.kaniko:
+        machine["kaniko"] = "Kaniko " + subprocess.run([args.kaniko, "version"], capture_output=True,
+                                                       text=True).stdout.strip().removeprefix("Kaniko version : ")
     env = Env(args)
     only = set(args.only.split(",")) if args.only else None
     wls = [w for w in make_workloads(env) if only is None or w.key in only]
@@ -1146,11 +1279,17 @@ def main() -> int:
 
     if not args.no_buildah:
         shutil.rmtree(env.bstore, ignore_errors=True)
+    kaniko_reg = Registry(env.tmp / "kaniko-registry") if args.kaniko else None
     try:
+        if kaniko_reg:
+            env.kaniko_registry = kaniko_reg.__enter__()
         run_workloads(wls)
     except BaseException:
         shutil.rmtree(env.bstore, ignore_errors=True)
         raise
+    finally:
+        if kaniko_reg:
+            kaniko_reg.__exit__(None, None, None)
 
     if not args.no_registry and (only is None or any(k.startswith("W4") for k in only)):
         reg = Registry(env.tmp / "registry")
