@@ -15,6 +15,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::container::Container;
 use common::*;
 
 const MODES: [&str; 2] = ["overlay", "stat"];
@@ -183,6 +184,11 @@ fn build(base: &Base, case: &Path, ctx: &Path, work: &Path, mode: &str) -> Outco
         .env("EXT_EXTEND_CACHE_DIR", test_cache())
         .env("EXT_EXTEND_NO_CACHE", "1")
         .env_remove("SOURCE_DATE_EPOCH");
+    run_build(cmd, case, out)
+}
+
+/// Runs a build of `case` (its `env` file added) that writes `layout`.
+fn run_build(mut cmd: Command, case: &Path, layout: PathBuf) -> Outcome {
     for kv in lines_of(&case.join("env")) {
         let (k, v) = kv.split_once('=').unwrap();
         cmd.env(k, v);
@@ -192,7 +198,51 @@ fn build(base: &Base, case: &Path, ctx: &Path, work: &Path, mode: &str) -> Outco
         return Outcome::Failed { code: o.status.code(), stderr: String::from_utf8_lossy(&o.stderr).into_owned() };
     }
     let stdout = String::from_utf8(o.stdout).unwrap();
-    Outcome::Built { digest: stdout.lines().last().unwrap_or("").to_string(), layout: out }
+    Outcome::Built { digest: stdout.lines().last().unwrap_or("").to_string(), layout }
+}
+
+/// How the drop-in extender runs the case: inside a container of the base image (the
+/// harness in tests/common/container.rs: pack's capabilities, seccomp and no_new_privs), with
+/// `--live-root`, applying the Dockerfile to the container's own `/`. The base layout, the
+/// context, the case and the output directory are volumes (mount points, which the live
+/// differ leaves out of every layer).
+fn build_live(base: &Base, case: &Path, ctx: &Path, work: &Path) -> Outcome {
+    let (_bundle, rootfs) = umoci_unpack(&base.layout, "latest");
+    fs::copy(bin(), rootfs.join("ext-extend")).unwrap();
+    let out = work.join("out-live");
+    let container = Container::new(&rootfs)
+        .volume(&base.layout, "/base")
+        .volume(ctx, "/ctx")
+        .volume(case, "/case")
+        .volume(&out, "/out");
+    let mut cmd = container.command("/ext-extend");
+    cmd.args(["build", "--live-root", "--from", "oci:/base:latest", "-f", "/case/Dockerfile", "--context", "/ctx"])
+        .args(["--output", "oci:/out/layout"])
+        .args(lines_of(&case.join("args")))
+        .env("EXT_EXTEND_NO_CACHE", "1");
+    run_build(cmd, case, out.join("layout"))
+}
+
+/// The tree `outcome` gives as the case's `expected` file writes it (or the error it ended
+/// with); None, with a problem recorded, when there is nothing to compare.
+fn observed(base: &Base, name: &str, outcome: &Outcome, expected: &str, problems: &mut Vec<String>) -> Option<String> {
+    match outcome {
+        Outcome::Built { layout, .. } => match unpack(layout) {
+            Ok((_guard, rootfs)) => Some(manifest(&base.tree, &scan(&rootfs))),
+            Err(e) => {
+                problems.push(format!("{name}: umoci cannot unpack the result: {e}"));
+                None
+            }
+        },
+        Outcome::Failed { stderr, .. } => {
+            let want = expected.lines().next().unwrap_or("").strip_prefix("error: ").unwrap_or("").to_string();
+            Some(if !want.is_empty() && stderr.contains(&want) {
+                expected.to_string()
+            } else {
+                format!("error: {}\n", stderr.lines().last().unwrap_or("").trim())
+            })
+        }
+    }
 }
 
 /// Runs one case; returns its problems (empty when it passes).
@@ -216,24 +266,16 @@ fn run_case(base: &Base, case: &Path, bless: bool) -> Vec<String> {
                     problems.push(format!("{name}: {got} new layers, expected {want}"));
                 }
             }
-            match unpack(layout) {
-                Ok((_guard, rootfs)) => manifest(&base.tree, &scan(&rootfs)),
-                Err(e) => {
-                    problems.push(format!("{name}: umoci cannot unpack the result: {e}"));
-                    return problems;
-                }
+            match observed(base, &name, &outcomes[0], &expected, &mut problems) {
+                Some(tree) => tree,
+                None => return problems,
             }
         }
-        (Outcome::Failed { code, stderr }, Outcome::Failed { code: code2, .. }) => {
+        (Outcome::Failed { code, .. }, Outcome::Failed { code: code2, .. }) => {
             if code != code2 {
                 problems.push(format!("{name}: exit codes differ between modes: {code:?} vs {code2:?}"));
             }
-            let want = expected.lines().next().unwrap_or("").strip_prefix("error: ").unwrap_or("").to_string();
-            if !want.is_empty() && stderr.contains(&want) {
-                expected.clone()
-            } else {
-                format!("error: {}\n", stderr.lines().last().unwrap_or("").trim())
-            }
+            observed(base, &name, &outcomes[0], &expected, &mut problems).expect("a failure is always observed")
         }
         (a, b) => {
             for (mode, o) in MODES.iter().zip([a, b]) {
@@ -362,5 +404,27 @@ fn conformance_table_in_both_snapshot_modes() {
     let cases = cases();
     let base = base("base");
     let problems: Vec<String> = cases.iter().flat_map(|c| run_case(&base, c, bless)).collect();
+    assert!(problems.is_empty(), "{} of {} cases failed:\n\n{}", problems.len(), cases.len(), problems.join("\n\n"));
+}
+
+/// The drop-in extender (`--live-root`, in an unprivileged container of the base image, as
+/// platforms run it) gives every case the tree the scratch executor gives.
+#[test]
+fn conformance_table_on_the_live_root() {
+    let cases = cases();
+    let base = base("live");
+    let mut problems = Vec::new();
+    for case in &cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let work = tempfile::tempdir().unwrap();
+        let ctx = prepare_context(case, work.path());
+        let expected = fs::read_to_string(case.join("expected")).unwrap_or_default();
+        let outcome = build_live(&base, case, &ctx, work.path());
+        if let Some(actual) = observed(&base, &name, &outcome, &expected, &mut problems)
+            && actual != expected
+        {
+            problems.push(format!("{name} (live root): tree differs:\n--- expected\n{expected}+++ actual\n{actual}"));
+        }
+    }
     assert!(problems.is_empty(), "{} of {} cases failed:\n\n{}", problems.len(), cases.len(), problems.join("\n\n"));
 }
