@@ -14,6 +14,7 @@ Workloads are generated once into bench/work/<VERSION>/ (see workloads.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -370,9 +371,9 @@ def buildah_build(env: Env, name: str, dfs: list[tuple[str, Path]], base: str, p
 # Kaniko (bench (d)). Its executor is built outside the project (`--kaniko PATH`; nothing of
 # Kaniko is in this repository). It unpacks the base into its own "/" and snapshots "/", so it
 # only ever runs jailed: a fresh directory per run holding the executor (bind-mounted read-only)
-# and the Dockerfile, in private mount and PID namespaces, chrooted there, with a /dev of five
-# device nodes, the context read-only at /workspace and the output dir at /out. The jail is
-# removed after each run, once nothing is mounted in it any more.
+# and the Dockerfile, in private mount and PID namespaces, chrooted there, with a /dev of six
+# device nodes, the context read-only at /workspace and the output dir at /out. The jail goes
+# to the trash after each run (see discard()), once nothing is mounted in it any more.
 KANIKO_JAIL_SCRIPT = r"""
 set -eu
 J=$1 exe=$2 ctx=$3 out=$4; shift 4
@@ -1256,8 +1257,8 @@ def main() -> int:
     if args.baseline:
         machine["baseline"] = subprocess.run([args.baseline, "--version"], capture_output=True, text=True).stdout.strip()
     if args.kaniko:
-        machine["kaniko"] = "Kaniko " + subprocess.run([args.kaniko, "version"], capture_output=True,
-                                                       text=True).stdout.strip().removeprefix("Kaniko version : ")
+        version = subprocess.run([args.kaniko, "version"], capture_output=True, text=True).stdout  # "Kaniko version : vX"
+        machine["kaniko"] = "Kaniko " + version.split(":")[-1].strip()
     env = Env(args)
     only = set(args.only.split(",")) if args.only else None
     wls = [w for w in make_workloads(env) if only is None or w.key in only]
@@ -1303,17 +1304,13 @@ def main() -> int:
 
     if not args.no_buildah:
         shutil.rmtree(env.bstore, ignore_errors=True)
-    kaniko_reg = Registry(env.tmp / "kaniko-registry") if args.kaniko else None
-    try:
-        if kaniko_reg:
-            env.kaniko_registry = kaniko_reg.__enter__()
-        run_workloads(wls)
-    except BaseException:
-        shutil.rmtree(env.bstore, ignore_errors=True)
-        raise
-    finally:
-        if kaniko_reg:
-            kaniko_reg.__exit__(None, None, None)
+    with Registry(env.tmp / "kaniko-registry") if args.kaniko else contextlib.nullcontext() as kaniko_registry:
+        env.kaniko_registry = kaniko_registry
+        try:
+            run_workloads(wls)
+        except BaseException:
+            shutil.rmtree(env.bstore, ignore_errors=True)
+            raise
 
     if not args.no_registry and (only is None or any(k.startswith("W4") for k in only)):
         reg = Registry(env.tmp / "registry")
