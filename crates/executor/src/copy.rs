@@ -457,40 +457,32 @@ pub(crate) fn read_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// How an ADD source is compressed (by its magic bytes, as BuildKit's DecompressStream).
+/// How an ADD source is compressed (by its magic bytes, as BuildKit's DecompressStream): bzip2
+/// and xz here; gzip, zstd and plain tar are told apart by ext-oci's layer decompressor.
 #[derive(Debug, Clone, Copy)]
 enum Compression {
-    None,
-    Gzip,
     Bzip2,
     Xz,
-    Zstd,
+    /// gzip, zstd or none: [`ext_oci::compression::decompress`] decides.
+    LayerFormats,
 }
 
 impl Compression {
     fn sniff(head: &[u8]) -> Compression {
-        if head.starts_with(&[0x1f, 0x8b]) {
-            Compression::Gzip
-        } else if head.starts_with(b"BZh") {
+        if head.starts_with(b"BZh") {
             Compression::Bzip2
         } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
             Compression::Xz
-        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Compression::Zstd
         } else {
-            Compression::None
+            Compression::LayerFormats
         }
     }
 
     fn reader(self, file: File) -> std::io::Result<Box<dyn Read>> {
-        let file = std::io::BufReader::new(file);
         Ok(match self {
-            Compression::None => Box::new(file),
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
-            Compression::Xz => Box::new(lzma_rust2::XzReader::new(file, true)),
-            // Every frame in turn, as the zstd CLI decompresses concatenated frames.
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(file)?),
+            Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(std::io::BufReader::new(file))),
+            Compression::Xz => Box::new(lzma_rust2::XzReader::new(std::io::BufReader::new(file), true)),
+            Compression::LayerFormats => ext_oci::compression::decompress(file)?,
         })
     }
 }
