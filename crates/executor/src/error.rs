@@ -56,6 +56,7 @@ impl ExecError {
             | ExecError::Step { .. }
             | ExecError::RunFailed { .. } => true,
             ExecError::Image(e) => e.is_user_error(),
+            ExecError::Rootfs { source, .. } => source.is_user_error(),
             _ => false,
         }
     }

@@ -4,7 +4,9 @@
 //!
 //! `escape_probe HOST_FILE` tries to append a line to `HOST_FILE`, a path on the build host:
 //! directly, after a `chroot` + `chdir("..")` climb (the chroot escape), and through
-//! `/proc/1/root`; then `mount`, `unshare`, and reports its effective uid and capabilities.
+//! `/proc/1/root`; then `mount`, `unshare`, writing kernel settings through `/proc` (it only
+//! opens them for writing: nothing is written even where that is allowed), reading kernel
+//! memory from `/proc/kcore`, a raw socket, and reports its effective uid and capabilities.
 
 use std::ffi::CString;
 use std::io::Write;
@@ -19,6 +21,24 @@ fn try_append(path: &str) -> String {
             Ok(()) => "WROTE".into(),
             Err(e) => format!("write failed: {e}"),
         },
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+/// Opens `path` for writing and closes it again without writing a byte.
+fn try_open_for_write(path: &str) -> String {
+    match std::fs::OpenOptions::new().write(true).open(path) {
+        Ok(_) => "OPENED FOR WRITING".into(),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+fn try_read(path: &str) -> String {
+    use std::io::Read;
+    let mut buf = [0u8; 64];
+    match std::fs::File::open(path).and_then(|mut f| f.read(&mut buf)) {
+        Ok(0) => "empty".into(),
+        Ok(n) => format!("READ {n} bytes"),
         Err(e) => format!("refused: {e}"),
     }
 }
@@ -53,5 +73,14 @@ fn main() {
         println!("mount: {}", if r == 0 { "MOUNTED".to_string() } else { format!("refused: {}", errno()) });
         let r = libc::unshare(libc::CLONE_NEWNS);
         println!("unshare: {}", if r == 0 { "UNSHARED".to_string() } else { format!("refused: {}", errno()) });
+        println!("core_pattern: {}", try_open_for_write("/proc/sys/kernel/core_pattern"));
+        println!("drop_caches: {}", try_open_for_write("/proc/sys/vm/drop_caches"));
+        println!("sysrq-trigger: {}", try_open_for_write("/proc/sysrq-trigger"));
+        println!("kcore: {}", try_read("/proc/kcore"));
+        println!("timer_list: {}", try_read("/proc/timer_list"));
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        println!("raw-socket: {}", if fd >= 0 { "OPENED".to_string() } else { format!("refused: {}", errno()) });
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        println!("packet-socket: {}", if fd >= 0 { "OPENED".to_string() } else { format!("refused: {}", errno()) });
     }
 }

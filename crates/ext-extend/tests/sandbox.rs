@@ -67,6 +67,10 @@ impl Corpus {
     }
 
     fn build(&self, base: &Path, dockerfile: &str, extra: &[&str]) -> Output {
+        self.build_with_env(base, dockerfile, extra, &[])
+    }
+
+    fn build_with_env(&self, base: &Path, dockerfile: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let df = self.path().join("run.Dockerfile");
         write(&df, dockerfile);
         let out = self.path().join("out");
@@ -79,6 +83,7 @@ impl Corpus {
             // Every probe must really run: a step-cache hit (the same RUN again, e.g. with
             // another --snapshot mode, which is not part of the key) would print nothing.
             .env("EXT_EXTEND_NO_CACHE", "1")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -124,6 +129,13 @@ fn probe_report(o: &Output) -> std::collections::BTreeMap<String, String> {
                 "chroot-climb",
                 "mount",
                 "unshare",
+                "core_pattern",
+                "drop_caches",
+                "sysrq-trigger",
+                "kcore",
+                "timer_list",
+                "raw-socket",
+                "packet-socket",
             ]
             .contains(k)
         })
@@ -179,33 +191,97 @@ fn setuid_and_file_capability_binaries_grant_nothing() {
     }
 }
 
+/// What the escape probe must report as image root, with or without a user namespace.
+fn assert_confined_root(r: &std::collections::BTreeMap<String, String>, case: &str, userns: bool) {
+    assert_eq!(r.get("euid").map(String::as_str), Some("0"), "{case}: {r:?}");
+    // The chroot climb works as a system call, but ends in the image root: the host path is
+    // not there.
+    assert!(r["chroot-climb"].starts_with("refused"), "{case}: {r:?}");
+    assert!(r["direct"].starts_with("refused") && r["proc-root"].starts_with("refused"), "{case}: {r:?}");
+    assert!(r["mount"].starts_with("refused: Operation not permitted"), "{case}: {r:?}");
+    assert!(r["unshare"].starts_with("refused: Operation not permitted"), "{case}: {r:?}");
+    // Kernel settings cannot be written (a core_pattern of `|/image/file` would run image
+    // content as host root at the next crash), kernel memory cannot be read.
+    // (Kernels without CONFIG_MAGIC_SYSRQ or CONFIG_PROC_KCORE, like this CI's, have neither
+    // file: then the probe must find none.)
+    let on_host = |p: &str| Path::new(p).exists();
+    for (key, path) in [
+        ("core_pattern", "/proc/sys/kernel/core_pattern"),
+        ("drop_caches", "/proc/sys/vm/drop_caches"),
+        ("sysrq-trigger", "/proc/sysrq-trigger"),
+    ] {
+        // (In a user namespace, the file's owner, host root, refuses before the mount does.)
+        let ok = match on_host(path) {
+            true => {
+                r[key].starts_with("refused: Read-only file system")
+                    || (userns && r[key].starts_with("refused: Permission denied"))
+            }
+            false => r[key].starts_with("refused: No such file"),
+        };
+        assert!(ok, "{case}: {key}: {r:?}");
+    }
+    for (key, path) in [("kcore", "/proc/kcore"), ("timer_list", "/proc/timer_list")] {
+        let want = if on_host(path) { "empty" } else { "refused: No such file" };
+        assert!(r[key].starts_with(want), "{case}: {key}: {r:?}");
+    }
+    // No raw or packet sockets on the host's network.
+    for key in ["raw-socket", "packet-socket"] {
+        assert!(r[key].starts_with("refused: Operation not permitted"), "{case}: {key}: {r:?}");
+    }
+    let no_net_raw = u64::from_str_radix(DOCKER_CAPS_HEX, 16).unwrap() & !(1 << 13);
+    assert_eq!(r.get("CapBnd").map(String::as_str), Some(format!("{no_net_raw:016x}").as_str()), "{case}: {r:?}");
+    assert_eq!(r.get("NoNewPrivs").map(String::as_str), Some("1"), "{case}: {r:?}");
+    assert_eq!(r.get("Seccomp").map(String::as_str), Some("2"), "{case}: {r:?}");
+}
+
 #[test]
 fn root_in_run_cannot_leave_the_image_root() {
     let c = Corpus::new();
     let canary = s(&c.canary_dir().join("canary"));
     let base = c.image_with("probe", "probe.tar");
+    let df = format!("FROM ${{base_image}}\nUSER root\nRUN /usr/local/bin/escape-probe {canary}\n");
     for mode in ["overlay", "stat"] {
-        let o = c.build(
-            &base,
-            &format!("FROM ${{base_image}}\nUSER root\nRUN /usr/local/bin/escape-probe {canary}\n"),
-            &["--snapshot", mode],
-        );
+        let o = c.build(&base, &df, &["--snapshot", mode]);
         assert!(o.status.success(), "{mode}: {}", stderr(&o));
         let r = probe_report(&o);
-        assert_eq!(r.get("euid").map(String::as_str), Some("0"), "{mode}: {r:?}");
         // Image root is root of a user namespace, host uid 2^31: not host root.
         assert_eq!(r.get("uid_map").map(String::as_str), Some("0 2147483648 2147483647"), "{mode}: {r:?}");
-        // The chroot climb works as a system call, but ends in the image root: the host path
-        // is not there.
-        assert!(r["chroot-climb"].starts_with("refused"), "{mode}: {r:?}");
-        assert!(r["direct"].starts_with("refused") && r["proc-root"].starts_with("refused"), "{mode}: {r:?}");
-        assert!(r["mount"].starts_with("refused: Operation not permitted"), "{mode}: {r:?}");
-        assert!(r["unshare"].starts_with("refused: Operation not permitted"), "{mode}: {r:?}");
-        assert_eq!(r.get("CapBnd").map(String::as_str), Some(DOCKER_CAPS_HEX), "{mode}: {r:?}");
-        assert_eq!(r.get("NoNewPrivs").map(String::as_str), Some("1"), "{mode}: {r:?}");
-        assert_eq!(r.get("Seccomp").map(String::as_str), Some("2"), "{mode}: {r:?}");
+        assert_confined_root(&r, mode, true);
         c.assert_untouched(mode);
     }
+}
+
+#[test]
+fn root_without_a_user_namespace_cannot_write_kernel_settings_or_read_kernel_memory() {
+    let c = Corpus::new();
+    let canary = s(&c.canary_dir().join("canary"));
+    let base = c.image_with("probe", "probe.tar");
+    let df = format!("FROM ${{base_image}}\nUSER root\nRUN /usr/local/bin/escape-probe {canary}\n");
+    for mode in ["overlay", "stat"] {
+        let o = c.build_with_env(&base, &df, &["--snapshot", mode], &[("EXT_EXTEND_USERNS", "off")]);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{mode}: {err}");
+        // Said at info level, with the reason.
+        assert!(err.contains("RUN runs without a user namespace (EXT_EXTEND_USERNS=off)"), "{mode}: {err}");
+        let r = probe_report(&o);
+        // Image root is host root here: only the rest of the sandbox holds.
+        assert_eq!(r.get("uid_map").map(String::as_str), Some("0 0 4294967295"), "{mode}: {r:?}");
+        assert_confined_root(&r, mode, false);
+        c.assert_untouched(mode);
+    }
+}
+
+#[test]
+fn userns_require_refuses_to_run_without_one_and_bad_values_are_errors() {
+    let c = Corpus::new();
+    let base = c.image_with("probe", "probe.tar");
+    // Here the kernel gives one: require changes nothing.
+    let o = c.build_with_env(&base, "FROM ${base_image}\nRUN true\n", &[], &[("EXT_EXTEND_USERNS", "require")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("without a user namespace"), "{}", stderr(&o));
+    let o = c.build_with_env(&base, "FROM ${base_image}\nRUN true\n", &[], &[("EXT_EXTEND_USERNS", "sometimes")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("EXT_EXTEND_USERNS=sometimes: expected auto, off (or 0) or require"), "{}", stderr(&o));
 }
 
 #[test]
@@ -355,6 +431,41 @@ fn a_non_root_run_dies_with_ext_extend_whatever_kills_it() {
         while sleep_running(marker) {
             assert!(killed.elapsed() < Duration::from_secs(5), "signal {signal}: the RUN outlived ext-extend");
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// What RUN reaches on the network (README "Security"): by default the host's network
+/// namespace, loopback services included, as with `docker build --network=host`; with
+/// `--network=none`, nothing.
+#[test]
+fn run_reaches_host_loopback_services_unless_network_none() {
+    let c = Corpus::new();
+    let base = c.path().join("img");
+    make_run_image(&base, "latest", false);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut buf);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.0 200 OK\r\nContent-Length: 17\r\n\r\nhost-loopback-ok\n",
+            );
+        }
+    });
+    for (flag, expect) in [("", "host-loopback-ok"), ("--network=none ", "reach=1")] {
+        let df = format!("FROM ${{base_image}}\nRUN {flag}wget -qO- http://127.0.0.1:{port}/; echo \"reach=$?\"\n");
+        let o = c.build(&base, &df, &[]);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{flag}: {err}");
+        assert!(err.contains(expect), "{flag}: {err}");
+        if flag.is_empty() {
+            assert!(err.contains("reach=0"), "{err}");
+        } else {
+            assert!(!err.contains("host-loopback-ok"), "{err}");
         }
     }
 }

@@ -209,6 +209,10 @@ pub enum RootfsError {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A setting (environment variable) that is invalid, or that cannot be honoured here.
+    #[error("{0}")]
+    Setting(String),
+
     /// The unpacked-layer cache verified this layer against another diffID than the image
     /// config now lists: the config is wrong (the compressed digest is the same).
     #[error(
@@ -218,6 +222,11 @@ pub enum RootfsError {
 }
 
 impl RootfsError {
+    /// Bad input from the user rather than a failure of the machine.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, RootfsError::Setting(_))
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RootfsError {
         let path = path.into();
         move |source| RootfsError::Io { path, source }

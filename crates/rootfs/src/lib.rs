@@ -17,6 +17,7 @@ pub mod safe_path;
 pub mod sandbox;
 pub mod scratch;
 pub mod seccomp;
+pub mod setup;
 pub mod unpack;
 pub mod userns;
 

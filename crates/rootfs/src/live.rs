@@ -30,6 +30,7 @@ use crate::error::RootfsError;
 use crate::rootfs::RunOutcome;
 use crate::run_root::RunRoot;
 use crate::sandbox::{Network, RunSpec};
+use crate::setup::{self, Op, ParentCheck};
 use crate::unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};
 
 /// Paths of a container that never belong to the image: kernel filesystems, files container
@@ -264,26 +265,16 @@ fn spawn_as(argv: &[String], spec: &RunSpec, workdir: &Path) -> io::Result<std::
     cmd.stdin(Stdio::piped()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
     // SAFETY (parent side): getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: the hook makes async-signal-safe system calls only, on data prepared before
-    // fork. A credential change clears PR_SET_PDEATHSIG, so the death signal is armed after
-    // it, then we check that the parent did not die before it was armed.
+    // A credential change clears PR_SET_PDEATHSIG, so the death signal is armed after it, then
+    // we check that the parent did not die before it was armed.
+    let mut ops = Vec::new();
+    if change_ids {
+        ops.extend([Op::SetGroups(groups), Op::SetGid(gid), Op::SetUid(uid)]);
+    }
+    ops.extend([Op::DieWithParent, Op::CheckParentAlive(ParentCheck::Pid(parent))]);
+    // SAFETY: the hook makes async-signal-safe system calls only, on ops prepared before fork.
     unsafe {
-        cmd.pre_exec(move || {
-            if change_ids
-                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0)
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(137);
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || setup::execute(&ops, &mut setup::Kernel));
     }
     let mut child = cmd.spawn()?;
     drop(child.stdin.take());

@@ -134,7 +134,9 @@ impl Rootfs {
             fs::create_dir_all(&flat).map_err(RootfsError::io(&flat))?;
             Strategy::Stat { index: None }
         };
-        let user_namespace = crate::userns::supported(scratch, sandbox::overlay_extra_options());
+        let policy = crate::userns::UsernsPolicy::from_env().map_err(RootfsError::Setting)?;
+        let user_namespace =
+            crate::userns::decide(scratch, sandbox::overlay_extra_options(), policy).map_err(RootfsError::Setting)?;
         tracing::debug!(overlay = use_overlay, user_namespace, "rootfs strategy");
         Ok(Rootfs {
             scratch: scratch.to_path_buf(),

@@ -16,18 +16,22 @@
 //! - `pivot_root` into it, with the old root unmounted: there is no host filesystem left in the
 //!   namespace for a `chroot`/`fchdir` trick to climb back to;
 //! - the capability bounding set is Docker's default set (no `CAP_SYS_ADMIN`, `CAP_SYS_MODULE`,
-//!   `CAP_SYS_PTRACE`, `CAP_SYS_RAWIO`, ...), ambient capabilities are cleared;
+//!   `CAP_SYS_PTRACE`, `CAP_SYS_RAWIO`, ...) without `CAP_NET_RAW` on the host's network,
+//!   ambient capabilities are cleared;
+//! - `/proc` has runc's read-only ([`PROC_READ_ONLY`]) and masked ([`PROC_MASKED`]) paths, with
+//!   or without a user namespace; `/sys` is not mounted;
 //! - `no_new_privs` and a seccomp filter ([`crate::seccomp::SeccompProfile::docker_default`]:
 //!   `mount`, `umount2`, `pivot_root`, `unshare`, `setns`, namespace flags to `clone`,
 //!   `open_by_handle_at`, `kexec_*`, `bpf`, keyrings, modules, ... answer `EPERM`).
 //! - where the kernel allows it, a user namespace over idmapped mounts ([`crate::userns`]):
 //!   image root is then not host root at all.
 //!
-//! Everything the pre-exec hook needs is prepared before `fork` (C strings, the mount option
-//! string, the seccomp programs): between `fork` and `exec` only async-signal-safe system calls
-//! are made.
+//! The setup is [`plan`]ned before `fork` as a list of [`crate::setup::Op`]s (C strings, the
+//! mount option string, the seccomp programs), which the pre-exec hook carries out: between
+//! `fork` and `exec` only async-signal-safe system calls are made, and the list itself is
+//! unit-tested against a recorder.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
@@ -35,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use crate::seccomp::SeccompProfile;
+use crate::setup::{self, Op, ParentCheck};
 
 /// Docker's default capabilities (moby `oci/caps/defaults.go`): the bounding set of a RUN.
 pub const DEFAULT_CAPABILITIES: &[u32] = &[
@@ -120,10 +125,32 @@ pub struct SandboxFs {
     pub user_namespace: Option<(std::sync::Arc<crate::userns::UserNamespace>, PathBuf)>,
 }
 
+/// `/proc` paths a RUN may read but not write (runc's and Docker's defaults): a root without a
+/// user namespace could otherwise set `kernel/core_pattern` (a host program run as root at the
+/// next crash) or any other sysctl, or trigger `sysrq`.
+pub const PROC_READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// `/proc` paths a RUN sees empty (Docker's default masked paths, `asound` included, which
+/// runc's spec only makes read-only): kernel memory, keys, timers and hardware details.
+pub const PROC_MASKED: &[&str] = &[
+    "acpi",
+    "asound",
+    "interrupts",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+];
+
+/// `CAP_NET_RAW`: kept only in a network namespace of the RUN's own.
+const CAP_NET_RAW: u32 = 13;
+
 /// Runs `spec` in a sandbox on `fs`. The command's stdout and stderr both go to our stderr
 /// (stdout is reserved for results). Returns the command's exit status (128+N if killed by N).
 pub fn run(fs: &SandboxFs, spec: &RunSpec) -> io::Result<ExitStatus> {
-    let prepared = Prepared::new(fs, spec)?;
+    let ops = plan(fs, spec)?;
     let mut cmd = Command::new(&spec.argv[0]);
     cmd.args(&spec.argv[1..]).env_clear();
     for kv in &spec.env {
@@ -134,39 +161,13 @@ pub fn run(fs: &SandboxFs, spec: &RunSpec) -> io::Result<ExitStatus> {
     }
     let out = command_output(spec)?;
     cmd.stdin(Stdio::null()).stdout(Stdio::from(out.try_clone()?)).stderr(Stdio::from(out));
-    // SAFETY: the hook only makes async-signal-safe system calls on data prepared above.
+    // SAFETY: the hook only makes async-signal-safe system calls on the ops prepared above.
     unsafe {
-        cmd.pre_exec(move || prepared.enter());
+        cmd.pre_exec(move || setup::execute(&ops, &mut setup::Kernel));
     }
     let mut child = cmd.spawn()?;
     let _guard = ext_oci::cleanup::register_process(child.id());
     child.wait()
-}
-
-/// C strings and flags for the pre-exec hook, built before fork.
-struct Prepared {
-    ns_flags: libc::c_int,
-    overlay: Option<(CString, CString)>, // (base dir, mount data)
-    /// The user namespace to enter, and the idmapped mounts (source, mount point) to make.
-    userns: Option<libc::c_int>,
-    idmaps: Vec<(CString, CString)>,
-    root: CString,
-    proc_dir: CString,
-    dev_dir: CString,
-    devices: Vec<(CString, libc::mode_t, libc::dev_t)>,
-    dev_links: Vec<(CString, CString)>,
-    dev_dirs: Vec<CString>,
-    binds: Vec<(CString, CString)>,
-    workdir_parts: Vec<CString>,
-    workdir: CString,
-    hostname: &'static [u8],
-    uid: libc::uid_t,
-    gid: libc::gid_t,
-    groups: Vec<libc::gid_t>,
-    script: Option<(CString, Vec<u8>)>,
-    /// Capabilities to drop from the bounding set (all but [`DEFAULT_CAPABILITIES`]).
-    drop_caps: Vec<libc::c_ulong>,
-    seccomp: SeccompProfile,
 }
 
 fn cstr(p: impl AsRef<[u8]>) -> io::Result<CString> {
@@ -177,310 +178,161 @@ fn cpath(p: &Path) -> io::Result<CString> {
     cstr(p.as_os_str().as_bytes())
 }
 
-impl Prepared {
-    fn new(fs: &SandboxFs, spec: &RunSpec) -> io::Result<Prepared> {
-        if spec.argv.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
-        }
-        let mut ns_flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-        if spec.network == Network::None {
-            ns_flags |= libc::CLONE_NEWNET;
-        }
-        // With a user namespace, every directory the root is made of is seen through an idmapped
-        // mount of it (mount points created here, before fork).
-        let mut idmaps = Vec::new();
-        let mut idmap = |src: &Path, name: &str| -> io::Result<PathBuf> {
-            let (_, dir) = fs.user_namespace.as_ref().expect("only with a user namespace");
-            let dst = dir.join(name);
-            std::fs::create_dir_all(&dst)?;
-            idmaps.push((cpath(src)?, cpath(&dst)?));
-            Ok(dst)
-        };
-        let rel =
-            |base: &Path, p: &Path| -> String { p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned() };
-        let mut root = fs.root.clone();
-        let overlay = match &fs.overlay {
-            Some(o) => {
-                let (lowers, upper, work) = if fs.user_namespace.is_some() {
-                    let mut lowers = Vec::new();
-                    for (i, l) in o.lowers.iter().enumerate() {
-                        lowers.push(rel(&o.base, &idmap(&o.base.join(l), &i.to_string())?));
-                    }
-                    // The upper and work dirs must be on one mount: their common parent's.
-                    let (upper, work) = (o.base.join(&o.upper), o.base.join(&o.work));
-                    let parent = upper.parent().filter(|p| Some(*p) == work.parent()).ok_or_else(|| {
-                        io::Error::other("the overlay's upper and work dirs must share a parent directory")
-                    })?;
-                    let mapped = idmap(parent, "uw")?;
-                    let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    (lowers, rel(&o.base, &mapped.join(name(&upper))), rel(&o.base, &mapped.join(name(&work))))
-                } else {
-                    (o.lowers.clone(), o.upper.clone(), o.work.clone())
-                };
-                let data =
-                    format!("lowerdir={},upperdir={upper},workdir={work}{}", lowers.join(":"), overlay_extra_options());
-                if data.len() >= 4000 {
-                    return Err(io::Error::other(format!(
-                        "too many layers for one overlay mount ({} lower directories)",
-                        o.lowers.len()
-                    )));
-                }
-                Some((cpath(&o.base)?, cstr(data)?))
-            }
-            None => {
-                if fs.user_namespace.is_some() {
-                    root = idmap(&fs.root, "root")?;
-                }
-                None
-            }
-        };
-        let r = |sub: &str| cpath(&root.join(sub));
-        let devices =
-            [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-                .iter()
-                .map(|(n, maj, min)| Ok((r(&format!("dev/{n}"))?, libc::S_IFCHR | 0o666, libc::makedev(*maj, *min))))
-                .collect::<io::Result<Vec<_>>>()?;
-        let dev_links = [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-            ("ptmx", "pts/ptmx"),
-        ]
-        .iter()
-        .map(|(n, t)| Ok((cstr(*t)?, r(&format!("dev/{n}"))?)))
-        .collect::<io::Result<Vec<_>>>()?;
-        let dev_dirs = vec![r("dev/pts")?, r("dev/shm")?];
-        let mut binds = Vec::new();
-        if let Some(p) = &fs.resolv_conf {
-            binds.push((cpath(p)?, r("etc/resolv.conf")?));
-        }
-        if let Some(p) = &fs.hosts {
-            binds.push((cpath(p)?, r("etc/hosts")?));
-        }
-        let mut workdir_parts = Vec::new();
-        let mut acc = String::new();
-        for c in spec.workdir.split('/').filter(|c| !c.is_empty()) {
-            acc.push('/');
-            acc.push_str(c);
-            workdir_parts.push(cstr(&acc)?);
-        }
-        let script = match &spec.script {
-            Some(s) => Some((r(SCRIPT_PATH.trim_start_matches('/'))?, s.clone())),
-            None => None,
-        };
-        let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(63);
-        let drop_caps = (0..=last_cap).filter(|c| !DEFAULT_CAPABILITIES.contains(c)).map(libc::c_ulong::from).collect();
-        let seccomp = SeccompProfile::docker_default();
-        Ok(Prepared {
-            ns_flags,
-            overlay,
-            userns: fs.user_namespace.as_ref().map(|(ns, _)| ns.raw_fd()),
-            idmaps,
-            root: cpath(&root)?,
-            proc_dir: r("proc")?,
-            dev_dir: r("dev")?,
-            devices,
-            dev_links,
-            dev_dirs,
-            binds,
-            workdir_parts,
-            workdir: cstr(if spec.workdir.is_empty() { "/" } else { &spec.workdir })?,
-            hostname: b"ext-extend",
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups.clone(),
-            script,
-            drop_caps,
-            seccomp,
-        })
+/// The capabilities a RUN keeps: Docker's default set, without `CAP_NET_RAW` on the host's
+/// network (raw and packet sockets there would let the command sniff and forge the host's
+/// traffic; Docker keeps it because its containers have a network namespace of their own).
+pub fn kept_capabilities(network: Network) -> Vec<u32> {
+    DEFAULT_CAPABILITIES.iter().copied().filter(|&c| network == Network::None || c != CAP_NET_RAW).collect()
+}
+
+/// The setup of a RUN's process, in order (see [`crate::setup`]). Creates the (empty) mount
+/// points of idmapped mounts; everything else happens in the child.
+pub fn plan(fs: &SandboxFs, spec: &RunSpec) -> io::Result<Vec<Op>> {
+    if spec.argv.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
     }
-
-    /// Runs in the forked child before exec.
-    fn enter(&self) -> io::Result<()> {
-        // SAFETY (whole function): raw system calls on prepared, NUL-terminated data.
-        unsafe {
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
-            check(libc::unshare(self.ns_flags))?;
-            // Nothing we mount may propagate back to the host.
-            check(libc::mount(
-                c"none".as_ptr(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ))?;
-            // The command learns that the middle process died through this pipe: the middle
-            // holds the write end until it exits.
-            let mut alive = [0 as libc::c_int; 2];
-            check(libc::pipe2(alive.as_mut_ptr(), libc::O_CLOEXEC))?;
-            let pid = check(libc::fork())?;
-            if pid > 0 {
-                libc::close(alive[0]);
-                relay_exit(pid, alive[1]);
-            }
-            libc::close(alive[1]);
-            // Now PID 1 of the new PID namespace.
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
-            let confined = libc::MS_NOSUID | libc::MS_NODEV;
-            if let Some(userns) = self.userns {
-                for (src, dst) in &self.idmaps {
-                    crate::userns::mount_idmapped(src, dst, userns)?;
-                }
-            }
-            match &self.overlay {
-                Some((base, data)) => {
-                    check(libc::chdir(base.as_ptr()))?;
-                    let mount_overlay = || mount(c"overlay", &self.root, c"overlay", confined, data.as_ptr().cast());
-                    if self.userns.is_some() {
-                        // Over idmapped layers, overlayfs creates files with its mounter's ids.
-                        crate::userns::as_namespace_root(mount_overlay)?;
-                    } else {
-                        mount_overlay()?;
-                    }
-                }
-                // The idmapped mount is the root's own mount, `nosuid,nodev` already.
-                None if self.userns.is_some() => {}
-                None => {
-                    // A mount of its own, for the flags and for pivot_root.
-                    mount_bind(&self.root, &self.root)?;
-                    mount(c"none", &self.root, c"", libc::MS_REMOUNT | libc::MS_BIND | confined, std::ptr::null())?;
-                }
-            }
-            mount(
-                c"proc",
-                &self.proc_dir,
-                c"proc",
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                std::ptr::null(),
-            )?;
-            mount(c"tmpfs", &self.dev_dir, c"tmpfs", libc::MS_NOSUID, c"mode=755,size=65536k".as_ptr().cast())?;
-            for (path, mode, dev) in &self.devices {
-                check(libc::mknod(path.as_ptr(), *mode, *dev))?;
-                check(libc::chmod(path.as_ptr(), 0o666))?;
-            }
-            for dir in &self.dev_dirs {
-                check(libc::mkdir(dir.as_ptr(), 0o755))?;
-            }
-            for (target, link) in &self.dev_links {
-                check(libc::symlink(target.as_ptr(), link.as_ptr()))?;
-            }
-            for (src, dst) in &self.binds {
-                mount_bind(src, dst)?;
-                mount(c"none", dst, c"", libc::MS_REMOUNT | libc::MS_BIND | confined, std::ptr::null())?;
-            }
-            if let Some((path, content)) = &self.script {
-                let fd = check(libc::open(
-                    path.as_ptr(),
-                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                    0o755,
-                ))?;
-                let mut written = 0;
-                while written < content.len() {
-                    let n = libc::write(fd, content[written..].as_ptr().cast(), content.len() - written);
-                    if n < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    written += n as usize;
-                }
-                libc::close(fd);
-            }
-            // pivot_root(".", "."): the old root ends up stacked on the new one and is
-            // unmounted at once, so nothing of the host's filesystem stays reachable.
-            check(libc::chdir(self.root.as_ptr()))?;
-            check(libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()))?;
-            check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
-            check(libc::chdir(c"/".as_ptr()))?;
-            check(libc::sethostname(self.hostname.as_ptr().cast(), self.hostname.len()))?;
-            if let Some(userns) = self.userns {
-                // From here on, image root is the namespace's root, nobody on the host. The
-                // mount namespace stays owned by the host's: nothing can be mounted in it.
-                check(libc::setns(userns, libc::CLONE_NEWUSER))?;
-                check(libc::setresgid(0, 0, 0))?;
-                check(libc::setresuid(0, 0, 0))?;
-            }
-            for part in &self.workdir_parts {
-                if libc::mkdir(part.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            // Needs CAP_SETPCAP, so before the user changes.
-            for &cap in &self.drop_caps {
-                if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && *libc::__errno_location() != libc::EINVAL {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            check(libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0))?;
-            check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
-            check(libc::setgid(self.gid))?;
-            check(libc::setuid(self.uid))?;
-            // Changing credentials cleared the parent-death signal: arm it again, then make
-            // sure the parent did not die before that (it would then never come).
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
-            let mut poll = libc::pollfd { fd: alive[0], events: libc::POLLIN, revents: 0 };
-            if libc::poll(&mut poll, 1, 0) != 0 {
-                // Readable or hung up: the middle process is gone (it never writes).
-                libc::_exit(137);
-            }
-            check(libc::chdir(self.workdir.as_ptr()))?;
-        }
-        // Last: it sets no_new_privs and refuses what the steps above needed.
-        self.seccomp.install()
+    let mut ns_flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if spec.network == Network::None {
+        ns_flags |= libc::CLONE_NEWNET;
     }
-}
-
-/// The middle process: close every inherited descriptor but `alive` (so the spawner's
-/// exec-status pipe sees the command's exec, not us), wait for the command, exit with its status.
-unsafe fn relay_exit(pid: libc::pid_t, alive: libc::c_int) -> ! {
-    // SAFETY: async-signal-safe calls only.
-    unsafe {
-        let alive = alive as u32;
-        if alive > 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, alive - 1, 0u32);
-        }
-        libc::syscall(libc::SYS_close_range, alive + 1, u32::MAX, 0u32);
-        if alive < 3 {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-        }
-        let mut status = 0;
-        loop {
-            let r = libc::waitpid(pid, &mut status, 0);
-            if r == pid {
-                break;
+    let confined = libc::MS_NOSUID | libc::MS_NODEV;
+    let userns = fs.user_namespace.as_ref().map(|(ns, _)| ns.raw_fd());
+    let mut ops = vec![Op::DieWithParent, Op::Unshare(ns_flags), Op::PrivateMounts, Op::ForkRelay, Op::DieWithParent];
+    // Now PID 1 of the new PID namespace. With a user namespace, every directory the root is
+    // made of is seen through an idmapped mount of it (mount points created here).
+    let mut idmap = |src: &Path, name: &str| -> io::Result<PathBuf> {
+        let (ns, dir) = fs.user_namespace.as_ref().expect("only with a user namespace");
+        let dst = dir.join(name);
+        std::fs::create_dir_all(&dst)?;
+        ops.push(Op::MountIdmapped { source: cpath(src)?, target: cpath(&dst)?, userns: ns.raw_fd() });
+        Ok(dst)
+    };
+    let rel = |base: &Path, p: &Path| -> String { p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned() };
+    let mut root = fs.root.clone();
+    let mut root_mount = Vec::new();
+    match &fs.overlay {
+        Some(o) => {
+            let (lowers, upper, work) = if userns.is_some() {
+                let mut lowers = Vec::new();
+                for (i, l) in o.lowers.iter().enumerate() {
+                    lowers.push(rel(&o.base, &idmap(&o.base.join(l), &i.to_string())?));
+                }
+                // The upper and work dirs must be on one mount: their common parent's.
+                let (upper, work) = (o.base.join(&o.upper), o.base.join(&o.work));
+                let parent = upper.parent().filter(|p| Some(*p) == work.parent()).ok_or_else(|| {
+                    io::Error::other("the overlay's upper and work dirs must share a parent directory")
+                })?;
+                let mapped = idmap(parent, "uw")?;
+                let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                (lowers, rel(&o.base, &mapped.join(name(&upper))), rel(&o.base, &mapped.join(name(&work))))
+            } else {
+                (o.lowers.clone(), o.upper.clone(), o.work.clone())
+            };
+            let data =
+                format!("lowerdir={},upperdir={upper},workdir={work}{}", lowers.join(":"), overlay_extra_options());
+            if data.len() >= 4000 {
+                return Err(io::Error::other(format!(
+                    "too many layers for one overlay mount ({} lower directories)",
+                    o.lowers.len()
+                )));
             }
-            if r < 0 && *libc::__errno_location() != libc::EINTR {
-                libc::_exit(125);
-            }
+            // The option string names the layers relative to the base dir, to stay short.
+            root_mount.push(Op::Chdir(cpath(&o.base)?));
+            let (source, target, fstype, data) = (cstr("overlay")?, cpath(&root)?, cstr("overlay")?, cstr(data)?);
+            root_mount.push(if userns.is_some() {
+                // Over idmapped layers, overlayfs creates files with its mounter's ids.
+                Op::MountAsNamespaceRoot { source, target, fstype, flags: confined, data }
+            } else {
+                Op::Mount { source, target, fstype, flags: confined, data: Some(data) }
+            });
         }
-        if libc::WIFEXITED(status) {
-            libc::_exit(libc::WEXITSTATUS(status));
-        }
-        libc::_exit(128 + libc::WTERMSIG(status));
+        // The idmapped mount is the root's own mount, `nosuid,nodev` already.
+        None if userns.is_some() => root = idmap(&fs.root, "root")?,
+        // A mount of its own, for the flags and for pivot_root.
+        None => root_mount.push(Op::Bind { source: cpath(&root)?, target: cpath(&root)?, flags: confined }),
     }
-}
-
-fn check<T: PartialOrd + Default>(r: T) -> io::Result<T> {
-    if r < T::default() { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
-
-unsafe fn mount(
-    src: &CStr,
-    target: &CStr,
-    fstype: &CStr,
-    flags: libc::c_ulong,
-    data: *const libc::c_void,
-) -> io::Result<()> {
-    // SAFETY: valid C strings; the caller runs in the sandbox child.
-    check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data) }).map(|_| ())
-}
-
-unsafe fn mount_bind(src: &CStr, target: &CStr) -> io::Result<()> {
-    // SAFETY: as for `mount`.
-    check(unsafe { libc::mount(src.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) })
-        .map(|_| ())
+    ops.extend(root_mount);
+    let r = |sub: &str| cpath(&root.join(sub));
+    let proc_flags = confined | libc::MS_NOEXEC;
+    ops.push(Op::Mount {
+        source: cstr("proc")?,
+        target: r("proc")?,
+        fstype: cstr("proc")?,
+        flags: proc_flags,
+        data: None,
+    });
+    ops.push(Op::Mount {
+        source: cstr("tmpfs")?,
+        target: r("dev")?,
+        fstype: cstr("tmpfs")?,
+        flags: libc::MS_NOSUID,
+        data: Some(cstr("mode=755,size=65536k")?),
+    });
+    for (n, maj, min) in
+        [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+    {
+        ops.push(Op::Mknod {
+            path: r(&format!("dev/{n}"))?,
+            mode: libc::S_IFCHR | 0o666,
+            dev: libc::makedev(maj, min),
+        });
+    }
+    for d in ["dev/pts", "dev/shm"] {
+        ops.push(Op::Mkdir { path: r(d)?, mode: 0o755, exist_ok: false });
+    }
+    for (n, t) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        ops.push(Op::Symlink { target: cstr(t)?, link: r(&format!("dev/{n}"))? });
+    }
+    for p in PROC_READ_ONLY {
+        ops.push(Op::ReadOnly { path: r(&format!("proc/{p}"))?, flags: proc_flags });
+    }
+    for p in PROC_MASKED {
+        ops.push(Op::Mask { path: r(&format!("proc/{p}"))?, null: r("dev/null")? });
+    }
+    for (src, dst) in [(&fs.resolv_conf, "etc/resolv.conf"), (&fs.hosts, "etc/hosts")] {
+        if let Some(src) = src {
+            ops.push(Op::Bind { source: cpath(src)?, target: r(dst)?, flags: confined });
+        }
+    }
+    if let Some(s) = &spec.script {
+        ops.push(Op::WriteFile { path: r(SCRIPT_PATH.trim_start_matches('/'))?, content: s.clone(), mode: 0o755 });
+    }
+    ops.push(Op::PivotRoot(cpath(&root)?));
+    ops.push(Op::SetHostname(b"ext-extend"));
+    if let Some(fd) = userns {
+        // From here on, image root is the namespace's root, nobody on the host. The mount
+        // namespace stays owned by the host's: nothing can be mounted or unmounted in it.
+        ops.push(Op::EnterUserNamespace(fd));
+    }
+    let mut acc = String::new();
+    for c in spec.workdir.split('/').filter(|c| !c.is_empty()) {
+        acc.push('/');
+        acc.push_str(c);
+        ops.push(Op::Mkdir { path: cstr(&acc)?, mode: 0o755, exist_ok: true });
+    }
+    let last_cap: u32 =
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63);
+    let kept = kept_capabilities(spec.network);
+    // Needs CAP_SETPCAP, so before the user changes.
+    ops.push(Op::DropBoundingCaps((0..=last_cap).filter(|c| !kept.contains(c)).map(libc::c_ulong::from).collect()));
+    ops.push(Op::ClearAmbientCaps);
+    ops.push(Op::SetGroups(spec.groups.clone()));
+    ops.push(Op::SetGid(spec.gid));
+    ops.push(Op::SetUid(spec.uid));
+    // Changing credentials cleared the parent-death signal: arm it again, then make sure the
+    // relaying parent did not die before that (the signal would then never come).
+    ops.push(Op::DieWithParent);
+    ops.push(Op::CheckParentAlive(ParentCheck::RelayPipe));
+    ops.push(Op::Chdir(cstr(if spec.workdir.is_empty() { "/" } else { &spec.workdir })?));
+    // Last: it sets no_new_privs and refuses what the steps above needed.
+    ops.push(Op::Seccomp(SeccompProfile::docker_default()));
+    Ok(ops)
 }
 
 /// Options that keep the upper directory a plain, self-contained diff: no metadata-only
@@ -506,39 +358,200 @@ pub fn overlay_supported(scratch: &Path) -> bool {
     if dirs.iter().any(|d| std::fs::create_dir_all(d).is_err()) {
         return false;
     }
-    let result = (|| -> io::Result<bool> {
+    let result = (|| -> io::Result<()> {
         let data = cstr(format!("lowerdir=l,upperdir=u,workdir=w{}", overlay_extra_options()))?;
-        let base = cpath(&probe)?;
-        let target = cpath(&dirs[3])?;
-        // SAFETY: the child only makes raw system calls on prepared data, then _exits.
-        unsafe {
-            let pid = libc::fork();
-            if pid < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if pid == 0 {
-                let ok = libc::unshare(libc::CLONE_NEWNS) == 0
-                    && libc::mount(
-                        c"none".as_ptr(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    ) == 0
-                    && libc::chdir(base.as_ptr()) == 0
-                    && libc::mount(c"overlay".as_ptr(), target.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast())
-                        == 0;
-                libc::_exit(if ok { 0 } else { 1 });
-            }
-            let mut status = 0;
-            while libc::waitpid(pid, &mut status, 0) < 0 {
-                if *libc::__errno_location() != libc::EINTR {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
-        }
+        setup::try_in_child(&[
+            Op::Unshare(libc::CLONE_NEWNS),
+            Op::PrivateMounts,
+            Op::Chdir(cpath(&probe)?),
+            Op::Mount {
+                source: cstr("overlay")?,
+                target: cpath(&dirs[3])?,
+                fstype: cstr("overlay")?,
+                flags: 0,
+                data: Some(data),
+            },
+        ])
     })();
     let _ = std::fs::remove_dir_all(&probe);
-    result.unwrap_or(false)
+    result.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::setup::{Recorder, execute};
+
+    fn spec(network: Network) -> RunSpec {
+        RunSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+            env: vec![],
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000, 27],
+            workdir: "/work/dir".into(),
+            network,
+            script: Some(b"#!/bin/sh\n".to_vec()),
+            output: None,
+        }
+    }
+
+    /// The calls a plan makes, with `/proc` as a kernel of today has it.
+    fn record(fs: &SandboxFs, spec: &RunSpec, root: &Path) -> Vec<String> {
+        let ops = plan(fs, spec).unwrap();
+        let p = |n: &str| root.join("proc").join(n).to_string_lossy().into_owned();
+        let mut rec = Recorder {
+            dirs: ["sys", "fs", "bus", "irq", "acpi", "scsi", "asound"].map(p).to_vec(),
+            files: ["sysrq-trigger", "kcore", "keys", "timer_list", "sched_debug", "interrupts"].map(p).to_vec(),
+            ..Default::default()
+        };
+        execute(&ops, &mut rec).unwrap();
+        rec.calls
+    }
+
+    fn position(calls: &[String], prefix: &str) -> usize {
+        calls.iter().position(|c| c.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` in {calls:#?}"))
+    }
+
+    /// Checks what every plan must do, whatever the root is made of.
+    fn check_invariants(calls: &[String], root: &Path, network: Network) {
+        let r = root.display().to_string();
+        let pivot = position(calls, "pivot_root");
+        // Namespaces and a private mount tree before any mount; the fork into PID 1 before
+        // the mounts, so /proc is the new PID namespace's.
+        assert!(position(calls, "unshare") < position(calls, "mount none / - rec,private"));
+        let fork = position(calls, "fork");
+        for (i, c) in calls.iter().enumerate() {
+            if c.starts_with("mount") && !c.starts_with("mount none / ") {
+                assert!(i > fork && i < pivot, "mount outside the window: {c}");
+                let bind_only = c.ends_with(" - bind");
+                // The /dev tmpfs holds the devices, and so is a /dev/null bound over a masked file.
+                let dev = c.starts_with(&format!("mount tmpfs {r}/dev "))
+                    || calls[i - 1].starts_with(&format!("mount {r}/dev/null "));
+                if !bind_only {
+                    assert!(c.contains("nosuid"), "{c}");
+                    assert!(dev || c.contains("nodev"), "{c}");
+                }
+            }
+        }
+        // Every bind is made safe by the remount right after it.
+        for (i, c) in calls.iter().enumerate().filter(|(_, c)| c.ends_with(" - bind")) {
+            let target = c.split(' ').nth(2).unwrap();
+            assert!(calls[i + 1].starts_with(&format!("mount none {target} - ")), "{c} then {}", calls[i + 1]);
+            assert!(calls[i + 1].contains("remount,bind") && calls[i + 1].contains("nosuid"), "{}", calls[i + 1]);
+        }
+        // /proc: mounted noexec, then sysctls and sysrq read-only, kernel memory and keys masked.
+        let proc = position(calls, &format!("mount proc {r}/proc proc nosuid,nodev,noexec"));
+        for p in ["sys", "sysrq-trigger", "fs", "bus", "irq"] {
+            let i = position(calls, &format!("mount none {r}/proc/{p} - ro,nosuid,nodev,noexec,remount,bind"));
+            assert!(proc < i && i < pivot);
+        }
+        for p in ["kcore", "keys", "timer_list", "sched_debug", "interrupts"] {
+            let i = position(calls, &format!("mount {r}/dev/null {r}/proc/{p} - bind"));
+            assert!(position(calls, &format!("mknod {r}/dev/null")) < i, "/dev/null exists before it is used");
+        }
+        for p in ["acpi", "scsi", "asound"] {
+            position(calls, &format!("mount tmpfs {r}/proc/{p} tmpfs ro,nosuid,nodev,noexec"));
+        }
+        assert!(!calls.iter().any(|c| c.contains("/sys ") && c.starts_with("mount") && !c.contains("/proc/sys")));
+        // pivot_root leaves nothing of the old root.
+        assert_eq!(calls[pivot + 1], "umount .");
+        // Capabilities go while we are still root; then groups, gid, uid in that order; the
+        // death signal is armed again after the uid changed; seccomp is the very last step.
+        let drops: Vec<u32> =
+            calls.iter().filter_map(|c| c.strip_prefix("capbset_drop ").map(|n| n.parse().unwrap())).collect();
+        assert!(drops.contains(&21) && drops.contains(&16) && drops.contains(&19), "SYS_ADMIN, SYS_MODULE, SYS_PTRACE");
+        assert_eq!(drops.contains(&13), network == Network::Host, "CAP_NET_RAW only in a network namespace of its own");
+        for c in DEFAULT_CAPABILITIES.iter().filter(|&&c| c != 13) {
+            assert!(!drops.contains(c), "kept: {c}");
+        }
+        let last_drop = calls.iter().rposition(|c| c.starts_with("capbset_drop")).unwrap();
+        let (groups, gid, uid) =
+            (position(calls, "setgroups [1000, 27]"), position(calls, "setgid 1000"), position(calls, "setuid 1000"));
+        assert!(pivot < last_drop && last_drop < groups && groups < gid && gid < uid);
+        let rearm = calls.iter().rposition(|c| c == "pdeathsig 9").unwrap();
+        assert!(uid < rearm && rearm < position(calls, "parent_alive RelayPipe"));
+        assert_eq!(calls.last().map(String::as_str), Some("seccomp"));
+        assert_eq!(calls[calls.len() - 2], "chdir /work/dir");
+    }
+
+    #[test]
+    fn the_overlay_sandbox_is_set_up_in_a_safe_order() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let fs = SandboxFs {
+            root: root.clone(),
+            overlay: Some(OverlaySpec {
+                base: t.path().to_path_buf(),
+                lowers: vec!["l/1".into(), "l/0".into()],
+                upper: "r/uw/u".into(),
+                work: "r/uw/w".into(),
+            }),
+            resolv_conf: Some(t.path().join("resolv.conf")),
+            hosts: None,
+            user_namespace: None,
+        };
+        for network in [Network::Host, Network::None] {
+            let calls = record(&fs, &spec(network), &root);
+            check_invariants(&calls, &root, network);
+            let overlay = position(&calls, "mount overlay");
+            assert!(calls[overlay].ends_with(&format!(
+                "overlay nosuid,nodev lowerdir=l/1:l/0,upperdir=r/uw/u,workdir=r/uw/w{}",
+                overlay_extra_options()
+            )));
+            assert_eq!(calls[overlay - 1], format!("chdir {}", t.path().display()));
+            assert!(overlay < position(&calls, "mount proc"));
+            let unshare = if network == Network::None { "unshare 0x6c020000" } else { "unshare 0x2c020000" };
+            position(&calls, unshare);
+            assert!(!calls.iter().any(|c| c.starts_with("setns")), "no user namespace asked for");
+            position(&calls, &format!("write {}/dev/.ext-extend-run-script 755", root.display()));
+        }
+    }
+
+    #[test]
+    fn with_a_user_namespace_every_layer_is_idmapped_and_the_namespace_entered_after_pivot_root() {
+        let t = tempfile::tempdir().unwrap();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let ns = std::sync::Arc::new(crate::userns::UserNamespace::stand_in(null.into()));
+        let idmapped = t.path().join("i");
+        // The flat root (stat snapshots): the idmapped mount is the root.
+        let fs = SandboxFs {
+            root: t.path().join("rootfs"),
+            overlay: None,
+            resolv_conf: None,
+            hosts: None,
+            user_namespace: Some((ns.clone(), idmapped.clone())),
+        };
+        let root = idmapped.join("root");
+        let calls = record(&fs, &spec(Network::Host), &root);
+        check_invariants(&calls, &root, Network::Host);
+        let i = position(
+            &calls,
+            &format!("mount_idmapped {} {} nosuid,nodev", t.path().join("rootfs").display(), root.display()),
+        );
+        assert!(i > position(&calls, "fork"));
+        let enter = position(&calls, "setns user");
+        assert_eq!(calls[enter + 1], "setresid 0:0");
+        assert!(position(&calls, "pivot_root") < enter && enter < position(&calls, "capbset_drop"));
+        // The overlay: each lower and the upper/work parent idmapped, the overlay mounted with
+        // the namespace root's fs ids.
+        let fs = SandboxFs {
+            root: t.path().join("merged"),
+            overlay: Some(OverlaySpec {
+                base: t.path().to_path_buf(),
+                lowers: vec!["l/1".into(), "l/0".into()],
+                upper: "r/uw/u".into(),
+                work: "r/uw/w".into(),
+            }),
+            resolv_conf: None,
+            hosts: None,
+            user_namespace: Some((ns, idmapped.clone())),
+        };
+        let root = t.path().join("merged");
+        let calls = record(&fs, &spec(Network::Host), &root);
+        check_invariants(&calls, &root, Network::Host);
+        assert_eq!(calls.iter().filter(|c| c.starts_with("mount_idmapped")).count(), 3);
+        let fsids = position(&calls, "fsids namespace-root");
+        assert!(calls[fsids + 1].contains("lowerdir=i/0:i/1,upperdir=i/uw/u,workdir=i/uw/w"), "{}", calls[fsids + 1]);
+    }
 }

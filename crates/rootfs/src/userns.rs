@@ -86,6 +86,13 @@ impl UserNamespace {
         }
     }
 
+    /// A stand-in holding any descriptor, for tests of the setup plan (which only passes the
+    /// number on).
+    #[cfg(test)]
+    pub(crate) fn stand_in(fd: OwnedFd) -> UserNamespace {
+        UserNamespace { fd }
+    }
+
     pub fn raw_fd(&self) -> libc::c_int {
         self.fd.as_raw_fd()
     }
@@ -183,24 +190,55 @@ pub unsafe fn as_namespace_root<T>(f: impl FnOnce() -> io::Result<T>) -> io::Res
     }
 }
 
-/// Whether RUN can use a user namespace under `scratch`: the whole arrangement (a namespace,
-/// idmapped layers on the scratch filesystem, an overlay over them that the namespace's root
-/// can write to with image ids on disk) is tried once in a throwaway process. `EXT_EXTEND_USERNS
-/// =off` turns it off.
-pub fn supported(scratch: &Path, overlay_options: &str) -> bool {
-    if std::env::var("EXT_EXTEND_USERNS").is_ok_and(|v| v == "off" || v == "0") {
-        return false;
-    }
-    let probe = scratch.join(".userns-probe");
-    let result = probe_in(&probe, overlay_options);
-    let _ = std::fs::remove_dir_all(&probe);
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!("RUN without a user namespace: {e}");
-            false
+/// `EXT_EXTEND_USERNS`: whether RUN runs in a user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsernsPolicy {
+    /// Where the kernel allows it (the default).
+    Auto,
+    /// Never (`off` or `0`): image root is host root, confined by the rest of the sandbox.
+    Off,
+    /// Always: a RUN that cannot have one fails (`require`).
+    Require,
+}
+
+impl UsernsPolicy {
+    pub fn from_env() -> Result<UsernsPolicy, String> {
+        match std::env::var("EXT_EXTEND_USERNS").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(UsernsPolicy::Auto),
+            Ok("off") | Ok("0") => Ok(UsernsPolicy::Off),
+            Ok("require") => Ok(UsernsPolicy::Require),
+            Ok(other) => {
+                Err(format!("EXT_EXTEND_USERNS={}: expected auto, off (or 0) or require", ext_oci::escape::text(other)))
+            }
         }
     }
+}
+
+/// Decides whether RUN uses a user namespace under `scratch` by `policy`: the whole
+/// arrangement (a namespace, idmapped layers on the scratch filesystem, an overlay over them
+/// that the namespace's root can write to with image ids on disk) is tried once in a throwaway
+/// process. Without one, says so at `info` level, with the reason; `Err` (the reason) only for
+/// [`UsernsPolicy::Require`].
+pub fn decide(scratch: &Path, overlay_options: &str, policy: UsernsPolicy) -> Result<bool, String> {
+    let reason = match policy {
+        UsernsPolicy::Off => "EXT_EXTEND_USERNS=off".to_string(),
+        UsernsPolicy::Auto | UsernsPolicy::Require => {
+            let probe = scratch.join(".userns-probe");
+            let result = probe_in(&probe, overlay_options);
+            let _ = std::fs::remove_dir_all(&probe);
+            match result {
+                Ok(()) => return Ok(true),
+                Err(e) => format!("the kernel refused one here: {e}"),
+            }
+        }
+    };
+    if policy == UsernsPolicy::Require {
+        return Err(format!("EXT_EXTEND_USERNS=require, but RUN cannot have a user namespace ({reason})"));
+    }
+    tracing::info!(
+        "RUN runs without a user namespace ({reason}): image root is host root, confined by namespaces, capabilities, seccomp and read-only /proc paths (EXT_EXTEND_USERNS=require refuses this)"
+    );
+    Ok(false)
 }
 
 fn probe_in(probe: &Path, overlay_options: &str) -> io::Result<()> {
@@ -218,56 +256,17 @@ fn probe_in(probe: &Path, overlay_options: &str) -> io::Result<()> {
         probe.join("uwi").display()
     ))
     .map_err(io::Error::other)?;
-    let userns = ns.raw_fd();
-    // SAFETY: the child makes raw system calls on prepared data, then _exits.
-    let code = unsafe {
-        let pid = libc::fork();
-        if pid < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if pid == 0 {
-            let step = || -> io::Result<()> {
-                check(libc::unshare(libc::CLONE_NEWNS).into())?;
-                check(
-                    libc::mount(
-                        c"none".as_ptr(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null(),
-                    )
-                    .into(),
-                )?;
-                mount_idmapped(&l, &li, userns)?;
-                mount_idmapped(&uw, &uwi, userns)?;
-                as_namespace_root(|| {
-                    check(
-                        libc::mount(c"overlay".as_ptr(), m.as_ptr(), c"overlay".as_ptr(), 0, data.as_ptr().cast())
-                            .into(),
-                    )
-                    .map(|_| ())
-                })?;
-                check(libc::setns(userns, libc::CLONE_NEWUSER).into())?;
-                check(libc::setresgid(0, 0, 0).into())?;
-                check(libc::setresuid(0, 0, 0).into())?;
-                let fd = check(
-                    libc::open(created.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644).into(),
-                )?;
-                libc::close(fd as libc::c_int);
-                Ok(())
-            };
-            libc::_exit(match step() {
-                Ok(()) => 0,
-                Err(e) => e.raw_os_error().unwrap_or(255).clamp(1, 255),
-            });
-        }
-        let mut status = 0;
-        while libc::waitpid(pid, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
-        if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 255 }
-    };
-    if code != 0 {
-        return Err(io::Error::from_raw_os_error(code));
-    }
+    let cstr = |s: &str| std::ffi::CString::new(s).map_err(io::Error::other);
+    use crate::setup::Op;
+    crate::setup::try_in_child(&[
+        Op::Unshare(libc::CLONE_NEWNS),
+        Op::PrivateMounts,
+        Op::MountIdmapped { source: l, target: li, userns: ns.raw_fd() },
+        Op::MountIdmapped { source: uw, target: uwi, userns: ns.raw_fd() },
+        Op::MountAsNamespaceRoot { source: cstr("overlay")?, target: m, fstype: cstr("overlay")?, flags: 0, data },
+        Op::EnterUserNamespace(ns.raw_fd()),
+        Op::WriteFile { path: created, content: Vec::new(), mode: 0o644 },
+    ])?;
     // Written by the namespace's root through the overlay: image root on disk.
     let md = std::fs::metadata(probe.join("uw/u/probe"))?;
     use std::os::unix::fs::MetadataExt;
@@ -275,4 +274,20 @@ fn probe_in(probe: &Path, overlay_options: &str) -> io::Result<()> {
         return Err(io::Error::other(format!("a file of the namespace's root is {}:{} on disk", md.uid(), md.gid())));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_refuses_where_the_probe_fails_and_auto_goes_on_without() {
+        // A scratch dir that cannot exist: the probe fails as on a kernel that refuses.
+        let scratch = Path::new("/dev/null/scratch");
+        let err = decide(scratch, "", UsernsPolicy::Require).unwrap_err();
+        assert!(err.starts_with("EXT_EXTEND_USERNS=require, but RUN cannot have a user namespace"), "{err}");
+        assert!(err.contains("the kernel refused one here"), "{err}");
+        assert_eq!(decide(scratch, "", UsernsPolicy::Auto), Ok(false));
+        assert_eq!(decide(scratch, "", UsernsPolicy::Off), Ok(false));
+    }
 }
