@@ -226,8 +226,25 @@ impl BuildContext {
         Ok(self.entries()?.get(&resolved))
     }
 
+    /// The entry a wildcard match leads to. A match is listed without following it, so a
+    /// symlink can lead to nothing: BuildKit then fails the copy (its lstat of the followed
+    /// path finds nothing), and so do we, naming the link.
     fn follow<'a>(&'a self, path: &str, source: &str) -> Result<&'a ContextEntry> {
-        Ok(self.lookup(path, source)?.expect("a matched entry resolves"))
+        match self.lookup(path, source)? {
+            Some(entry) => Ok(entry),
+            None => {
+                let target = match &self.entries()?.get(path).map(|e| &e.kind) {
+                    Some(EntryKind::Symlink { target }) => target.clone(),
+                    _ => String::new(),
+                };
+                Err(self.escape_error(
+                    source,
+                    path,
+                    &target,
+                    "leads to nothing in the build context (absolute targets are resolved inside it)",
+                ))
+            }
+        }
     }
 
     fn escape_error(&self, source: &str, link: &str, target: &str, why: &str) -> ExecError {
@@ -337,6 +354,12 @@ mod tests {
         assert_eq!(paths(c.resolve_source("src/**").unwrap()), vec!["src/a.txt", "src/b.txt", "src/sub"]);
         assert_eq!(names(c.resolve_source("srclink/*.txt").unwrap()), vec!["srclink/a.txt", "srclink/b.txt"]);
         assert!(c.resolve_source("*.none").unwrap().is_empty());
+        // Below the first wildcard nothing is followed (fsutil walks the tree without following
+        // links): `srclink` is not a directory to the pattern, so this matches nothing, as in
+        // BuildKit - whether the link leads inside the context or out of it.
+        assert!(c.resolve_source("s*/a.txt").unwrap().iter().all(|m| m.name == "src/a.txt"));
+        assert!(c.resolve_source("srcl*/a.txt").unwrap().is_empty());
+        assert!(c.resolve_source("esc*/passwd").unwrap().is_empty());
         let kids: Vec<String> = c.children_of("src").unwrap().map(|e| e.path.clone()).collect();
         assert_eq!(kids, vec!["src/a.txt", "src/b.txt", "src/sub", "src/sub/c.txt"]);
     }
@@ -364,6 +387,10 @@ mod tests {
         symlink("/src/a.txt", c.root().join("abs-in")).unwrap();
         let c = BuildContext::open(c.root()).unwrap();
         assert_eq!(paths(c.resolve_source("abs-in").unwrap()), vec!["src/a.txt"]);
+        // A wildcard matching a link that leads nowhere in the context (here `/etc/passwd`,
+        // resolved inside it) fails naming the link; it used to panic.
+        let e = c.resolve_source("abs*").unwrap_err().to_string();
+        assert!(e.contains("`absolute` -> `/etc/passwd` leads to nothing"), "{e}");
         assert!(c.check_inner_symlink("src/l", "../../../x").is_err());
         assert!(c.check_inner_symlink("src/l", "../link").is_ok());
     }

@@ -1,6 +1,6 @@
 //! The Docker/BuildKit conformance table (`testdata/conformance/`, README there): every case is
-//! built with the real binary in both snapshot modes, the two results must have the same
-//! manifest digest, and the tree `umoci unpack` makes of the result must match the case's
+//! built with the real binary in both snapshot modes and on the live root, the three results
+//! must have the same manifest digest, and the tree `umoci unpack` makes of the result must match the case's
 //! `expected` manifest (what changed against the base image, entry by entry).
 //!
 //! `CONFORMANCE_CASE=name` runs one case; `CONFORMANCE_BLESS=1` rewrites the `expected` files
@@ -254,6 +254,24 @@ fn run_case(base: &Base, case: &Path, bless: bool) -> Vec<String> {
     let expected = fs::read_to_string(&expected_path).unwrap_or_default();
     let mut problems = Vec::new();
     let outcomes: Vec<Outcome> = MODES.iter().map(|m| build(base, case, &ctx, work.path(), m)).collect();
+    let live = build_live(base, case, &ctx, work.path());
+    match (&outcomes[0], &live) {
+        (Outcome::Built { digest: a, .. }, Outcome::Built { digest: c, .. }) if a != c => {
+            problems.push(format!("{name}: the live root gives another image than the overlay snapshot: {c} vs {a}"));
+        }
+        (Outcome::Built { .. }, Outcome::Failed { stderr, .. }) => {
+            problems.push(format!("{name}: only the live root failed:\n{stderr}"));
+        }
+        (Outcome::Failed { .. }, Outcome::Built { .. }) => problems.push(format!("{name}: only the live root built")),
+        _ => {}
+    }
+    // The live root's own tree is checked too (the digests could agree on a wrong image).
+    if let Some(actual) = observed(base, &name, &live, &expected, &mut problems)
+        && actual != expected
+        && !bless
+    {
+        problems.push(format!("{name} (live root): tree differs:\n--- expected\n{expected}+++ actual\n{actual}"));
+    }
 
     let actual = match (&outcomes[0], &outcomes[1]) {
         (Outcome::Built { digest: a, layout }, Outcome::Built { digest: b, .. }) => {
@@ -398,33 +416,15 @@ fn buildah_builds_the_same_trees() {
     assert!(problems.is_empty(), "{} of {} cases differ:\n\n{}", problems.len(), cases.len(), problems.join("\n"));
 }
 
+/// Every case in every executor: the overlay and stat snapshots of the scratch rootfs, and the
+/// live root (the drop-in extender with `--live-root`, inside an unprivileged container of the
+/// base image, as platforms run it). All three must give the same image digest, and the tree
+/// the case expects.
 #[test]
-fn conformance_table_in_both_snapshot_modes() {
+fn conformance_table_in_every_executor() {
     let bless = std::env::var("CONFORMANCE_BLESS").is_ok();
     let cases = cases();
     let base = base("base");
     let problems: Vec<String> = cases.iter().flat_map(|c| run_case(&base, c, bless)).collect();
-    assert!(problems.is_empty(), "{} of {} cases failed:\n\n{}", problems.len(), cases.len(), problems.join("\n\n"));
-}
-
-/// The drop-in extender (`--live-root`, in an unprivileged container of the base image, as
-/// platforms run it) gives every case the tree the scratch executor gives.
-#[test]
-fn conformance_table_on_the_live_root() {
-    let cases = cases();
-    let base = base("live");
-    let mut problems = Vec::new();
-    for case in &cases {
-        let name = case.file_name().unwrap().to_string_lossy().into_owned();
-        let work = tempfile::tempdir().unwrap();
-        let ctx = prepare_context(case, work.path());
-        let expected = fs::read_to_string(case.join("expected")).unwrap_or_default();
-        let outcome = build_live(&base, case, &ctx, work.path());
-        if let Some(actual) = observed(&base, &name, &outcome, &expected, &mut problems)
-            && actual != expected
-        {
-            problems.push(format!("{name} (live root): tree differs:\n--- expected\n{expected}+++ actual\n{actual}"));
-        }
-    }
     assert!(problems.is_empty(), "{} of {} cases failed:\n\n{}", problems.len(), cases.len(), problems.join("\n\n"));
 }

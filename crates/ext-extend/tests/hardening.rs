@@ -226,3 +226,52 @@ fn escape_sequences_in_names_and_dockerfiles_never_reach_the_terminal() {
     assert!(stderr.contains(r"error: ") && stderr.contains(r"`RUN false \e[1A` failed"), "{stderr:?}");
     assert!(!stderr.contains('\x1b'), "raw control characters: {stderr:?}");
 }
+
+/// Issue 18: a COPY wildcard that matches a symlink leading out of the context used to panic
+/// (exit 101); one through a symlinked directory must not read the host. Both follow BuildKit
+/// (fsutil's ResolveWildcards): absolute targets resolve inside the context, and nothing below
+/// the first wildcard is followed.
+#[test]
+fn copy_wildcards_through_symlinks_stay_in_the_context() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let outside = t.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    write(&outside.join("shadow"), "host secret\n");
+    let ctx = t.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    write(&ctx.join("f1"), "one\n");
+    std::os::unix::fs::symlink(outside.join("shadow"), ctx.join("f2")).unwrap();
+    std::os::unix::fs::symlink(&outside, ctx.join("sd")).unwrap();
+    let build = |df: &str, out: &std::path::Path| {
+        write(&t.path().join("run.Dockerfile"), df);
+        ext_extend(&[
+            "build",
+            "--from",
+            &format!("oci:{}:latest", s(&base)),
+            "-f",
+            &s(&t.path().join("run.Dockerfile")),
+            "--context",
+            &s(&ctx),
+            "--output",
+            &format!("oci:{}:x", s(out)),
+        ])
+    };
+    let out = t.path().join("out1");
+    let o = build("FROM ${base_image}\nCOPY f* /x/\n", &out);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("symlink `f2` -> ") && stderr.contains("leads to nothing in the build context"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written");
+
+    let out = t.path().join("out2");
+    let o = build("FROM ${base_image}\nCOPY s*/sh* /x/\nCOPY f1 /y/\n", &out);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_keep, rootfs) = umoci_unpack(&out, "x");
+    assert!(rootfs.join("y/f1").is_file());
+    assert!(!rootfs.join("x/shadow").exists() && !rootfs.join("x/sd").exists(), "nothing from the host");
+}

@@ -89,21 +89,8 @@ impl Corpus {
     }
 }
 
-/// The escape_probe example, built (or found up to date) by cargo: `cargo test --test sandbox`
-/// alone does not build examples.
 fn escape_probe() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
-        let o = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "ext-extend", "--example", "escape_probe"])
-            .current_dir(repo_root())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "cargo build --example escape_probe: {}", String::from_utf8_lossy(&o.stderr));
-    });
-    let probe = bin().parent().unwrap().join("examples/escape_probe");
-    assert!(probe.is_file(), "{} missing", probe.display());
-    probe
+    example_binary("escape_probe")
 }
 
 fn stderr(o: &Output) -> String {

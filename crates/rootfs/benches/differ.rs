@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("diff_upper/10k_file_lower_11_changes", |b| {
-        let lookup = |rel: &str| fs::symlink_metadata(lower.join(rel)).ok();
+        let lookup = |rel: &str| fs::symlink_metadata(lower.join(rel)).ok().map(|md| (lower.join(rel), md));
         b.iter(|| {
             let snap = diff_upper(&upper, &ignore, &lookup).unwrap();
             assert!(snap.changes.len() >= 10);

@@ -1,10 +1,13 @@
 //! Snapshot differs: what a RUN changed, as an ordered list of [`Change`]s, and the writer that
 //! turns them into a layer.
 //!
-//! Two ways to find the changes, neither of which reads file contents:
+//! Two ways to find the changes:
 //! - **overlay**: the RUN's writes all landed in an overlayfs upper directory, so the upper
 //!   directory *is* the change set (whiteouts are 0/0 character devices, replaced directories
-//!   carry `trusted.overlay.opaque=y`); the cost is proportional to what changed.
+//!   carry `trusted.overlay.opaque=y`); the cost is proportional to what changed. An entry that
+//!   was only copied up is dropped if it is provably identical to the lower one: metadata,
+//!   xattrs, hard-link group, and content (read only for such copy-ups, whose mtime may have
+//!   been put back after an edit).
 //! - **stat index**: without overlayfs, a stat index (dev, inode, size, mtime ns, ctime ns,
 //!   mode, uid, gid, nlink, rdev) taken before the RUN is compared with a walk after it.
 //!   `ctime` cannot be set from user space, so `touch -d` and xattr edits are caught too.
@@ -81,15 +84,21 @@ impl IgnoreSet {
     }
 }
 
-/// Lists an overlayfs upper directory as changes. `lower_lookup(path)` returns the metadata
-/// of the path in the merged lower layers, to drop entries that were copied up unchanged.
+/// Lists an overlayfs upper directory as changes. `lower_lookup(path)` returns where the path
+/// is in the merged lower layers (its file and metadata), to drop entries that were copied up
+/// unchanged (opened for writing and left as they were, say, as package managers do with their
+/// lock files).
 pub fn diff_upper(
     upper: &Path,
     ignore: &IgnoreSet,
-    lower_lookup: &dyn Fn(&str) -> Option<fs::Metadata>,
+    lower_lookup: &dyn Fn(&str) -> Option<(PathBuf, fs::Metadata)>,
 ) -> io::Result<Snapshot> {
-    // path -> (change, is_dir, unchanged_copy_up)
-    let mut found: BTreeMap<String, (Change, bool, bool)> = BTreeMap::new();
+    // path -> (change, unchanged copy-up)
+    let mut found: BTreeMap<String, (Change, bool)> = BTreeMap::new();
+    // Upper inodes with several links: every name of one, so that one changed name brings the
+    // others (`ln /etc/motd /etc/motd-hl` copies /etc/motd up unchanged, but its hard-link
+    // group changed).
+    let mut link_groups: HashMap<(u64, u64), Vec<String>> = HashMap::new();
     let mut walk = walkdir::WalkDir::new(upper).follow_links(false).into_iter();
     while let Some(item) = walk.next() {
         let item = item.map_err(io::Error::other)?;
@@ -106,27 +115,44 @@ pub fn diff_upper(
         let md = item.metadata().map_err(io::Error::other)?;
         let ft = md.file_type();
         if ft.is_char_device() && md.rdev() == 0 {
-            found.insert(rel.clone(), (Change::Delete(rel), false, false));
+            found.insert(rel.clone(), (Change::Delete(rel), false));
             continue;
         }
         if ft.is_socket() {
             continue;
         }
-        if ft.is_dir() && is_opaque(item.path()) {
-            found.insert(rel.clone(), (Change::Opaque(rel), true, false));
+        // overlayfs makes every directory it creates over a whiteout opaque; it hides something
+        // only where the lower layers have a directory (the stat differ's rule too).
+        if ft.is_dir() && is_opaque(item.path()) && lower_lookup(&rel).is_some_and(|(_, md)| md.is_dir()) {
+            found.insert(rel.clone(), (Change::Opaque(rel), false));
             continue;
         }
-        let unchanged = lower_lookup(&rel).is_some_and(|lower| same_entry(&md, &lower));
-        found.insert(rel.clone(), (Change::Upsert(rel), ft.is_dir(), unchanged));
+        if ft.is_file() && md.nlink() > 1 {
+            link_groups.entry((md.dev(), md.ino())).or_default().push(rel.clone());
+        }
+        let unchanged = match lower_lookup(&rel) {
+            Some((lower_path, lower)) => provably_identical(item.path(), &md, &lower_path, &lower)?,
+            None => false,
+        };
+        found.insert(rel.clone(), (Change::Upsert(rel), unchanged));
+    }
+    for names in link_groups.values() {
+        if names.iter().any(|n| found.get(n).is_some_and(|(_, unchanged)| !unchanged)) {
+            for n in names {
+                if let Some(entry) = found.get_mut(n) {
+                    entry.1 = false;
+                }
+            }
+        }
     }
     // Keep changed entries, and the directories above them (as parents), dropping unchanged
     // copy-ups with nothing changed below.
     let needed: BTreeSet<String> = found
         .iter()
-        .filter(|(_, (_, _, unchanged))| !unchanged)
+        .filter(|(_, (_, unchanged))| !unchanged)
         .flat_map(|(p, _)| ancestors(p).chain(std::iter::once(p.as_str())).map(String::from).collect::<Vec<_>>())
         .collect();
-    let changes = found.into_iter().filter(|(p, _)| needed.contains(p)).map(|(_, (c, _, _))| c).collect();
+    let changes = found.into_iter().filter(|(p, _)| needed.contains(p)).map(|(_, (c, _))| c).collect();
     Ok(Snapshot { source: upper.to_path_buf(), changes })
 }
 
@@ -134,13 +160,62 @@ fn is_opaque(dir: &Path) -> bool {
     matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y")
 }
 
-/// An upper entry equal to its lower counterpart in everything a layer records.
-fn same_entry(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    a.file_type() == b.file_type()
+/// An upper entry equal to its lower counterpart in everything a layer records: type, mode,
+/// owner, times, xattrs (file capabilities among them), a device's number, a symlink's target,
+/// and a file's content (read only when everything else is equal: an mtime can be put back
+/// after an edit, as `cp -p`, `touch -r` and `tar -x` do).
+fn provably_identical(upper: &Path, a: &fs::Metadata, lower: &Path, b: &fs::Metadata) -> io::Result<bool> {
+    let same_meta = a.file_type() == b.file_type()
         && a.mode() == b.mode()
         && a.uid() == b.uid()
         && a.gid() == b.gid()
-        && (a.is_dir() || (a.size() == b.size() && a.mtime() == b.mtime() && a.mtime_nsec() == b.mtime_nsec()))
+        && a.mtime() == b.mtime()
+        && a.mtime_nsec() == b.mtime_nsec()
+        && (a.is_dir() || a.size() == b.size())
+        && a.rdev() == b.rdev();
+    if !same_meta {
+        return Ok(false);
+    }
+    let ft = a.file_type();
+    if ft.is_symlink() {
+        return Ok(fs::read_link(upper)? == fs::read_link(lower)?);
+    }
+    if layer_xattrs(upper) != layer_xattrs(lower) {
+        return Ok(false);
+    }
+    if ft.is_file() {
+        return same_content(upper, lower);
+    }
+    Ok(true)
+}
+
+fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
+    let open = |p: &Path| File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(p);
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = read_full(&mut fa, &mut ba)?;
+        let m = read_full(&mut fb, &mut bb)?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// What the stat differ records per path.
@@ -156,6 +231,9 @@ pub struct StatEntry {
     pub gid: u32,
     pub nlink: u64,
     pub rdev: u64,
+    /// Birth time in ns where the file system records one (else 0): with `ino`, what tells a
+    /// directory deleted and made again from the same one (inode numbers are reused at once).
+    pub btime_ns: i128,
 }
 
 impl StatEntry {
@@ -171,6 +249,11 @@ impl StatEntry {
             gid: md.gid(),
             nlink: md.nlink(),
             rdev: md.rdev(),
+            btime_ns: md
+                .created()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as i128),
         }
     }
 
@@ -222,7 +305,9 @@ impl StatIndex {
             }
             match self.entries.get(path) {
                 Some(before) if before == now => {}
-                Some(before) if before.is_dir() && now.is_dir() && before.ino != now.ino => {
+                Some(before)
+                    if before.is_dir() && now.is_dir() && (before.ino, before.btime_ns) != (now.ino, now.btime_ns) =>
+                {
                     // Removed and re-created: hide whatever the lower layers had in it.
                     changes.insert(path.clone(), Change::Opaque(path.clone()));
                 }
@@ -236,7 +321,9 @@ impl StatIndex {
                 continue;
             }
             // Only the topmost deleted path needs a whiteout.
-            let parent_gone = ancestors(path).any(|a| !a.is_empty() && !after.entries.contains_key(a));
+            // (A directory replaced by a file hides what was in it, as a deleted one does.)
+            let parent_gone =
+                ancestors(path).any(|a| !a.is_empty() && !after.entries.get(a).is_some_and(StatEntry::is_dir));
             let parent_replaced = ancestors(path).any(|a| matches!(changes.get(a), Some(Change::Opaque(_))));
             if !parent_gone && !parent_replaced {
                 changes.insert(path.clone(), Change::Delete(path.clone()));
@@ -319,7 +406,8 @@ pub fn write_snapshot(snapshot: &Snapshot, writer: &mut LayerWriter) -> io::Resu
     Ok(bytes)
 }
 
-fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+/// The xattrs of `path` a layer records (not overlayfs' own, not SELinux labels), sorted.
+pub(crate) fn layer_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
     let Ok(names) = xattr::list(path) else { return Vec::new() };
     let mut out: Vec<(String, Vec<u8>)> = names
         .filter_map(|n| n.into_string().ok())

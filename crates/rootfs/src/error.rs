@@ -37,13 +37,10 @@ impl fmt::Display for UnsafeReason {
     }
 }
 
-/// How a symlink met during resolution would have left the root.
+/// Why a symlink met during resolution cannot be followed. (Absolute targets and `..` above
+/// the root are resolved inside the root, as in a chroot, so they are not errors.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EscapeKind {
-    /// The symlink target is absolute.
-    Absolute,
-    /// Following the target's `..` components climbs above the root.
-    ClimbsAbove,
     /// More than [`crate::safe_path::MAX_SYMLINKS`] symlinks were followed (a loop, most likely).
     Loop,
 }
@@ -51,8 +48,6 @@ pub enum EscapeKind {
 impl fmt::Display for EscapeKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            EscapeKind::Absolute => "leaves the root (absolute target)",
-            EscapeKind::ClimbsAbove => "leaves the root (its `..` components climb above it)",
             EscapeKind::Loop => "is part of a symlink loop (more than 40 symlinks followed)",
         })
     }

@@ -26,8 +26,8 @@ pub use error::{EscapeKind, ResolveError, RootfsError, UnpackError, UnsafeReason
 pub use live::{LiveRoot, container_evidence};
 pub use rootfs::{CacheFill, Rootfs, RunOutcome, SnapshotMode};
 pub use run_root::RunRoot;
-pub use safe_path::{resolve_in_root, resolve_parent_in_root};
+pub use safe_path::{LowerSymlink, LowerView, resolve_in_root, resolve_parent_in_root};
 pub use sandbox::{Network, RunSpec};
 pub use scratch::Scratch;
 pub use seccomp::SeccompProfile;
-pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};
+pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer, unpack_layer_over};

@@ -157,7 +157,7 @@ impl LiveRoot {
             fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
             return Ok(dir);
         }
-        let walked = crate::safe_path::resolve_dir_rel(&self.root, rel, true)
+        let walked = crate::safe_path::resolve_dir_rel(&self.root, rel, true, None)
             .map_err(|e| RootfsError::Unsupported(format!("WORKDIR {workdir}: {e}")))?;
         Ok(self.root.join(walked.rel))
     }

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use crate::diff::{self, IgnoreSet, Snapshot, StatIndex};
 use crate::error::RootfsError;
+use crate::safe_path::{LowerSymlink, LowerView};
 use crate::sandbox::{self, OverlaySpec, RunSpec, SandboxFs};
-use crate::unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer};
+use crate::unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer_over};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotMode {
@@ -179,33 +180,46 @@ impl Rootfs {
         digest_hex: &str,
         diff_id: &str,
         name: &str,
-        open: impl FnOnce() -> Result<R, RootfsError>,
+        open: impl Fn() -> Result<R, RootfsError>,
     ) -> Result<UnpackStats, RootfsError> {
-        let (Some(cache), Strategy::Overlay { layers }) = (&self.layer_cache, &mut self.strategy) else {
+        let (Some(cache), Strategy::Overlay { layers }) = (&self.layer_cache, &self.strategy) else {
             return self.add_layer(open()?, name);
         };
         let cached = cache.join(digest_hex);
+        let below = layers.clone();
         let mut stats = UnpackStats::default();
-        let implicit = match (cached_diff_id(cache, digest_hex), read_implicit_dirs(cache, digest_hex)) {
-            (Some(recorded), _) if recorded != diff_id => {
-                return Err(RootfsError::DiffIdMismatch {
-                    layer: name.to_string(),
-                    recorded,
-                    expected: diff_id.to_string(),
-                });
-            }
-            (Some(_), Some(implicit)) => {
-                if !self.just_filled.remove(digest_hex) {
-                    self.cache_hits += 1;
+        let implicit: HashSet<PathBuf> =
+            match (cached_diff_id(cache, digest_hex), read_implicit_dirs(cache, digest_hex)) {
+                (Some(recorded), _) if recorded != diff_id => {
+                    return Err(RootfsError::DiffIdMismatch {
+                        layer: name.to_string(),
+                        recorded,
+                        expected: diff_id.to_string(),
+                    });
                 }
-                implicit
-            }
-            _ => {
-                stats = unpack_into_cache(cache, digest_hex, diff_id, name, open)?;
-                stats.implicit_dirs.iter().cloned().collect()
-            }
-        };
+                (Some(_), Some(implicit)) => {
+                    if !self.just_filled.remove(digest_hex) {
+                        self.cache_hits += 1;
+                    }
+                    implicit
+                }
+                _ => {
+                    stats = unpack_into_cache(cache, digest_hex, diff_id, name, &open)?;
+                    stats.implicit_dirs.iter().cloned().collect()
+                }
+            };
+        // A cached layer was unpacked on its own. If it has entries below a directory that it
+        // only implies and the layers below have as a symlink, those entries belong where the
+        // symlink leads: this stack gets a copy of its own, unpacked over the layers below.
+        let view = LowerLayers { rootfs: self, layers: &below, layer: cached.clone() };
+        let mut by_depth: Vec<&PathBuf> = implicit.iter().collect();
+        by_depth.sort_by_key(|p| p.components().count());
+        if let Some(link) = by_depth.into_iter().find(|p| view.symlink_at(p).is_some()) {
+            tracing::debug!(layer = name, dir = %link.display(), "layer writes below a symlink of the layers below; unpacking it for this image");
+            return self.add_layer(open()?, name);
+        }
         self.implicit_dirs.push(implicit);
+        let Strategy::Overlay { layers } = &mut self.strategy else { unreachable!("checked above") };
         let rel = format!("l/{}", layers.len());
         let link = self.scratch.join(&rel);
         fs::create_dir_all(self.scratch.join("l")).map_err(RootfsError::io(&self.scratch))?;
@@ -281,18 +295,22 @@ impl Rootfs {
         self.layers_added += 1;
         match &mut self.strategy {
             Strategy::Overlay { layers } => {
-                let rel = format!("l/{}", layers.len());
+                let below = layers.clone();
+                let rel = format!("l/{}", below.len());
                 let dir = self.scratch.join(&rel);
                 fs::create_dir_all(&dir).map_err(RootfsError::io(&dir))?;
-                let stats = unpack_whole(&dir, tar, WhiteoutMode::Overlay, name)?;
-                layers.push(rel);
+                let view = LowerLayers { rootfs: self, layers: &below, layer: dir.clone() };
+                let stats = unpack_whole(&dir, tar, WhiteoutMode::Overlay, name, Some(&view))?;
                 self.implicit_dirs.push(stats.implicit_dirs.iter().cloned().collect());
+                if let Strategy::Overlay { layers } = &mut self.strategy {
+                    layers.push(rel);
+                }
                 Ok(stats)
             }
             Strategy::Stat { index } => {
                 // The stat index no longer describes the tree; rebuilt before the next RUN.
                 *index = None;
-                unpack_whole(&self.scratch.join("rootfs"), tar, WhiteoutMode::Apply, name)
+                unpack_whole(&self.scratch.join("rootfs"), tar, WhiteoutMode::Apply, name, None)
             }
         }
     }
@@ -327,14 +345,20 @@ impl Rootfs {
     /// Metadata of a path in the merged layers below the current RUN (overlay strategy), as
     /// applying the layers to one tree gives it: a layer's implicit parent directory has none.
     fn lower_metadata(&self, layers: &[String], rel: &str) -> Option<fs::Metadata> {
+        self.lower_entry(layers, rel).map(|(_, md)| md)
+    }
+
+    /// Where a path is in the merged layers below the current RUN, with its metadata.
+    fn lower_entry(&self, layers: &[String], rel: &str) -> Option<(PathBuf, fs::Metadata)> {
         for (i, layer) in layers.iter().enumerate().rev() {
             let dir = self.scratch.join(layer);
-            match fs::symlink_metadata(dir.join(rel)) {
+            let path = dir.join(rel);
+            match fs::symlink_metadata(&path) {
                 Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return None,
                 Ok(md) if md.is_dir() && self.implicit_dirs.get(i).is_some_and(|s| s.contains(Path::new(rel))) => {
                     continue;
                 }
-                Ok(md) => return Some(md),
+                Ok(md) => return Some((path, md)),
                 Err(_) if hidden_below(&dir, rel) => return None,
                 Err(_) => {}
             }
@@ -405,7 +429,7 @@ impl Rootfs {
                     return Ok(RunOutcome { status, snapshot: None, command_time, diff_time: Duration::ZERO });
                 }
                 let started = Instant::now();
-                let snapshot = diff::diff_upper(&upper, &self.ignore, &|rel| self.lower_metadata(&layers, rel))
+                let snapshot = diff::diff_upper(&upper, &self.ignore, &|rel| self.lower_entry(&layers, rel))
                     .map_err(RootfsError::io(&upper))?;
                 let diff_time = started.elapsed();
                 if let Strategy::Overlay { layers } = &mut self.strategy {
@@ -473,8 +497,8 @@ impl Rootfs {
         // Deepest first: setting a parent's times before its children exist would not last.
         for d in dirs.iter().rev() {
             let Some(rel) = d.to_str() else { continue };
-            if let Some(md) = self.lower_metadata(layers, rel).filter(|m| m.is_dir()) {
-                copy_metadata(&dir.join(d), &md)?;
+            if let Some((source, md)) = self.lower_entry(layers, rel).filter(|(_, m)| m.is_dir()) {
+                copy_metadata(&dir.join(d), &source, &md)?;
             }
         }
         Ok(())
@@ -530,7 +554,7 @@ fn unpack_into_cache<R: Read>(
         .tempdir_in(cache)
         .map_err(RootfsError::io(cache))?;
     let _cleanup = ext_oci::cleanup::register_path(tmp.path());
-    let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name)?;
+    let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name, None)?;
     // The list goes in first: a cached layer without one is unpacked again. The layer's bytes
     // decide both, so a list left by a build that lost the rename race below is still right.
     write_implicit_dirs(cache, digest_hex, &stats.implicit_dirs)?;
@@ -588,11 +612,66 @@ fn read_implicit_dirs(cache: &Path, digest_hex: &str) -> Option<HashSet<PathBuf>
 
 /// Unpacks a layer and then reads its stream to the end: a verifying reader underneath checks
 /// the blob's digest only at the end, and nothing may be trusted (or cached) before that.
-fn unpack_whole(dir: &Path, mut tar: impl Read, mode: WhiteoutMode, name: &str) -> Result<UnpackStats, RootfsError> {
+fn unpack_whole(
+    dir: &Path,
+    mut tar: impl Read,
+    mode: WhiteoutMode,
+    name: &str,
+    lower: Option<&dyn LowerView>,
+) -> Result<UnpackStats, RootfsError> {
     let opts = UnpackOptions { whiteouts: mode, layer_name: name.to_string() };
-    let stats = unpack_layer(dir, &mut tar, &opts).map_err(Box::new)?;
+    let stats = unpack_layer_over(dir, &mut tar, &opts, lower).map_err(Box::new)?;
     io::copy(&mut tar, &mut io::sink()).map_err(|e| RootfsError::Io { path: PathBuf::from(name), source: e })?;
     Ok(stats)
+}
+
+/// The layers below an overlay layer directory, as [`LowerView`] sees them.
+struct LowerLayers<'r> {
+    rootfs: &'r Rootfs,
+    /// Bottom first, as in [`Strategy::Overlay`].
+    layers: &'r [String],
+    /// The layer directory being unpacked (or checked): its whiteouts hide lower entries.
+    layer: PathBuf,
+}
+
+impl LowerView for LowerLayers<'_> {
+    fn symlink_at(&self, rel: &Path) -> Option<LowerSymlink> {
+        let rel = rel.to_str()?;
+        if masks_lower(&self.layer, rel) {
+            return None;
+        }
+        let (path, md) = self.rootfs.lower_entry(self.layers, rel)?;
+        if !md.file_type().is_symlink() {
+            return None;
+        }
+        Some(LowerSymlink {
+            target: fs::read_link(&path).ok()?,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: filetime::FileTime::from_last_modification_time(&md),
+        })
+    }
+}
+
+/// True if `layer` hides from the layers below what they have at `rel`, by a whiteout at `rel`
+/// or above it or an opaque directory above it (whatever `layer` itself has at `rel`).
+fn masks_lower(layer: &Path, rel: &str) -> bool {
+    let mut prefix = PathBuf::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        prefix.push(part);
+        match fs::symlink_metadata(layer.join(&prefix)) {
+            Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return true,
+            Ok(md) if md.is_dir() && i + 1 < parts.len() => {
+                if matches!(xattr::get(layer.join(&prefix), "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y") {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 /// True if a whiteout or an opaque directory in `layer` hides `rel` from the layers below.
@@ -617,7 +696,11 @@ fn hidden_below(layer: &Path, rel: &str) -> bool {
     false
 }
 
-fn copy_metadata(path: &Path, md: &fs::Metadata) -> Result<(), RootfsError> {
+/// Gives the directory `path` the owner, mode, xattrs and mtime of `source` (`md`).
+fn copy_metadata(path: &Path, source: &Path, md: &fs::Metadata) -> Result<(), RootfsError> {
+    for (name, value) in crate::diff::layer_xattrs(source) {
+        xattr::set(path, &name, &value).map_err(RootfsError::io(path))?;
+    }
     std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid())).map_err(RootfsError::io(path))?;
     fs::set_permissions(path, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(RootfsError::io(path))?;
     let mtime = filetime::FileTime::from_last_modification_time(md);

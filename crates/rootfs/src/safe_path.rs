@@ -3,9 +3,12 @@
 //! The kernel follows every symlink in the directory part of a path. A layer that plants
 //! `etc -> /etc` and then writes `etc/passwd` would therefore overwrite the host's file if
 //! we handed `root/etc/passwd` to `open(2)`. So paths are resolved here one component at a
-//! time with `lstat`, and a symlink is followed by *us*, only when its target is relative and
-//! stays inside the root. The returned path consists of real directories only, so the OS
-//! has no symlink left to follow in its directory part.
+//! time with `lstat`, and a symlink is followed by *us*, as a process chrooted into the root
+//! would follow it: an absolute target starts again at the root and `..` stops at the root
+//! (containerd's `fs.RootPath` and umoci resolve layer parents the same way, so Debian's
+//! `var/run -> /run` followed by a `var/run/x` entry puts `x` in `/run`). The returned path
+//! consists of real directories only, so the OS has no symlink left to follow in its
+//! directory part.
 //!
 //! Concurrent modification of the tree is out of scope: the root is private to the build.
 
@@ -49,17 +52,18 @@ pub fn normalize_relative(path: &Path) -> Result<PathBuf, UnsafeReason> {
 }
 
 /// Resolves `rel` inside `root`, following symlinks in every component (the last one too)
-/// as long as they stay inside the root, and returns `root` joined with the resolved path.
+/// inside the root, and returns `root` joined with the resolved path.
 ///
 /// `rel` must be relative and free of `..` (see [`normalize_relative`]); strip a leading `/`
-/// first if the path comes from inside the image (e.g. `/etc/passwd`). Symlinks are followed
-/// only when their target is relative and does not climb above the root; absolute targets,
-/// escapes and loops are errors. A missing final component (or missing tail) is not an
-/// error: the returned path simply does not exist yet.
+/// first if the path comes from inside the image (e.g. `/etc/passwd`). An absolute symlink
+/// target is resolved from the root, a `..` at the root stays there; loops are errors. A
+/// missing final component (or missing tail) is not an error: the returned path simply does
+/// not exist yet.
 pub fn resolve_in_root(root: &Path, rel: &Path) -> Result<PathBuf, ResolveError> {
     let clean =
         normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath { path: rel.to_path_buf(), reason })?;
-    let walked = walk(root, rel, clean.iter(), WalkOptions { create_missing: false, last_may_be_file: true })?;
+    let walked =
+        walk(root, rel, clean.iter(), WalkOptions { create_missing: false, last_may_be_file: true, lower: None })?;
     Ok(root.join(walked.rel))
 }
 
@@ -69,16 +73,20 @@ pub fn resolve_in_root(root: &Path, rel: &Path) -> Result<PathBuf, ResolveError>
 /// A missing parent is not created and not an error; the returned directory then does not
 /// exist.
 pub fn resolve_parent_in_root(root: &Path, rel: &Path) -> Result<(PathBuf, OsString), ResolveError> {
-    let (parent, name) = resolve_parent_rel(root, rel, false)?;
+    let (parent, name) = resolve_parent_rel(root, rel, false, None)?;
     Ok((root.join(parent.rel), name))
 }
 
 /// Like [`resolve_parent_in_root`] but returns the parent relative to `root`, and optionally
-/// creates missing parent directories (mode 0755).
+/// creates missing parent directories (mode 0755). With `lower`, `root` is one overlay layer
+/// over the layers `lower` describes: a component this layer lacks but the layers below have
+/// as a symlink is copied into the layer first and then followed, so the layer's entries land
+/// where they land when all layers are applied to one tree.
 pub(crate) fn resolve_parent_rel(
     root: &Path,
     rel: &Path,
     create_missing: bool,
+    lower: Option<&dyn LowerView>,
 ) -> Result<(Walked, OsString), ResolveError> {
     let clean =
         normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath { path: rel.to_path_buf(), reason })?;
@@ -86,15 +94,37 @@ pub(crate) fn resolve_parent_rel(
         return Err(ResolveError::UnsafePath { path: rel.to_path_buf(), reason: UnsafeReason::NoFinalComponent });
     };
     let parent = clean.parent().unwrap_or(Path::new(""));
-    let walked = walk(root, rel, parent.iter(), WalkOptions { create_missing, last_may_be_file: false })?;
+    let walked = walk(root, rel, parent.iter(), WalkOptions { create_missing, last_may_be_file: false, lower })?;
     Ok((walked, name))
 }
 
+/// A symlink of the layers below the overlay layer being unpacked (see [`LowerView`]).
+#[derive(Debug, Clone)]
+pub struct LowerSymlink {
+    pub target: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: filetime::FileTime,
+}
+
+/// The merged layers below an overlay layer that is unpacked into a directory of its own.
+pub trait LowerView {
+    /// The symlink at `rel` (a path of real directories) in the layers below, if that is what
+    /// they have there and the layer being unpacked does not hide it.
+    fn symlink_at(&self, rel: &Path) -> Option<LowerSymlink>;
+}
+
 /// Resolves a directory path entirely (all components followed), optionally creating it.
-pub(crate) fn resolve_dir_rel(root: &Path, rel: &Path, create_missing: bool) -> Result<Walked, ResolveError> {
+/// `lower` as in [`resolve_parent_rel`].
+pub(crate) fn resolve_dir_rel(
+    root: &Path,
+    rel: &Path,
+    create_missing: bool,
+    lower: Option<&dyn LowerView>,
+) -> Result<Walked, ResolveError> {
     let clean =
         normalize_relative(rel).map_err(|reason| ResolveError::UnsafePath { path: rel.to_path_buf(), reason })?;
-    walk(root, rel, clean.iter(), WalkOptions { create_missing, last_may_be_file: false })
+    walk(root, rel, clean.iter(), WalkOptions { create_missing, last_may_be_file: false, lower })
 }
 
 /// True when every component of `rel` below `root` is an existing real directory (no
@@ -119,34 +149,38 @@ pub(crate) struct Walked {
     /// last component when allowed, a non-directory).
     pub rel: PathBuf,
     pub exists: bool,
+    /// Symlinks copied from the layers below (see [`resolve_parent_rel`]).
+    pub seeded: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy)]
-struct WalkOptions {
+struct WalkOptions<'l> {
     /// Create missing components as directories (mode 0755) instead of stopping.
     create_missing: bool,
     /// Allow the last component to be a non-directory (for full-path resolution).
     last_may_be_file: bool,
+    /// With `create_missing`: the layers below, whose symlinks are copied in before a
+    /// missing component is made a directory.
+    lower: Option<&'l dyn LowerView>,
 }
 
-/// A component still to be resolved, with the index of the symlink whose target introduced
-/// it, so an escaping `..` can be blamed on the right link.
+/// A component still to be resolved; `from_link` when a symlink's target introduced it (a
+/// `..` of the caller's own path is refused, one of a target's is resolved).
 struct Pending {
     name: OsString,
-    via: Option<usize>,
+    from_link: bool,
 }
 
 fn walk<'a>(
     root: &Path,
     display: &Path,
     comps: impl Iterator<Item = &'a OsStr>,
-    opts: WalkOptions,
+    opts: WalkOptions<'_>,
 ) -> Result<Walked, ResolveError> {
-    let mut pending: VecDeque<Pending> = comps.map(|c| Pending { name: c.to_os_string(), via: None }).collect();
-    // (symlink path relative to root, its target)
-    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let mut pending: VecDeque<Pending> = comps.map(|c| Pending { name: c.to_os_string(), from_link: false }).collect();
     let mut followed = 0u32;
     let mut cur = PathBuf::new();
+    let mut seeded = Vec::new();
 
     let io_err = |op: &'static str, at: &Path, source: io::Error| ResolveError::Io {
         path: display.to_path_buf(),
@@ -155,24 +189,17 @@ fn walk<'a>(
         source,
     };
 
-    while let Some(Pending { name, via }) = pending.pop_front() {
+    while let Some(Pending { name, from_link }) = pending.pop_front() {
         if name == "." || name.is_empty() {
             continue;
         }
         if name == ".." {
-            if !cur.pop() {
-                return Err(match via {
-                    Some(i) => ResolveError::SymlinkEscape {
-                        path: display.to_path_buf(),
-                        symlink: links[i].0.clone(),
-                        target: links[i].1.clone(),
-                        kind: EscapeKind::ClimbsAbove,
-                    },
-                    // Callers normalize their input, so a bare `..` only reaches here if a
-                    // caller forgot; refuse rather than trust it.
-                    None => ResolveError::UnsafePath { path: display.to_path_buf(), reason: UnsafeReason::ParentDir },
-                });
+            // At the root `..` stays there, as in a chroot; only a caller's own `..` (input
+            // that skipped normalization) is refused.
+            if !from_link {
+                return Err(ResolveError::UnsafePath { path: display.to_path_buf(), reason: UnsafeReason::ParentDir });
             }
+            cur.pop();
             continue;
         }
         if !matches!(Path::new(&name).components().next(), Some(Component::Normal(_))) {
@@ -194,23 +221,18 @@ fn walk<'a>(
                     });
                 }
                 if target.has_root() {
-                    return Err(ResolveError::SymlinkEscape {
-                        path: display.to_path_buf(),
-                        symlink: next,
-                        target,
-                        kind: EscapeKind::Absolute,
-                    });
+                    // Absolute: resolved again from the root of the image, never the host's.
+                    cur.clear();
                 }
                 if target.as_os_str().is_empty() {
                     return Err(io_err("follow symlink", &next, io::Error::from(io::ErrorKind::NotFound)));
                 }
-                let idx = links.len();
                 // Path::iter drops interior `.` but keeps `..`, which is what we need: `..`
                 // is applied to the real directory we are in, exactly like the kernel does.
-                let expanded: Vec<OsString> = target.iter().map(OsStr::to_os_string).collect();
-                links.push((next, target));
+                let expanded: Vec<OsString> =
+                    target.iter().filter(|c| *c != OsStr::new("/")).map(OsStr::to_os_string).collect();
                 for c in expanded.into_iter().rev() {
-                    pending.push_front(Pending { name: c, via: Some(idx) });
+                    pending.push_front(Pending { name: c, from_link: true });
                 }
             }
             Ok(md) if md.file_type().is_dir() => cur = next,
@@ -222,6 +244,12 @@ fn walk<'a>(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(link) = opts.lower.filter(|_| opts.create_missing).and_then(|l| l.symlink_at(&next)) {
+                    seed_symlink(&full, &link).map_err(|e| io_err("symlink", &next, e))?;
+                    seeded.push(next);
+                    pending.push_front(Pending { name, from_link });
+                    continue;
+                }
                 if opts.create_missing {
                     fs::DirBuilder::new().mode(0o755).create(&full).map_err(|e| io_err("mkdir", &next, e))?;
                     // mkdir is subject to the umask; the image expects exactly 0755.
@@ -241,13 +269,21 @@ fn walk<'a>(
                             cur.push(name);
                         }
                     }
-                    return Ok(Walked { rel: cur, exists: false });
+                    return Ok(Walked { rel: cur, exists: false, seeded });
                 }
             }
             Err(e) => return Err(io_err("lstat", &next, e)),
         }
     }
-    Ok(Walked { rel: cur, exists: true })
+    Ok(Walked { rel: cur, exists: true, seeded })
+}
+
+/// Copies a symlink of the layers below into the layer, owner and mtime included, so the
+/// merged tree shows it exactly as before.
+fn seed_symlink(full: &Path, link: &LowerSymlink) -> io::Result<()> {
+    std::os::unix::fs::symlink(&link.target, full)?;
+    std::os::unix::fs::lchown(full, Some(link.uid), Some(link.gid))?;
+    filetime::set_symlink_file_times(full, link.mtime, link.mtime)
 }
 
 #[cfg(test)]
@@ -288,22 +324,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_escapes() {
+    fn resolves_escapes_inside_the_root() {
         let (_d, root) = setup();
         symlink("/etc", root.join("abs")).unwrap();
         symlink("../..", root.join("usr/up")).unwrap();
         symlink("b", root.join("a")).unwrap();
         symlink("a", root.join("b")).unwrap();
-        symlink("usr/up/x", root.join("chain")).unwrap();
-        let kind = |p: &str| match resolve_in_root(&root, Path::new(p)) {
-            Err(ResolveError::SymlinkEscape { kind, symlink, .. }) => (kind, symlink),
-            other => panic!("{p}: unexpected {other:?}"),
-        };
-        assert_eq!(kind("abs/passwd"), (EscapeKind::Absolute, "abs".into()));
-        assert_eq!(kind("abs"), (EscapeKind::Absolute, "abs".into()));
-        assert_eq!(kind("usr/up/x"), (EscapeKind::ClimbsAbove, "usr/up".into()));
-        assert_eq!(kind("chain").0, EscapeKind::ClimbsAbove);
-        assert_eq!(kind("a/x").0, EscapeKind::Loop);
+        symlink("usr/up/etc", root.join("chain")).unwrap();
+        // As in a chroot: an absolute target starts at the root, `..` stops there.
+        assert_eq!(resolve_in_root(&root, Path::new("abs/passwd")).unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(&root, Path::new("abs")).unwrap(), root.join("etc"));
+        assert_eq!(resolve_in_root(&root, Path::new("usr/up/x")).unwrap(), root.join("x"));
+        assert_eq!(resolve_in_root(&root, Path::new("chain/passwd")).unwrap(), root.join("etc/passwd"));
+        match resolve_in_root(&root, Path::new("a/x")) {
+            Err(ResolveError::SymlinkEscape { kind: EscapeKind::Loop, .. }) => {}
+            other => panic!("a loop: unexpected {other:?}"),
+        }
         assert!(matches!(
             resolve_in_root(&root, Path::new("../x")),
             Err(ResolveError::UnsafePath { reason: UnsafeReason::ParentDir, .. })
@@ -312,6 +348,35 @@ mod tests {
             resolve_in_root(&root, Path::new("/etc/passwd")),
             Err(ResolveError::UnsafePath { reason: UnsafeReason::Absolute, .. })
         ));
+    }
+
+    /// An overlay layer unpacked on its own copies a symlink the layers below have where it
+    /// would otherwise make a directory, then follows it.
+    #[test]
+    fn symlinks_of_the_layers_below_are_seeded_then_followed() {
+        struct Below;
+        impl LowerView for Below {
+            fn symlink_at(&self, rel: &Path) -> Option<LowerSymlink> {
+                (rel == Path::new("var/run")).then(|| LowerSymlink {
+                    target: "/run".into(),
+                    uid: 0,
+                    gid: 0,
+                    mtime: filetime::FileTime::from_unix_time(1_000, 0),
+                })
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let (walked, name) = resolve_parent_rel(d.path(), Path::new("var/run/x.pid"), true, Some(&Below)).unwrap();
+        assert_eq!((walked.rel.as_path(), name.to_str().unwrap()), (Path::new("run"), "x.pid"));
+        assert_eq!(walked.seeded, vec![PathBuf::from("var/run")]);
+        assert_eq!(fs::read_link(d.path().join("var/run")).unwrap(), Path::new("/run"));
+        let md = fs::symlink_metadata(d.path().join("var/run")).unwrap();
+        assert_eq!(filetime::FileTime::from_last_modification_time(&md).unix_seconds(), 1_000);
+        assert!(d.path().join("run").is_dir());
+        // Without the view, the layer gets a directory of its own there.
+        let e = tempfile::tempdir().unwrap();
+        let (walked, _) = resolve_parent_rel(e.path(), Path::new("var/run/x.pid"), true, None).unwrap();
+        assert_eq!(walked.rel, Path::new("var/run"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tar::EntryType;
 use tracing::{debug, warn};
 
 use crate::error::{ResolveError, UnpackError, UnsafeReason};
-use crate::safe_path::{Walked, is_plain_dir_path, normalize_relative, resolve_dir_rel, resolve_parent_rel};
+use crate::safe_path::{LowerView, Walked, is_plain_dir_path, normalize_relative, resolve_dir_rel, resolve_parent_rel};
 
 /// Prefix of an OCI whiteout file name.
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -84,9 +84,23 @@ pub struct UnpackStats {
 /// [`UnpackError::NoSpace`] before the filesystem of `root` runs out of space or inodes.
 /// The first error aborts the unpacking; the tree is then partially updated.
 pub fn unpack_layer<R: Read>(root: &Path, layer: R, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
+    unpack_layer_over(root, layer, opts, None)
+}
+
+/// [`unpack_layer`] into an overlay layer directory ([`WhiteoutMode::Overlay`]) that will sit
+/// on the layers `lower` describes: where an entry's parent is a symlink only in those layers
+/// (Debian's `var/run -> /run`, then `var/run/x`), the symlink is copied into this layer and
+/// followed, so the entry lands where applying all layers to one tree puts it.
+pub fn unpack_layer_over<R: Read>(
+    root: &Path,
+    layer: R,
+    opts: &UnpackOptions,
+    lower: Option<&dyn LowerView>,
+) -> Result<UnpackStats, UnpackError> {
     let mut unpacker = Unpacker {
         root,
         opts,
+        lower,
         keep: HashSet::new(),
         explicit_dirs: HashSet::new(),
         dirs: Vec::new(),
@@ -163,6 +177,7 @@ enum XattrTarget<'f> {
 struct Unpacker<'a> {
     root: &'a Path,
     opts: &'a UnpackOptions,
+    lower: Option<&'a dyn LowerView>,
     /// Resolved root-relative paths written by this layer, plus all their ancestors. OCI
     /// whiteouts only hide lower layers, so these survive an opaque marker or whiteout of the
     /// same layer regardless of the entry order.
@@ -259,7 +274,11 @@ impl Unpacker<'_> {
         }
 
         let meta = self.read_meta(entry, raw)?;
-        let (parent, name) = resolve_parent_rel(self.root, &rel, true).map_err(|e| self.resolve_err(raw, e))?;
+        let (parent, name) =
+            resolve_parent_rel(self.root, &rel, true, self.lower).map_err(|e| self.resolve_err(raw, e))?;
+        for link in parent.seeded {
+            self.mark_written(link);
+        }
         let dest_rel = parent.rel.join(&name);
         let dest = self.root.join(&dest_rel);
 
@@ -421,7 +440,17 @@ impl Unpacker<'_> {
     }
 
     fn make_dir(&mut self, raw: &Path, dest_rel: &Path, dest: &Path, meta: Meta) -> Result<(), UnpackError> {
-        if !self.clear(raw, dest_rel, dest, true)? {
+        if self.clear(raw, dest_rel, dest, true)? {
+            // The entry's metadata replaces the existing directory's, xattrs included (as a
+            // later layer's directory does in overlayfs): drop those the entry does not have.
+            let names: Vec<OsString> = xattr::list(dest).map(|l| l.collect()).unwrap_or_default();
+            for name in names {
+                let ours = name.to_string_lossy().starts_with("trusted.overlay.") || name == "security.selinux";
+                if !ours && !meta.xattrs.iter().any(|(n, _)| *n == name) {
+                    xattr::remove(dest, &name).map_err(|e| self.io_err(raw, "remove an xattr of", dest_rel, e))?;
+                }
+            }
+        } else {
             fs::DirBuilder::new().mode(0o700).create(dest).map_err(|e| self.io_err(raw, "mkdir", dest_rel, e))?;
         }
         std::os::unix::fs::lchown(dest, Some(meta.uid), Some(meta.gid))
@@ -505,7 +534,7 @@ impl Unpacker<'_> {
         // The final component is not followed: linking to a symlink links the symlink itself,
         // exactly what link(2) without AT_SYMLINK_FOLLOW does.
         let (parent, name) =
-            resolve_parent_rel(self.root, &target_clean, false).map_err(|e| self.resolve_err(raw, e))?;
+            resolve_parent_rel(self.root, &target_clean, false, None).map_err(|e| self.resolve_err(raw, e))?;
         if !parent.exists {
             return Err(bad("the target does not exist"));
         }
@@ -576,9 +605,14 @@ impl Unpacker<'_> {
     }
 
     /// Resolves the directory holding a whiteout. `None` when there is nothing to delete.
-    fn whiteout_dir(&self, raw: &Path, dir: &Path, create: bool) -> Result<Option<Walked>, UnpackError> {
-        match resolve_dir_rel(self.root, dir, create) {
-            Ok(w) if w.exists => Ok(Some(w)),
+    fn whiteout_dir(&mut self, raw: &Path, dir: &Path, create: bool) -> Result<Option<Walked>, UnpackError> {
+        match resolve_dir_rel(self.root, dir, create, self.lower.filter(|_| create)) {
+            Ok(w) if w.exists => {
+                for link in &w.seeded {
+                    self.mark_written(link.clone());
+                }
+                Ok(Some(w))
+            }
             Ok(_) => Ok(None),
             // A lower layer has a non-directory there, so it has no children to hide.
             Err(ResolveError::NotADirectory { .. }) if !create => Ok(None),

@@ -18,6 +18,25 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ext-extend"))
 }
 
+/// An example binary of this crate (`examples/NAME.rs`, static like every binary here), built
+/// by cargo if needed: `cargo test --test X` alone does not build examples.
+pub fn example_binary(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap();
+    if !built.iter().any(|b| b == name) {
+        let o = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "ext-extend", "--example", name])
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cargo build --example {name}: {}", String::from_utf8_lossy(&o.stderr));
+        built.push(name.to_string());
+    }
+    let path = bin().parent().unwrap().join("examples").join(name);
+    assert!(path.is_file(), "{} missing", path.display());
+    path
+}
+
 pub fn require(tool: &str) {
     let ok = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().is_ok_and(|o| o.status.success());
     assert!(ok, "`{tool}` is not installed: run scripts/install-deps.sh (make test does)");
