@@ -7,7 +7,7 @@
 //! expanded (declared ARGs reach the command as environment variables instead).
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{DockerfileError, Location};
 use crate::expand::{ShellLex, VarLookup};
@@ -158,7 +158,7 @@ pub struct Healthcheck {
 
 /// Variables for expansion: ENV entries first (they win), then ARGs.
 struct Scope<'a> {
-    env: &'a [(String, String)],
+    env: &'a HashMap<String, String>,
     args: &'a BTreeMap<String, String>,
     /// Bytes of expanded words the plan may still produce.
     budget: &'a Budget,
@@ -207,12 +207,7 @@ fn check_variables(defined: usize, at: &Location) -> Result<(), DockerfileError>
 
 impl VarLookup for Scope<'_> {
     fn lookup(&self, name: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .or_else(|| self.args.get(name).map(String::as_str))
+        self.env.get(name).map(String::as_str).or_else(|| self.args.get(name).map(String::as_str))
     }
 }
 
@@ -223,7 +218,8 @@ impl Dockerfile {
         let globals = self.global_arg_values(build_args)?;
         let at = self.at(self.from.line);
         let budget = Budget::new();
-        let image = expand_word(&lex, &self.from.image, &Scope { env: &[], args: &globals, budget: &budget }, &at)?;
+        let image =
+            expand_word(&lex, &self.from.image, &Scope { env: &HashMap::new(), args: &globals, budget: &budget }, &at)?;
         if image.trim().is_empty() {
             let missing = if self.from.image.contains("base_image") {
                 "; the build arg `base_image` is not set (pass --from)"
@@ -265,9 +261,13 @@ impl Dockerfile {
         let from = self.resolve_from(build_args)?;
         let lex = ShellLex::new(self.escape);
         let globals = self.global_arg_values(build_args)?;
-        let mut env: Vec<(String, String)> = image_env.to_vec();
-        let image_env_bytes = pairs_bytes(image_env.iter().map(|(k, v)| (k, v)));
+        // Maps, and byte counts kept as they change: a lookup or a bound check must not cost
+        // a pass over every variable, or 100,000 ENV lines take quadratic time.
+        let mut env: HashMap<String, String> = image_env.iter().cloned().collect();
+        let image_env_bytes = pairs_bytes(env.iter());
+        let mut env_bytes = image_env_bytes;
         let mut args: BTreeMap<String, String> = BTreeMap::new();
+        let mut args_bytes = 0usize;
         let mut steps = Vec::with_capacity(self.instructions.len());
         let budget = Budget::new();
 
@@ -295,10 +295,15 @@ impl Dockerfile {
                         for (k, _, v) in declared {
                             match v {
                                 Some(v) => {
-                                    args.insert(k, v);
+                                    args_bytes += k.len() + v.len();
+                                    if let Some(old) = args.insert(k.clone(), v) {
+                                        args_bytes -= k.len() + old.len();
+                                    }
                                 }
                                 None => {
-                                    args.remove(&k);
+                                    if let Some(old) = args.remove(&k) {
+                                        args_bytes -= k.len() + old.len();
+                                    }
                                 }
                             }
                         }
@@ -307,8 +312,10 @@ impl Dockerfile {
                     Kind::Env(text) => {
                         let pairs = self.pairs(ins, text, "ENV", &word)?;
                         for (k, v) in &pairs {
-                            env.retain(|(ek, _)| ek != k);
-                            env.push((k.clone(), v.clone()));
+                            env_bytes += k.len() + v.len();
+                            if let Some(old) = env.insert(k.clone(), v.clone()) {
+                                env_bytes -= k.len() + old.len();
+                            }
                         }
                         Op::Env(pairs)
                     }
@@ -403,8 +410,7 @@ impl Dockerfile {
                 }
             };
             if matches!(op, Op::Arg(_) | Op::Env(_)) {
-                let defined =
-                    (pairs_bytes(&args) + pairs_bytes(env.iter().map(|(k, v)| (k, v)))).saturating_sub(image_env_bytes);
+                let defined = (args_bytes + env_bytes).saturating_sub(image_env_bytes);
                 check_variables(defined, &at)?;
             }
             steps.push(Step { line: ins.line, text: ins.text.clone(), op });
@@ -438,7 +444,12 @@ impl Dockerfile {
             let at = self.at(ins.line);
             for p in parse_args(text, self.escape).map_err(|m| self.invalid(ins, m))? {
                 let default = match &p.value {
-                    Some(d) => Some(expand_word(&lex, d, &Scope { env: &[], args: &values, budget: &budget }, &at)?),
+                    Some(d) => Some(expand_word(
+                        &lex,
+                        d,
+                        &Scope { env: &HashMap::new(), args: &values, budget: &budget },
+                        &at,
+                    )?),
                     None => None,
                 };
                 if let Some(v) = build_args.get(&p.key).cloned().or(default) {

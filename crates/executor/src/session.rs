@@ -224,8 +224,7 @@ impl Session {
             }
             log_layer(&report);
             self.record_history(step, &report, provenance);
-            let size = self.config.canonical_len();
-            if size > ext_oci::config::MAX_CONFIG_BYTES {
+            if let Some(size) = self.config.size_over(ext_oci::config::MAX_CONFIG_BYTES) {
                 return Err(ExecError::step(
                     &at,
                     format!(

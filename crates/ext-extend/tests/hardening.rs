@@ -275,3 +275,42 @@ fn copy_wildcards_through_symlinks_stay_in_the_context() {
     assert!(rootfs.join("y/f1").is_file());
     assert!(!rootfs.join("x/shadow").exists() && !rootfs.join("x/sd").exists(), "nothing from the host");
 }
+
+/// Issue 18: 100,000 `ENV` lines are refused where the config passes 4 MiB. Planning them and
+/// checking the config after each used to take time quadratic in the lines (560 s in a debug
+/// build); `cargo bench -p ext-dockerfile` measures the plan's scaling.
+#[test]
+fn a_hundred_thousand_env_lines_are_refused_at_the_line_that_passes_the_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let mut df = String::from("FROM ${base_image}\n");
+    for i in 0..100_000 {
+        df.push_str(&format!("ENV a{i}=b\n"));
+    }
+    write(&t.path().join("run.Dockerfile"), &df);
+    let out = t.path().join("out");
+    let stderr = build_err(
+        &[
+            "build",
+            "--from",
+            &format!("oci:{}:latest", s(&base)),
+            "-f",
+            &s(&t.path().join("run.Dockerfile")),
+            "--context",
+            &s(t.path()),
+            "--output",
+            &format!("oci:{}:x", s(&out)),
+        ],
+        2,
+    );
+    let line: usize = stderr
+        .split("run.Dockerfile:")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no line in {stderr}"));
+    assert!((20_000..100_000).contains(&line), "{stderr}");
+    assert!(stderr.contains("ENV makes the image config") && stderr.contains("more than the 4 MiB"), "{stderr}");
+    assert!(!out.exists());
+}

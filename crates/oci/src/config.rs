@@ -5,7 +5,7 @@
 //! random order; we edit a `serde_json::Value` instead and serialize with sorted keys, so the
 //! same edits always give the same bytes and digest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value, json};
 
@@ -15,9 +15,52 @@ use crate::digest::Digest;
 /// `MaxConfigBodySize` and the distribution registry's manifest limit are both 4 MiB).
 pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ImageConfig {
     root: Value,
+    /// For [`ImageConfig::size_over`]: the canonical length when it was last measured, and
+    /// what the edits since then added (each edit counts the JSON it adds minus what it
+    /// replaces, plus a byte for a comma, so the sum is an upper bound). A Dockerfile edits
+    /// the config once per line; measuring all of it each time made 100,000 lines quadratic.
+    measured: Option<usize>,
+    added: i64,
+    /// Position of each variable in `config.Env` (built on the first `set_env`), so that
+    /// setting one is not a scan of all of them.
+    env_index: Option<HashMap<String, usize>>,
+}
+
+impl PartialEq for ImageConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root
+    }
+}
+
+/// The length of `value` serialized as [`ImageConfig::to_canonical_bytes`] does.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a JSON value always serializes");
+    count.0
+}
+
+/// The length a string takes as a JSON string.
+fn json_str_len(s: &str) -> usize {
+    json_len(&Value::String(s.to_string()))
+}
+
+/// Upper bound of what inserting a member `"key":value` into an object adds; a new object
+/// around it (`"config":{}` and the like) is the constant.
+fn member_len(key: &str, value: &Value) -> i64 {
+    (json_str_len(key) + 2 + json_len(value) + 32) as i64
 }
 
 /// One history entry to append.
@@ -35,12 +78,15 @@ impl ImageConfig {
     pub fn from_slice(bytes: &[u8]) -> Result<ImageConfig, String> {
         let root: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         validate(&root)?;
-        Ok(ImageConfig { root })
+        Ok(ImageConfig { root, measured: None, added: 0, env_index: None })
     }
 
     /// An empty config for `os/arch`, as for a `FROM scratch` image.
     pub fn empty(os: &str, architecture: &str) -> ImageConfig {
         ImageConfig {
+            measured: None,
+            added: 0,
+            env_index: None,
             root: json!({
                 "architecture": architecture,
                 "os": os,
@@ -59,19 +105,22 @@ impl ImageConfig {
 
     /// The length of [`ImageConfig::to_canonical_bytes`], without keeping the bytes.
     pub fn canonical_len(&self) -> usize {
-        struct Count(usize);
-        impl std::io::Write for Count {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0 += buf.len();
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+        json_len(&self.root)
+    }
+
+    /// The canonical length, if it is more than `limit`. Measured only when the edits since
+    /// the last measurement could have passed the limit, so checking after every edit costs
+    /// time linear in what the edits add, not in the size of the config.
+    pub fn size_over(&mut self, limit: usize) -> Option<usize> {
+        if let Some(measured) = self.measured
+            && measured as i64 + self.added <= limit as i64
+        {
+            return None;
         }
-        let mut count = Count(0);
-        serde_json::to_writer(&mut count, &self.root).expect("a JSON value always serializes");
-        count.0
+        let len = self.canonical_len();
+        self.measured = Some(len);
+        self.added = 0;
+        (len > limit).then_some(len)
     }
 
     pub fn as_json(&self) -> &Value {
@@ -105,12 +154,13 @@ impl ImageConfig {
 
     /// Sets `config.<name>`; `Value::Null` removes it.
     pub fn set_field(&mut self, name: &str, value: Value) {
-        let c = self.container_mut();
-        if value.is_null() {
-            c.remove(name);
-        } else {
-            c.insert(name.into(), value);
+        if name == "Env" {
+            self.env_index = None;
         }
+        let added = if value.is_null() { 0 } else { member_len(name, &value) };
+        let c = self.container_mut();
+        let old = if value.is_null() { c.remove(name) } else { c.insert(name.into(), value) };
+        self.added += added - old.map_or(0, |v| member_len(name, &v) - 32);
     }
 
     pub fn os(&self) -> &str {
@@ -139,13 +189,32 @@ impl ImageConfig {
 
     /// Sets one variable, replacing it where it stands or appending it.
     pub fn set_env(&mut self, key: &str, value: &str) {
-        let mut env = self.env();
-        match env.iter_mut().find(|(k, _)| k == key) {
-            Some(slot) => slot.1 = value.to_string(),
-            None => env.push((key.to_string(), value.to_string())),
+        let entry = Value::String(format!("{key}={value}"));
+        let entry_len = json_len(&entry) as i64;
+        if !self.container().and_then(|c| c.get("Env")).is_some_and(Value::is_array) {
+            self.set_field("Env", json!([]));
         }
-        let list: Vec<Value> = env.into_iter().map(|(k, v)| Value::String(format!("{k}={v}"))).collect();
-        self.set_field("Env", Value::Array(list));
+        let mut index = match self.env_index.take() {
+            Some(index) => index,
+            None => {
+                let mut index = HashMap::new();
+                for (i, (k, _)) in self.env().into_iter().enumerate() {
+                    index.entry(k).or_insert(i);
+                }
+                index
+            }
+        };
+        let list = self.container_mut().get_mut("Env").and_then(Value::as_array_mut).expect("made an array above");
+        let old = match index.get(key) {
+            Some(&i) => std::mem::replace(&mut list[i], entry),
+            None => {
+                index.insert(key.to_string(), list.len());
+                list.push(entry);
+                Value::Null
+            }
+        };
+        self.added += entry_len + 1 - if old.is_null() { 0 } else { json_len(&old) as i64 + 1 };
+        self.env_index = Some(index);
     }
 
     pub fn user(&self) -> &str {
@@ -182,6 +251,7 @@ impl ImageConfig {
     }
 
     pub fn set_label(&mut self, key: &str, value: &str) {
+        self.added += member_len(key, &Value::String(value.into()));
         let c = self.container_mut();
         if !c.get("Labels").is_some_and(Value::is_object) {
             c.insert("Labels".into(), Value::Object(Map::new()));
@@ -202,13 +272,17 @@ impl ImageConfig {
         for k in keys {
             set.insert(k.clone(), json!({}));
         }
+        self.added += keys.iter().map(|k| member_len(k, &json!({}))).sum::<i64>();
     }
 
     /// Appends to `config.OnBuild`.
     pub fn push_onbuild(&mut self, trigger: &str) {
-        let mut list = self.strings_field("OnBuild").unwrap_or_default();
-        list.push(trigger.into());
-        self.set_field("OnBuild", json!(list));
+        if !self.container().and_then(|c| c.get("OnBuild")).is_some_and(Value::is_array) {
+            self.set_field("OnBuild", json!([]));
+        }
+        self.added += json_str_len(trigger) as i64 + 1;
+        let list = self.container_mut().get_mut("OnBuild").and_then(Value::as_array_mut).expect("made an array above");
+        list.push(Value::String(trigger.into()));
     }
 
     pub fn diff_ids(&self) -> Vec<String> {
@@ -224,11 +298,14 @@ impl ImageConfig {
     }
 
     pub fn set_history(&mut self, history: Vec<Value>) {
-        self.top().insert("history".into(), Value::Array(history));
+        let history = Value::Array(history);
+        self.added += member_len("history", &history);
+        self.top().insert("history".into(), history);
     }
 
     /// Records a new layer: its diffID joins `rootfs.diff_ids`, and a history entry is added.
     pub fn push_layer(&mut self, diff_id: &Digest, created: &str, entry: HistoryEntry) {
+        self.added += json_str_len(diff_id.as_str()) as i64 + 64;
         let top = self.top();
         if !top.get("rootfs").is_some_and(Value::is_object) {
             top.insert("rootfs".into(), json!({"type": "layers", "diff_ids": []}));
@@ -256,18 +333,22 @@ impl ImageConfig {
         if entry.empty_layer {
             h.insert("empty_layer".into(), Value::Bool(true));
         }
+        let h = Value::Object(h);
+        self.added += json_len(&h) as i64 + 32;
         let top = self.top();
         if !top.get("history").is_some_and(Value::is_array) {
             top.insert("history".into(), json!([]));
         }
-        top.get_mut("history").and_then(Value::as_array_mut).expect("just inserted").push(Value::Object(h));
+        top.get_mut("history").and_then(Value::as_array_mut).expect("just inserted").push(h);
     }
 
     pub fn set_author(&mut self, author: &str) {
+        self.added += member_len("author", &Value::String(author.into()));
         self.top().insert("author".into(), Value::String(author.into()));
     }
 
     pub fn set_created(&mut self, created: &str) {
+        self.added += member_len("created", &Value::String(created.into()));
         self.top().insert("created".into(), Value::String(created.into()));
     }
 }
@@ -449,5 +530,36 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(h[0]["empty_layer"], true);
         assert!(h[1].get("empty_layer").is_none());
+    }
+
+    /// The size check is an upper bound kept per edit, measured only near the limit: it
+    /// agrees with the real length whenever it says "over", and never misses a config over it.
+    #[test]
+    fn size_over_agrees_with_the_canonical_length() {
+        let mut c = ImageConfig::from_slice(DOCKER_CONFIG.as_bytes()).unwrap();
+        let limit = 20_000;
+        let mut over_at = None;
+        for i in 0..2_000 {
+            match i % 5 {
+                0 => c.set_env("A", &"x".repeat(i % 50)),
+                1 => c.set_env(&format!("K{i}"), "\u{1}\"q"),
+                2 => c.set_label(&format!("l{}", i % 7), &"y".repeat(i % 30)),
+                3 => c.set_field("Cmd", json!(["sh", "-c", "z".repeat(i % 40)])),
+                _ => c.push_history("t", HistoryEntry { created_by: format!("ENV {i}"), ..Default::default() }),
+            }
+            let real = c.canonical_len();
+            match c.size_over(limit) {
+                Some(size) => {
+                    assert_eq!(size, real);
+                    over_at = Some(i);
+                    break;
+                }
+                None => assert!(real <= limit, "step {i}: {real} bytes not caught"),
+            }
+        }
+        assert!(over_at.is_some(), "the config grows past the limit");
+        // Variables keep their place and the first of a duplicated name is the one set.
+        assert_eq!(c.env()[0].0, "PATH");
+        assert_eq!(c.env().iter().filter(|(k, _)| k == "A").count(), 1);
     }
 }
