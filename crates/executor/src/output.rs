@@ -76,6 +76,37 @@ pub struct WrittenLayer {
     pub new: bool,
 }
 
+/// The layers of an image made of `base` and `new_layers`, as [`ExtendedImage::layer_descriptors`].
+pub(crate) fn layer_descriptors(base: &ext_oci::Image, new_layers: &[ext_oci::LayerBlob]) -> Vec<WrittenLayer> {
+    let base = base.layers().iter().map(|d| WrittenLayer {
+        digest: d.digest().to_string(),
+        size: d.size(),
+        media_type: media::oci_layer_type(d.media_type().as_ref()).to_string(),
+        new: false,
+    });
+    let new = new_layers.iter().map(|l| WrittenLayer {
+        digest: l.digest.to_string(),
+        size: l.size,
+        media_type: l.media_type.to_string(),
+        new: true,
+    });
+    base.chain(new).collect()
+}
+
+/// The OCI manifest bytes of `layers` and a config (sorted keys, so the same image always has
+/// the same digest).
+pub(crate) fn manifest_bytes(layers: &[WrittenLayer], config_digest: &Digest, config_size: u64) -> Vec<u8> {
+    let layers: Vec<Value> =
+        layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_MANIFEST,
+        "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_size},
+        "layers": layers,
+    });
+    serde_json::to_vec(&manifest).expect("JSON serializes")
+}
+
 impl ExtendedImage {
     /// Canonical config bytes; an error if they exceed [`ext_oci::config::MAX_CONFIG_BYTES`]
     /// (the session refuses such a config at the instruction that grew it; this catches edits
@@ -91,35 +122,12 @@ impl ExtendedImage {
     /// The layers of the result: base layers unchanged (media types in their OCI spelling),
     /// then the new ones.
     pub fn layer_descriptors(&self) -> Vec<WrittenLayer> {
-        let base = self.base.layers().iter().map(|d| WrittenLayer {
-            digest: d.digest().to_string(),
-            size: d.size(),
-            media_type: media::oci_layer_type(d.media_type().as_ref()).to_string(),
-            new: false,
-        });
-        let new = self.new_layers.iter().map(|l| WrittenLayer {
-            digest: l.digest.to_string(),
-            size: l.size,
-            media_type: l.media_type.to_string(),
-            new: true,
-        });
-        base.chain(new).collect()
+        layer_descriptors(&self.base, &self.new_layers)
     }
 
     /// The OCI manifest bytes (sorted keys, so the same image always has the same digest).
     pub fn manifest_bytes(&self, config_digest: &Digest, config_size: u64) -> Vec<u8> {
-        let layers: Vec<Value> = self
-            .layer_descriptors()
-            .iter()
-            .map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
-            .collect();
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": media::OCI_MANIFEST,
-            "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config_size},
-            "layers": layers,
-        });
-        serde_json::to_vec(&manifest).expect("JSON serializes")
+        manifest_bytes(&self.layer_descriptors(), config_digest, config_size)
     }
 
     /// Writes the image to `target` (a layout commit or a registry push).

@@ -622,6 +622,20 @@ impl Session {
         }
     }
 
+    /// The manifest digest the image would have if the session ended now. The lifecycle names
+    /// the image each Dockerfile applies to `base@<this digest>` in its `base_image` arg.
+    pub fn image_digest(&self) -> Digest {
+        if self.layers.is_empty() && self.config == self.base.config {
+            // Nothing applied yet: the base image, by the digest it has.
+            return self.base.manifest_digest.clone();
+        }
+        let mut config = self.config.clone();
+        config.set_created(&self.created);
+        let bytes = config.to_canonical_bytes();
+        let layers = crate::output::layer_descriptors(&self.base, &self.layers);
+        Digest::of(&crate::output::manifest_bytes(&layers, &Digest::of(&bytes), bytes.len() as u64))
+    }
+
     /// Ends the session: the final config (with `created` set) and the new layers.
     pub fn finish(mut self) -> ExtendedImage {
         self.config.set_created(&self.created);

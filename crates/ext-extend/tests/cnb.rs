@@ -218,6 +218,16 @@ fn contexts_sessions_user_and_drop_in_extender() {
         "`USER ${{user_id}}` (1000 from the intermediate 1000:1000) restored a non-root user"
     );
     assert_eq!(cfg["config"]["Labels"]["io.buildpacks.rebasable"], "false", "not every Dockerfile said rebasable");
+    // The lifecycle's `base_image` arg: `base@<digest>` of the image each Dockerfile applies to
+    // (the original for the first, the intermediate after), given after extend-config's args.
+    let run_digest = skopeo_inspect(&run, "latest", &[])["Digest"].as_str().unwrap().to_string();
+    let label = |k: &str| cfg["config"]["Labels"][k].as_str().unwrap().to_string();
+    assert_eq!(label("ctx-run.base_image"), format!("base@{run_digest}"), "the first Dockerfile");
+    let (first, second) = (label("first.base_image"), label("second.base_image"));
+    assert!(first.starts_with("base@sha256:") && second.starts_with("base@sha256:"), "{first} {second}");
+    let original = format!("base@{run_digest}");
+    let distinct: std::collections::BTreeSet<&str> = [&original, &first, &second].map(|s| s.as_str()).into();
+    assert_eq!(distinct.len(), 3, "each Dockerfile applies to the previous one's result: {distinct:?}");
     let history = cfg["history"].as_array().unwrap();
     assert_eq!(history.len(), cfg["rootfs"]["diff_ids"].as_array().unwrap().len(), "history matches diff_ids");
     let created_by: Vec<&str> = history.iter().filter_map(|h| h["created_by"].as_str()).collect();

@@ -206,7 +206,6 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
     let mut applied = Vec::new();
     for (job, (df, extra)) in jobs.iter().zip(&parsed) {
         let mut args: BTreeMap<String, String> = BTreeMap::new();
-        args.insert("base_image".into(), reference.clone());
         args.insert("build_id".into(), uuid::Uuid::new_v4().to_string());
         let user = session.config().user().to_string();
         let (uid, gid) = match user.split_once(':') {
@@ -221,6 +220,9 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         for a in extra {
             args.insert(a.name.clone(), a.value.clone());
         }
+        // Last, as the lifecycle appends it after extend-config.toml's args: the image this
+        // Dockerfile applies to, the previous Dockerfile's result from the second one on.
+        args.insert("base_image".into(), format!("base@{}", session.image_digest()));
         let context = BuildContext::open(&job.context)?;
         tracing::info!(
             "extension {}: applying {} (context {})",
