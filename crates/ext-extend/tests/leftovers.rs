@@ -33,6 +33,33 @@ fn build_cmd(base: &Path, out: &str, df: &Path, ctx: &Path, cache: &Path) -> Com
     cmd
 }
 
+/// Holds `<dir>.lock` from a process in a PID namespace of its own, as the other extender
+/// pack runs at the same time on the shared `/kaniko` volume does (issue 18: the sweep used to
+/// trust PIDs, and this one's PID means nothing here). Killed on drop.
+struct ForeignOwner(std::process::Child);
+
+impl ForeignOwner {
+    fn hold(dir: &Path) -> ForeignOwner {
+        let lock = format!("{}.lock", s(dir));
+        let mut child = Command::new("unshare")
+            .args(["--pid", "--fork", "--kill-child", "flock", "-x", &lock, "-c", "echo locked; exec sleep 120"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = [0u8; 7];
+        child.stdout.take().unwrap().read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"locked\n");
+        ForeignOwner(child)
+    }
+}
+
+impl Drop for ForeignOwner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn temporary_directories_of_killed_runs_are_swept() {
     let t = tempfile::tempdir().unwrap();
@@ -46,25 +73,43 @@ fn temporary_directories_of_killed_runs_are_swept() {
     fs::create_dir_all(cache.join("unpacked")).unwrap();
     fs::create_dir_all(&outdir).unwrap();
     let dead = dead_pid();
-    let alive = std::process::id();
     let plant = |dir: &Path| {
         fs::create_dir_all(dir.join("blobs")).unwrap();
         fs::write(dir.join("blobs/big"), vec![0u8; 4096]).unwrap();
     };
-    let stale_staging = outdir.join(format!(".ext-extend-staging-{dead}-AbCdEf"));
-    let live_staging = outdir.join(format!(".ext-extend-staging-{alive}-GhIjKl"));
-    let stale_unpacking = cache.join(format!("unpacked/.unpacking-{dead}-MnOpQr"));
-    let live_unpacking = cache.join(format!("unpacked/.unpacking-{alive}-StUvWx"));
-    let unrelated = outdir.join(".ext-extend-staging-notapid");
-    for d in [&stale_staging, &live_staging, &stale_unpacking, &live_unpacking, &unrelated] {
+    let lock_of = |dir: &Path| std::path::PathBuf::from(format!("{}.lock", s(dir)));
+    // A killed run's directories: their lock files are there, held by nobody.
+    let stale_staging = outdir.join(".ext-extend-staging-AbCdEf");
+    let stale_unpacking = cache.join("unpacked/.unpacking-MnOpQr");
+    // Live ones of a run in another PID namespace, named (as older versions did) with a pid
+    // that is dead in this one.
+    let live_staging = outdir.join(format!(".ext-extend-staging-{dead}-GhIjKl"));
+    let live_unpacking = cache.join(format!("unpacked/.unpacking-{dead}-StUvWx"));
+    // Without a lock: recent ones may be a live older version's, so they stay; a day old, not.
+    let unlocked_recent = outdir.join(format!(".ext-extend-staging-{dead}-recent"));
+    let unlocked_old = outdir.join(format!(".ext-extend-staging-{dead}-old"));
+    let unrelated = outdir.join("ext-extend-staging-notours");
+    for d in [&stale_staging, &live_staging, &stale_unpacking, &live_unpacking, &unlocked_recent, &unlocked_old] {
         plant(d);
     }
+    plant(&unrelated);
+    for d in [&stale_staging, &stale_unpacking] {
+        fs::write(lock_of(d), b"").unwrap();
+    }
+    let _owners = [ForeignOwner::hold(&live_staging), ForeignOwner::hold(&live_unpacking)];
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    fs::File::open(&unlocked_old).unwrap().set_modified(two_days_ago).unwrap();
     let o = build_cmd(&base, &format!("oci:{}", s(&outdir.join("img"))), &df, &t.path().join("ctx"), &cache)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(!stale_staging.exists() && !stale_unpacking.exists(), "stale dirs of dead pid {dead} removed");
-    assert!(live_staging.exists() && live_unpacking.exists() && unrelated.exists(), "others kept");
+    for gone in [&stale_staging, &stale_unpacking, &unlocked_old] {
+        assert!(!gone.exists(), "{} removed", gone.display());
+    }
+    assert!(!lock_of(&stale_staging).exists() && !lock_of(&stale_unpacking).exists(), "their locks too");
+    for kept in [&live_staging, &live_unpacking, &unlocked_recent, &unrelated] {
+        assert!(kept.join("blobs/big").exists(), "{} kept", kept.display());
+    }
 }
 
 #[test]

@@ -274,26 +274,37 @@ fn userns_require_refuses_to_run_without_one_and_bad_values_are_errors() {
 #[test]
 fn escaping_layers_are_refused_and_write_nothing_outside() {
     let c = Corpus::new();
-    let cases = [
-        ("symlink-absolute.tar", "goes through symlink `evil`"),
-        ("symlink-climb.tar", "goes through symlink `up`"),
-        ("symlink-chain.tar", "goes through symlink"),
+    let refused = [
         ("dotdot-name.tar", "`..`"),
         ("hardlink-out.tar", "hard-link target"),
         ("hardlink-absolute.tar", "hard-link target"),
         ("whiteout-climb.tar", "`..`"),
-        ("dir-replaced-by-symlink.tar", "goes through symlink `d`"),
-        ("whiteout-through-symlink.tar", "which leaves the root"),
-        ("opaque-through-symlink.tar", "which leaves the root"),
         ("absolute-name.tar", "it is an absolute path"),
     ];
-    for (layer, needle) in cases {
+    for (layer, needle) in refused {
         let base = c.image_with(layer, layer);
         for df in ["FROM ${base_image}\nRUN true\n", "FROM ${base_image}\nUSER root\nRUN touch /ok\n"] {
             let o = c.build(&base, df, &[]);
             let err = stderr(&o);
             assert_eq!(o.status.code(), Some(1), "{layer}: {err}");
             assert!(err.contains(needle), "{layer}: {err}");
+            c.assert_untouched(layer);
+        }
+    }
+    // Symlinks in a layer's paths resolve inside the image root, as in a chroot (containerd
+    // and umoci unpack them so): the layers are built, and nothing outside is touched.
+    for layer in [
+        "symlink-absolute.tar",
+        "symlink-climb.tar",
+        "symlink-chain.tar",
+        "dir-replaced-by-symlink.tar",
+        "whiteout-through-symlink.tar",
+        "opaque-through-symlink.tar",
+    ] {
+        let base = c.image_with(layer, layer);
+        for df in ["FROM ${base_image}\nRUN true\n", "FROM ${base_image}\nUSER root\nRUN touch /ok\n"] {
+            let o = c.build(&base, df, &[]);
+            assert!(o.status.success(), "{layer}: {}", stderr(&o));
             c.assert_untouched(layer);
         }
     }

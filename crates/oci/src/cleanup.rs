@@ -98,32 +98,114 @@ pub fn run_now(signal: i32) {
     }
 }
 
-/// The name prefix for a temporary directory that [`remove_stale`] can recognise as this
-/// process's: `<prefix><pid>-`.
-pub fn owned_prefix(prefix: &str) -> String {
-    format!("{prefix}{}-", std::process::id())
+/// Held while a temporary directory made by [`owned_tempdir`] is in use: an exclusive `flock`
+/// on `<dir>.lock` beside it. The kernel drops the lock when the process dies, however it
+/// dies, and the lock is seen from every PID namespace sharing the filesystem (pack runs the
+/// build and run extenders at once, each as PID 1, on one `/kaniko` volume: a PID says
+/// nothing about the other's processes). Dropping it removes the lock file, so declare it
+/// after the directory's owner (fields drop in order).
+#[derive(Debug)]
+pub struct OwnerLock {
+    _file: std::fs::File,
+    path: PathBuf,
 }
 
-/// Removes the directories (or files) in `parent` named `<prefix><pid>-...` whose process is
-/// gone: what runs killed outright (SIGKILL, power loss) left behind. Returns how many.
+impl Drop for OwnerLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The lock file of a temporary directory or file at `path`.
+fn lock_path(path: &std::path::Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(LOCK_SUFFIX);
+    PathBuf::from(name)
+}
+
+const LOCK_SUFFIX: &str = ".lock";
+
+/// A directory or file without a lock (made by a version that named its owner by PID, or
+/// caught between creating its directory and its lock) is stale only when this old.
+const UNLOCKED_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// Takes the lock of `path` (see [`OwnerLock`]); `None` if another process holds it.
+fn try_lock(path: &std::path::Path, create: bool) -> std::io::Result<Option<OwnerLock>> {
+    use std::os::fd::AsRawFd;
+    let lock = lock_path(path);
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(create).truncate(false).open(&lock)?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(OwnerLock { _file: file, path: lock }))
+}
+
+/// Makes a temporary directory `<parent>/<prefix><random>` and locks it as in use by this
+/// process, so [`remove_stale`] in any process leaves it alone until the process ends.
+pub fn owned_tempdir(parent: &std::path::Path, prefix: &str) -> std::io::Result<(tempfile::TempDir, OwnerLock)> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
+    let lock = try_lock(dir.path(), true)?
+        .ok_or_else(|| std::io::Error::other(format!("{}: locked by another process", dir.path().display())))?;
+    Ok((dir, lock))
+}
+
+/// Locks `path` (a file or directory this process just made under a unique name) as in use,
+/// like [`owned_tempdir`].
+pub fn lock_owned(path: &std::path::Path) -> std::io::Result<OwnerLock> {
+    try_lock(path, true)?.ok_or_else(|| std::io::Error::other(format!("{}: locked by another process", path.display())))
+}
+
+/// Removes the directories (or files) in `parent` named `<prefix>...` that no live process
+/// holds (see [`OwnerLock`]): what runs killed outright (SIGKILL, power loss) left behind.
+/// Returns how many.
 pub fn remove_stale(parent: &std::path::Path, prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(parent) else { return 0 };
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        let Some(name) = name.to_str().filter(|n| n.starts_with(prefix)) else { continue };
+        if let Some(owner) = name.strip_suffix(LOCK_SUFFIX) {
+            // A lock whose directory is gone: removed with its directory, or here if it
+            // outlived it (a kill between the two removals).
+            if !parent.join(owner).exists()
+                && let Ok(Some(lock)) = try_lock(&parent.join(owner), false)
+            {
+                drop(lock);
+            }
             continue;
         }
-        tracing::info!("removing {} left by an interrupted run (pid {pid})", e.path().display());
+        let path = e.path();
+        let lock = match try_lock(&path, false) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > UNLOCKED_STALE_AFTER);
+                if !old {
+                    continue;
+                }
+                match try_lock(&path, true) {
+                    Ok(Some(lock)) => lock,
+                    _ => continue,
+                }
+            }
+            Err(_) => continue,
+        };
+        tracing::info!("removing {} left by an interrupted run", path.display());
         let gone = match e.file_type() {
-            Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
-            _ => std::fs::remove_file(e.path()),
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&path),
+            _ => std::fs::remove_file(&path),
         };
         if gone.is_ok() {
             removed += 1;
         }
+        drop(lock);
     }
     removed
 }

@@ -107,10 +107,7 @@ impl BlobStore {
         }
         let tmp_root = self.root.join("tmp");
         fs::create_dir_all(&tmp_root).map_err(OciError::io(&tmp_root))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{FETCH_PREFIX}{}-", std::process::id()))
-            .tempdir_in(&tmp_root)
-            .map_err(OciError::io(&tmp_root))?;
+        let (tmp, _owner) = crate::cleanup::owned_tempdir(&tmp_root, FETCH_PREFIX).map_err(OciError::io(&tmp_root))?;
         let _cleanup = crate::cleanup::register_path(tmp.path());
         let part = tmp.path().join(digest.hex());
         fetcher.fetch(digest, size, &part)?;
@@ -196,7 +193,7 @@ impl BlobStore {
         Ok(VerifyReport { good, removed })
     }
 
-    /// Removes download directories left by runs that were killed outright (their pid is gone).
+    /// Removes download directories left by runs that were killed outright (their lock is free).
     pub fn remove_stale_downloads(&self) {
         crate::cleanup::remove_stale(&self.root.join("tmp"), FETCH_PREFIX);
     }
@@ -576,6 +573,8 @@ pub struct LayoutWriter {
     staging: tempfile::TempDir,
     exists: bool,
     _cleanup: crate::cleanup::PathGuard,
+    /// After `staging`: the lock file goes once the staging directory is gone.
+    _owner: crate::cleanup::OwnerLock,
 }
 
 impl LayoutWriter {
@@ -604,14 +603,12 @@ impl LayoutWriter {
         fs::create_dir_all(&parent).map_err(OciError::io(&parent))?;
         // Staging dirs of builds killed outright (SIGKILL) would otherwise pile up here.
         crate::cleanup::remove_stale(&parent, STAGING_PREFIX);
-        let staging = tempfile::Builder::new()
-            .prefix(&crate::cleanup::owned_prefix(STAGING_PREFIX))
-            .tempdir_in(&parent)
-            .map_err(OciError::io(&parent))?;
+        let (staging, _owner) =
+            crate::cleanup::owned_tempdir(&parent, STAGING_PREFIX).map_err(OciError::io(&parent))?;
         let blobs = staging.path().join("blobs").join("sha256");
         fs::create_dir_all(&blobs).map_err(OciError::io(&blobs))?;
         let _cleanup = crate::cleanup::register_path(staging.path());
-        Ok(LayoutWriter { target: target.to_path_buf(), staging, exists, _cleanup })
+        Ok(LayoutWriter { target: target.to_path_buf(), staging, exists, _cleanup, _owner })
     }
 
     pub fn target(&self) -> &Path {

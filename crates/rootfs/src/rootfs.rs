@@ -549,10 +549,8 @@ fn unpack_into_cache<R: Read>(
     open: impl FnOnce() -> Result<R, RootfsError>,
 ) -> Result<UnpackStats, RootfsError> {
     fs::create_dir_all(cache).map_err(RootfsError::io(cache))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&ext_oci::cleanup::owned_prefix(crate::scratch::UNPACKING_PREFIX))
-        .tempdir_in(cache)
-        .map_err(RootfsError::io(cache))?;
+    let (tmp, _owner) =
+        ext_oci::cleanup::owned_tempdir(cache, crate::scratch::UNPACKING_PREFIX).map_err(RootfsError::io(cache))?;
     let _cleanup = ext_oci::cleanup::register_path(tmp.path());
     let stats = unpack_whole(tmp.path(), open()?, WhiteoutMode::Overlay, name, None)?;
     // The list goes in first: a cached layer without one is unpacked again. The layer's bytes
