@@ -413,3 +413,83 @@ fn ttl_size_bound_prune_and_bad_flags() {
         assert!(log.contains(message), "{log}");
     }
 }
+
+/// The cache format is tied to the bytes steps write (issue 18): a hit returns the layer an
+/// earlier binary wrote for the same key, so whenever COPY, ADD or RUN start writing other
+/// bytes for the same inputs, `FORMAT_VERSION` must be bumped or old entries keep giving the
+/// old bytes. This pins the digests of a few such layers to the version: when it fails, bump
+/// `ext_stepcache::key::FORMAT_VERSION` and record the new digests (the failure prints them)
+/// in testdata/step-cache-golden.json.
+#[test]
+fn layer_bytes_are_pinned_to_the_cache_format_version() {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path().join("base");
+    make_run_image(&base, "latest", false);
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("a.txt"), "golden a\n");
+    write(&ctx.join("dir/b.txt"), "golden b\n");
+    // Modes set, not left to the umask: the digests must not depend on the machine.
+    for (path, mode) in [("a.txt", 0o644), ("dir", 0o755), ("dir/b.txt", 0o600)] {
+        fs::set_permissions(ctx.join(path), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::symlink("b.txt", ctx.join("dir/link")).unwrap();
+    let mut archive = tar::Builder::new(Vec::new());
+    for (name, data) in [("arch/one", &b"1\n"[..]), ("arch/two", &b"22\n"[..])] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_mode(0o640);
+        h.set_uid(7);
+        h.set_gid(8);
+        h.set_mtime(1_500_000_000);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        archive.append(&h, data).unwrap();
+    }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &archive.into_inner().unwrap()).unwrap();
+    fs::write(ctx.join("arch.tar.gz"), gz.finish().unwrap()).unwrap();
+    let df = ctx.join("Dockerfile");
+    write(
+        &df,
+        "FROM ${base_image}\n\
+         COPY a.txt /golden/\n\
+         COPY --chmod=0751 --chown=1:2 dir /golden/dir/\n\
+         ADD arch.tar.gz /golden/add/\n\
+         USER root\n\
+         RUN mkdir -p /golden/run && echo golden > /golden/run/f && chmod 600 /golden/run/f && ln -s f /golden/run/l\n",
+    );
+    let out = t.path().join("out");
+    let o = Command::new(bin())
+        .args(["build", "--from", &format!("oci:{}", s(&base)), "-f", &s(&df), "--context", &s(&ctx)])
+        .args(["--output", &format!("oci:{}", s(&out))])
+        .env("EXT_EXTEND_CACHE_DIR", test_cache())
+        .env("EXT_EXTEND_NO_CACHE", "1")
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let layers = layer_digests(&skopeo_inspect(&out, "latest", &[]));
+    let steps = ["COPY a.txt", "COPY --chmod --chown dir", "ADD arch.tar.gz", "RUN"];
+    let new = &layers[layers.len() - steps.len()..];
+    let actual: BTreeMap<&str, &str> = steps.iter().copied().zip(new.iter().map(String::as_str)).collect();
+    let golden_path = repo_root().join("testdata/step-cache-golden.json");
+    let golden: serde_json::Value = serde_json::from_slice(&fs::read(&golden_path).unwrap()).unwrap();
+    let printed = serde_json::to_string_pretty(
+        &serde_json::json!({"format_version": ext_stepcache::key::FORMAT_VERSION, "layers": actual}),
+    )
+    .unwrap();
+    assert_eq!(
+        golden["format_version"],
+        ext_stepcache::key::FORMAT_VERSION,
+        "FORMAT_VERSION changed: record the digests for it in {}:\n{printed}",
+        golden_path.display()
+    );
+    for (step, digest) in &actual {
+        assert_eq!(
+            golden["layers"][step].as_str(),
+            Some(*digest),
+            "the `{step}` layer's bytes changed for the same inputs: bump FORMAT_VERSION (crates/stepcache/src/key.rs) and record in {}:\n{printed}",
+            golden_path.display()
+        );
+    }
+}

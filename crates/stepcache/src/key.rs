@@ -16,7 +16,9 @@ pub const PARENT: &str = "parent";
 /// (tar headers, compression, ordering), or a hit would keep giving the old bytes.
 pub const FORMAT: &str = "format";
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the overlay differ keeps xattr-only changes, same-size edits and new hard links, and ADD
+/// unpacks `.tar.zst`; `testdata/step-cache-golden.json` pins the layer digests of version 2.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Values longer than this are replaced by their digest.
 const MAX_INLINE_VALUE: usize = 160;
