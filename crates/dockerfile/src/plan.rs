@@ -504,10 +504,8 @@ impl Dockerfile {
         };
         let chown = flag("chown")?;
         let chmod = flag("chmod")?;
-        if let Some(m) = &chmod
-            && (m.is_empty() || m.len() > 4 || u32::from_str_radix(m, 8).is_err())
-        {
-            return Err(self.invalid(ins, format!("{name} --chmod={m}: expected an octal mode such as 0755")));
+        if let Some(m) = &chmod {
+            crate::chmod::Chmod::parse(m).map_err(|e| self.invalid(ins, format!("{name} --chmod: {e}")))?;
         }
         let mut out = Vec::with_capacity(sources.len());
         for s in sources {

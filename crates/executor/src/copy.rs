@@ -19,7 +19,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use ext_dockerfile::{CopyOp, CopySource, Location};
+use ext_dockerfile::{Chmod, CopyOp, CopySource, Location};
 use ext_oci::{BUILD_TIME, EntryMeta, LayerWriter};
 
 use crate::context::{BuildContext, ContextEntry, EntryKind};
@@ -172,7 +172,8 @@ impl CopyPlan {
         };
 
         let mut plan = CopyPlan::default();
-        let chmod = op.chmod.as_deref().map(|m| u32::from_str_radix(m, 8).expect("validated by the planner"));
+        let chmod = op.chmod.as_deref().map(|m| Chmod::parse(m).expect("validated by the planner"));
+        let chmod = chmod.as_ref();
         let owner_of = |e: &ContextEntry, keep: bool| -> (u64, u64) {
             match (input.owner, keep) {
                 (Some(ids), _) => (ids.uid.into(), ids.gid.into()),
@@ -192,7 +193,8 @@ impl CopyPlan {
                         // 0755 or the --chmod mode, the --chown owner), not with the source
                         // directory's metadata; an archive's is always 0755.
                         let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
-                        let mode = chmod.unwrap_or(0o755);
+                        // A symbolic --chmod edits the 0755 it would otherwise get.
+                        let mode = chmod.map_or(0o755, |c| c.apply(0o755, true));
                         let meta = EntryMeta {
                             path: dest_resolved.clone(),
                             mode,
@@ -228,7 +230,7 @@ impl CopyPlan {
             let (uid, gid) = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
             let meta = EntryMeta {
                 path: target.clone(),
-                mode: chmod.unwrap_or(0o644),
+                mode: chmod.map_or(0o644, |c| c.apply(0o644, false)),
                 uid,
                 gid,
                 mtime: BUILD_TIME,
@@ -243,7 +245,7 @@ impl CopyPlan {
         let owner = input.owner.map_or((0, 0), |o| (o.uid.into(), o.gid.into()));
         // BuildKit (fsutil since 2025) makes missing parents with the --chmod mode when there
         // is one, except for an archive's destination (its unpack makes them 0755).
-        let parent_mode = match chmod {
+        let parent_mode = match chmod.and_then(Chmod::created_dir_mode) {
             Some(mode) if copies_files => mode,
             _ => 0o755,
         };
@@ -298,7 +300,7 @@ impl CopyPlan {
         ctx: &BuildContext,
         e: &ContextEntry,
         target: &str,
-        chmod: Option<u32>,
+        chmod: Option<&Chmod>,
         (uid, gid): (u64, u64),
         source: usize,
         at: &Location,
@@ -433,10 +435,10 @@ impl CopyPlan {
     }
 }
 
-fn meta_of(target: &str, e: &ContextEntry, chmod: Option<u32>, uid: u64, gid: u64) -> EntryMeta {
+fn meta_of(target: &str, e: &ContextEntry, chmod: Option<&Chmod>, uid: u64, gid: u64) -> EntryMeta {
     EntryMeta {
         path: target.to_string(),
-        mode: chmod.unwrap_or(e.mode),
+        mode: chmod.map_or(e.mode, |c| c.apply(e.mode, e.kind == EntryKind::Dir)),
         uid,
         gid,
         mtime: e.mtime.max(0) as u64,
