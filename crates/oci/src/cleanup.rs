@@ -95,6 +95,8 @@ pub fn run_now(signal: i32) {
     }
     for p in paths {
         let _ = std::fs::remove_dir_all(&p);
+        // Its owner lock (see `owned_tempdir`), which `OwnerLock`'s drop would have removed.
+        let _ = std::fs::remove_file(lock_path(&p));
     }
 }
 

@@ -672,26 +672,11 @@ fn masks_lower(layer: &Path, rel: &str) -> bool {
     false
 }
 
-/// True if a whiteout or an opaque directory in `layer` hides `rel` from the layers below.
+/// True if a whiteout or an opaque directory in `layer` hides `rel` from the layers below, and
+/// `layer` has nothing of its own there (an entry at `rel` rules out a whiteout at or above it,
+/// so only the opaque case needs the check).
 fn hidden_below(layer: &Path, rel: &str) -> bool {
-    let mut prefix = PathBuf::new();
-    let parts: Vec<&str> = rel.split('/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        prefix.push(part);
-        let p = layer.join(&prefix);
-        match fs::symlink_metadata(&p) {
-            Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return true,
-            Ok(md) if md.is_dir() && i + 1 < parts.len() => {
-                if matches!(xattr::get(&p, "trusted.overlay.opaque"), Ok(Some(v)) if v == b"y") {
-                    // An opaque dir hides lower entries that this layer lacks.
-                    return fs::symlink_metadata(layer.join(rel)).is_err();
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
+    masks_lower(layer, rel) && fs::symlink_metadata(layer.join(rel)).is_err()
 }
 
 /// Gives the directory `path` the owner, mode, xattrs and mtime of `source` (`md`).
