@@ -131,7 +131,8 @@ const LOCK_SUFFIX: &str = ".lock";
 /// caught between creating its directory and its lock) is stale only when this old.
 const UNLOCKED_STALE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// Takes the lock of `path` (see [`OwnerLock`]); `None` if another process holds it.
+/// Takes the lock of `path` (see [`OwnerLock`]); `None` if another process holds it. Only
+/// sweeps take locks this way: owners make theirs with [`owned_tempdir`].
 fn try_lock(path: &std::path::Path, create: bool) -> std::io::Result<Option<OwnerLock>> {
     use std::os::fd::AsRawFd;
     let lock = lock_path(path);
@@ -147,16 +148,19 @@ fn try_lock(path: &std::path::Path, create: bool) -> std::io::Result<Option<Owne
 /// Makes a temporary directory `<parent>/<prefix><random>` and locks it as in use by this
 /// process, so [`remove_stale`] in any process leaves it alone until the process ends.
 pub fn owned_tempdir(parent: &std::path::Path, prefix: &str) -> std::io::Result<(tempfile::TempDir, OwnerLock)> {
+    use std::os::fd::AsRawFd;
     let dir = tempfile::Builder::new().prefix(prefix).tempdir_in(parent)?;
-    let lock = try_lock(dir.path(), true)?
-        .ok_or_else(|| std::io::Error::other(format!("{}: locked by another process", dir.path().display())))?;
-    Ok((dir, lock))
-}
-
-/// Locks `path` (a file or directory this process just made under a unique name) as in use,
-/// like [`owned_tempdir`].
-pub fn lock_owned(path: &std::path::Path) -> std::io::Result<OwnerLock> {
-    try_lock(path, true)?.ok_or_else(|| std::io::Error::other(format!("{}: locked by another process", path.display())))
+    // The lock file appears under its name already locked (made under a temporary name,
+    // locked, then renamed): a sweep that found it unlocked would take the directory for a
+    // dead run's. Until then the directory has no lock file, which a sweep leaves alone.
+    let file = tempfile::Builder::new().prefix(".lock-").tempfile_in(parent)?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    if unsafe { libc::flock(file.as_file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let path = lock_path(dir.path());
+    let file = file.persist(&path).map_err(|e| e.error)?;
+    Ok((dir, OwnerLock { _file: file, path }))
 }
 
 /// Removes the directories (or files) in `parent` named `<prefix>...` that no live process
