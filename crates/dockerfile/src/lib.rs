@@ -6,11 +6,13 @@ pub mod chmod;
 pub mod error;
 pub mod expand;
 pub mod heredoc;
+pub mod mount;
 pub mod parse;
 pub mod plan;
 pub mod words;
 
 pub use chmod::Chmod;
 pub use error::{DockerfileError, Location};
+pub use mount::{FileOwner, MountKind, RunMount, Sharing};
 pub use parse::{Dockerfile, Warning};
 pub use plan::{ConfigOp, CopyOp, CopySource, Healthcheck, Op, Plan, ResolvedFrom, RunCommand, RunOp, Step};

@@ -257,12 +257,12 @@ fn convert(
         pd::Instruction::Add(c) => copy_kind(true, &c.options, &c.src, &c.dest, docs, at)?,
         pd::Instruction::Run(r) => {
             let flags = flags(&r.options);
-            if let Some(f) = flags.iter().find(|f| f.name != "network") {
+            if let Some(f) = flags.iter().find(|f| !matches!(f.name.as_str(), "network" | "mount")) {
                 return Err(DockerfileError::UnsupportedFlag {
                     at: at.clone(),
                     instruction: "RUN",
                     flag: f.name.clone(),
-                    supported: "--network=default|none|host",
+                    supported: "--network=default|none|host, --mount=type=bind|cache|tmpfs|secret|ssh,...",
                 });
             }
             let (command, heredocs) = run_command(command(&r.arguments, escape), docs, at)?;

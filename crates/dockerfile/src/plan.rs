@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::error::{DockerfileError, Location};
 use crate::expand::{ShellLex, VarLookup};
+use crate::mount::{MountKind, RunMount};
 use crate::parse::{Dockerfile, Flag, Instruction, Kind, RawCommand, RawSource, Warning};
 use crate::words::{parse_args, parse_name_values};
 
@@ -114,6 +115,8 @@ pub struct RunOp {
     /// by an ARG: passed to the command too, but, as in Docker, no part of the step cache key.
     pub proxy_env: Vec<(String, String)>,
     pub network: Option<String>,
+    /// `--mount`s, in order (values expanded; relative targets not yet joined with WORKDIR).
+    pub mounts: Vec<RunMount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -352,6 +355,36 @@ impl Dockerfile {
                         {
                             return Err(self.invalid(ins, format!("RUN --network={n}: expected default, none or host")));
                         }
+                        let mut mounts = Vec::new();
+                        for f in flags.iter().filter(|f| f.name == "mount") {
+                            let Some(value) = &f.value else {
+                                return Err(self.invalid(
+                                    ins,
+                                    "RUN --mount needs a value, e.g. --mount=type=cache,target=/root/.cache".into(),
+                                ));
+                            };
+                            let ssh_index =
+                                mounts.iter().filter(|m: &&RunMount| matches!(m.kind, MountKind::Ssh { .. })).count();
+                            // An expansion error is reported as itself, not as a bad field.
+                            let mut failed = None;
+                            let mut expand = |w: &str| {
+                                word(w).map_err(|e| {
+                                    failed = Some(e);
+                                    String::new()
+                                })
+                            };
+                            let parsed = RunMount::parse(value, ssh_index, &mut expand);
+                            if let Some(e) = failed {
+                                return Err(e);
+                            }
+                            let mount = parsed.map_err(|m| self.invalid(ins, format!("RUN --mount={value}: {m}")))?;
+                            if let Some(t) = &mount.target
+                                && mounts.iter().any(|m: &RunMount| m.target.as_ref() == Some(t))
+                            {
+                                return Err(self.invalid(ins, format!("RUN --mount: two mounts have the target {t}")));
+                            }
+                            mounts.push(mount);
+                        }
                         let command = match (command, heredocs.as_slice()) {
                             (RawCommand::Exec(argv), []) => RunCommand::Exec(argv.clone()),
                             (RawCommand::Shell(cmd), []) => RunCommand::Shell(cmd.clone()),
@@ -380,7 +413,7 @@ impl Dockerfile {
                             }
                         }
                         budget.charge(pairs_bytes(args_env.iter().chain(&proxy_env).map(|(k, v)| (k, v))), &at)?;
-                        Op::Run(RunOp { command, args_env, proxy_env, network })
+                        Op::Run(RunOp { command, args_env, proxy_env, network, mounts })
                     }
                     Kind::Cmd(c) => {
                         let (args, prepend_shell) = command_args(c);

@@ -137,6 +137,16 @@ impl BuildContext {
         self.root.join(&entry.path)
     }
 
+    /// The entry a plain path (no wildcards) leads to, symlinks on the way followed inside the
+    /// context; `""` or `.` is the context's root.
+    pub fn lookup_path(&self, path: &str) -> Result<Option<&ContextEntry>> {
+        let cleaned = clean_relative(path).ok_or_else(|| ExecError::Context {
+            dir: self.root.clone(),
+            message: format!("`{path}` is outside the build context"),
+        })?;
+        self.lookup(&cleaned, path)
+    }
+
     pub fn get(&self, path: &str) -> Result<Option<&ContextEntry>> {
         Ok(self.entries()?.get(path))
     }

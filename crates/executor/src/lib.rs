@@ -8,6 +8,7 @@ pub mod dockerignore;
 pub mod error;
 pub mod output;
 pub mod paths;
+pub mod run_mounts;
 pub mod session;
 pub mod special_file;
 pub mod step_key;

@@ -67,6 +67,8 @@ pub struct SessionOptions {
     /// Where COPY/ADD, RUN and WORKDIR results are looked up before the step runs, and stored
     /// after it ran. `None`: every step runs.
     pub step_cache: Option<Arc<StepCache>>,
+    /// Secrets and SSH agents `RUN --mount=type=secret|ssh` may use.
+    pub mount_sources: crate::run_mounts::MountSources,
 }
 
 impl SessionOptions {
@@ -80,6 +82,7 @@ impl SessionOptions {
             executor: RunExecutor::Sandbox,
             quiet: false,
             step_cache: None,
+            mount_sources: Default::default(),
         }
     }
 }
@@ -217,8 +220,10 @@ impl Session {
                     self.cached_step(key, &mut report, |s| s.copy(op, &at, context))?;
                 }
                 Op::Run(run) => {
-                    let key = self.run_key(run);
-                    self.cached_step(key, &mut report, |s| Ok(s.run(run, &at, &step.text)?.map(|l| (l, Vec::new()))))?;
+                    let key = self.run_key(run, context);
+                    self.cached_step(key, &mut report, |s| {
+                        Ok(s.run(run, &at, &step.text, context)?.map(|l| (l, Vec::new())))
+                    })?;
                 }
                 Op::Config(c) => self.apply_config(c, &mut cmd_set),
             }
@@ -489,7 +494,7 @@ impl Session {
         Ok(rootfs)
     }
 
-    fn run(&mut self, op: &RunOp, at: &Location, text: &str) -> Result<Option<LayerBlob>> {
+    fn run(&mut self, op: &RunOp, at: &Location, text: &str, context: &BuildContext) -> Result<Option<LayerBlob>> {
         let shell = self.config.shell();
         let (argv, script) = match &op.command {
             RunCommand::Shell(cmd) => (shell.iter().cloned().chain([cmd.clone()]).collect::<Vec<_>>(), None),
@@ -503,6 +508,21 @@ impl Session {
         let user_spec = self.config.user().to_string();
         let mut env = self.config.env();
         let output = self.opts.quiet.then(|| self.opts.scratch.join("run-output"));
+        let cache_root = match &self.opts.cache_dir {
+            Some(dir) => dir.join("run-mounts"),
+            None => self.opts.scratch.join("run-mounts"),
+        };
+        let mounts = crate::run_mounts::prepare(
+            &op.mounts,
+            &crate::run_mounts::MountInputs {
+                at,
+                workdir: &self.workdir(),
+                context,
+                cache_root: &cache_root,
+                scratch: &self.opts.scratch,
+                sources: &self.opts.mount_sources,
+            },
+        )?;
         let rootfs = self.rootfs(at)?;
         let passwd = rootfs.read_file("etc/passwd");
         let group = rootfs.read_file("etc/group");
@@ -518,6 +538,12 @@ impl Session {
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
+        for (k, v) in &mounts.env {
+            match env.iter_mut().find(|(ek, _)| ek == k) {
+                Some(e) => e.1 = v.clone(),
+                None => env.push((k.clone(), v.clone())),
+            }
+        }
         if !env.iter().any(|(k, _)| k == "HOME") {
             env.push(("HOME".into(), users::home(ids.uid, passwd.as_deref())));
         }
@@ -531,6 +557,7 @@ impl Session {
             network: if op.network.as_deref() == Some("none") { Network::None } else { Network::Host },
             script,
             output,
+            mounts: mounts.mounts.clone(),
         };
         tracing::info!("{at} {}", ext_oci::escape::for_terminal(text));
         let started = std::time::Instant::now();

@@ -70,6 +70,18 @@ pub fn read_text(path: &Path, symlinks: Symlinks, max: u64) -> io::Result<String
     String::from_utf8(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "is not UTF-8 text"))
 }
 
+/// Copies the regular file `src` (not followed if it is a symlink, refused if it turned into
+/// anything else since the context was indexed) to a new file `dst`.
+pub fn copy_regular(src: &Path, dst: &Path) -> io::Result<u64> {
+    let flags = libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NOFOLLOW;
+    let mut from = File::options().read(true).custom_flags(flags).open(src)?;
+    if !from.metadata()?.file_type().is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "is no longer a regular file"));
+    }
+    let mut to = File::options().write(true).create_new(true).mode(0o600).open(dst)?;
+    io::copy(&mut from, &mut to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,8 @@ pub fn layer_format(opts: &LayerOptions) -> String {
 
 /// The key of a RUN step.
 pub struct RunInputs<'a> {
+    /// One description per `--mount` (settings, and the content of what a bind mount binds).
+    pub mounts: &'a [String],
     pub op: &'a RunOp,
     pub env: &'a [(String, String)],
     pub user: &'a str,
@@ -67,6 +69,10 @@ pub fn run_key(parent: &Digest, layer: &str, i: &RunInputs<'_>) -> StepKey {
         .with("workdir", i.workdir)
         .with("executor", i.executor)
         .with_list("ignore", ignore);
+    if !i.mounts.is_empty() {
+        // Only when there are mounts, so keys of RUNs without any stay as they were.
+        b = b.with_list("mounts", i.mounts);
+    }
     if matches!(i.op.command, RunCommand::Shell(_)) {
         b = b.with_list("shell", i.shell);
     }
@@ -329,6 +335,7 @@ mod tests {
         executor: &'static str,
         ignore: Vec<String>,
         layer: LayerOptions,
+        mounts: Vec<String>,
     }
 
     impl Run {
@@ -342,6 +349,7 @@ mod tests {
                 executor: "sandbox",
                 ignore: vec!["/a".into(), "/b".into()],
                 layer: LayerOptions::default(),
+                mounts: Vec::new(),
             }
         }
 
@@ -354,6 +362,7 @@ mod tests {
                 shell: &self.shell,
                 executor: self.executor,
                 ignore_paths: &self.ignore,
+                mounts: &self.mounts,
             };
             run_key(&Digest::of(b"image"), &layer_format(&self.layer), &inputs)
         }
@@ -373,6 +382,7 @@ mod tests {
             ["shell"]
         );
         assert_eq!(changed(Run { ignore: vec!["/a".into()], ..Run::new(base.op.clone()) }), ["ignore"]);
+        assert_eq!(changed(Run { mounts: vec!["cache target=/c".into()], ..Run::new(base.op.clone()) }), ["mounts"]);
         let level6 = LayerOptions { compression: Compression::Gzip { level: 6 }, ..LayerOptions::default() };
         assert_eq!(changed(Run { layer: level6, ..Run::new(base.op.clone()) }), ["layer"]);
         let zstd = LayerOptions { compression: Compression::Zstd { level: 3 }, ..LayerOptions::default() };

@@ -67,6 +67,7 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
         executor,
         quiet,
         step_cache: Some(step_cache),
+        mount_sources: args.executor.mount_sources()?,
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);

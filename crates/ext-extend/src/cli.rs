@@ -84,9 +84,38 @@ pub struct ExecutorArgs {
         value_parser = ["auto", "on", "off", "force"]
     )]
     pub live_root: String,
+
+    /// A secret for `RUN --mount=type=secret`: `id=ID,src=FILE` or `id=ID,env=VAR` (buildx's
+    /// syntax; `id=ID` alone reads the variable ID if set, else the file ID). Repeatable. Its
+    /// bytes reach only the RUNs that mount it: never a layer, a log line or a cache key.
+    /// From the environment: EXT_EXTEND_SECRETS, several separated by `;`.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR", env = "EXT_EXTEND_SECRETS", value_delimiter = ';')]
+    pub secrets: Vec<String>,
+
+    /// An SSH agent for `RUN --mount=type=ssh`: `default` (the agent at $SSH_AUTH_SOCK) or
+    /// `ID=SOCKET`. Repeatable; from the environment: EXT_EXTEND_SSH, separated by `;`.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET", env = "EXT_EXTEND_SSH", value_delimiter = ';')]
+    pub ssh: Vec<String>,
 }
 
 impl ExecutorArgs {
+    /// The secrets and SSH agents given with --secret and --ssh.
+    pub fn mount_sources(&self) -> Result<ext_executor::run_mounts::MountSources, crate::Failure> {
+        use ext_executor::run_mounts::{SecretSource, parse_ssh};
+        let mut sources = ext_executor::run_mounts::MountSources::default();
+        for spec in self.secrets.iter().filter(|s| !s.trim().is_empty()) {
+            let (id, source) = SecretSource::parse(spec.trim())
+                .map_err(|e| crate::Failure::input(anyhow::anyhow!("--secret {spec}: {e}")))?;
+            sources.secrets.insert(id, source);
+        }
+        for spec in self.ssh.iter().filter(|s| !s.trim().is_empty()) {
+            let (id, socket) =
+                parse_ssh(spec.trim()).map_err(|e| crate::Failure::input(anyhow::anyhow!("--ssh: {e}")))?;
+            sources.ssh.insert(id, socket);
+        }
+        Ok(sources)
+    }
+
     /// The executor for this run; `drop_in`: started as the lifecycle's
     /// `/cnb/lifecycle/extender`.
     pub fn executor(&self, drop_in: bool) -> Result<ext_executor::session::RunExecutor, crate::Failure> {

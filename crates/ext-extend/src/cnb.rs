@@ -262,6 +262,7 @@ pub fn extend(args: ExtendArgs, log_level: Option<&str>, quiet: bool) -> Result<
         kaniko_dir: kaniko,
         step_cache: Some(step_cache),
         quiet,
+        mount_sources: args.executor.mount_sources()?,
     };
     let report = ext_lifecycle::extend(&opts).map_err(phase_failure(Phase::Extend))?;
     if let Some(w) = report.output.as_ref().or(report.written.as_ref()) {

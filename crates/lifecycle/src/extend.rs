@@ -73,6 +73,8 @@ pub struct ExtendOptions {
     pub step_cache: Option<std::sync::Arc<ext_stepcache::StepCache>>,
     /// `-q`: RUN output is kept and shown only when a command fails.
     pub quiet: bool,
+    /// Secrets and SSH agents for `RUN --mount=type=secret|ssh`.
+    pub mount_sources: ext_executor::run_mounts::MountSources,
 }
 
 #[derive(Debug, Clone)]
@@ -198,6 +200,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         executor: opts.executor.clone(),
         step_cache: opts.step_cache.clone(),
         quiet: opts.quiet,
+        mount_sources: opts.mount_sources.clone(),
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, blobs.path(), session_opts);

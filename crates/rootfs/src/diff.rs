@@ -292,6 +292,18 @@ impl StatIndex {
         self.entries.len()
     }
 
+    /// Reads the entries of `paths` (relative to `root`) again, e.g. after mount points for a
+    /// RUN came and went: what is gone leaves the index.
+    pub fn refresh<'a>(&mut self, root: &Path, paths: impl IntoIterator<Item = &'a Path>) {
+        for p in paths {
+            let Some(rel) = p.to_str() else { continue };
+            match fs::symlink_metadata(root.join(p)) {
+                Ok(md) => self.entries.insert(rel.to_string(), StatEntry::of(&md)),
+                Err(_) => self.entries.remove(rel),
+            };
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

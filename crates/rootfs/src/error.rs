@@ -204,6 +204,11 @@ pub enum RootfsError {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A `RUN --mount` target the image cannot take (a file where a directory is needed, a
+    /// symlink loop), or a mount the executor cannot make.
+    #[error("RUN --mount target {target}: {message}")]
+    MountTarget { target: String, message: String },
+
     /// A setting (environment variable) that is invalid, or that cannot be honoured here.
     #[error("{0}")]
     Setting(String),
@@ -219,7 +224,7 @@ pub enum RootfsError {
 impl RootfsError {
     /// Bad input from the user rather than a failure of the machine.
     pub fn is_user_error(&self) -> bool {
-        matches!(self, RootfsError::Setting(_))
+        matches!(self, RootfsError::Setting(_) | RootfsError::MountTarget { .. })
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> RootfsError {

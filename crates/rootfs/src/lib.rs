@@ -11,6 +11,7 @@
 pub mod diff;
 pub mod error;
 pub mod live;
+mod mount_points;
 pub mod rootfs;
 pub mod run_root;
 pub mod safe_path;
@@ -27,7 +28,7 @@ pub use live::{LiveRoot, container_evidence};
 pub use rootfs::{CacheFill, Rootfs, RunOutcome, SnapshotMode};
 pub use run_root::RunRoot;
 pub use safe_path::{LowerSymlink, LowerView, resolve_in_root, resolve_parent_in_root};
-pub use sandbox::{Network, RunSpec};
+pub use sandbox::{MountSource, Network, RunSpec, SandboxMount};
 pub use scratch::Scratch;
 pub use seccomp::SeccompProfile;
 pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer, unpack_layer_over};

@@ -195,6 +195,16 @@ impl RunRoot for LiveRoot {
     fn run(&mut self, spec: &RunSpec) -> Result<RunOutcome, RootfsError> {
         self.runs += 1;
         let spawn_err = |source| RootfsError::Spawn { program: spec.argv[0].clone(), source };
+        if let Some(m) = spec.mounts.first() {
+            // No mount(2) in a default container; faking a mount by moving files in and out of
+            // the image would put them at risk if the run were killed midway.
+            return Err(RootfsError::MountTarget {
+                target: m.target.clone(),
+                message: "RUN --mount needs the sandbox executor; the live root (the container's own `/`, \
+                          where a default container cannot mount anything) cannot make it"
+                    .into(),
+            });
+        }
         if spec.network == Network::None {
             // Without a network namespace of our own, the container's network is all there is.
             tracing::warn!(

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::diff::{self, IgnoreSet, Snapshot, StatIndex};
 use crate::error::RootfsError;
 use crate::safe_path::{LowerSymlink, LowerView};
-use crate::sandbox::{self, OverlaySpec, RunSpec, SandboxFs};
+use crate::sandbox::{self, OverlaySpec, RunSpec, SandboxFs, SandboxMount};
 use crate::unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer_over};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -386,7 +386,7 @@ impl Rootfs {
                 // The mount points live in a top layer of their own, copying the image's
                 // metadata for the directories they need, so they never reach the upper dir.
                 let mounts_rel = format!("r/{}/m", self.runs);
-                self.make_mount_layer(&self.scratch.join(&mounts_rel), &layers)?;
+                let run_mounts = self.make_mount_layer(&self.scratch.join(&mounts_rel), &layers, &spec.mounts)?;
                 // Siblings in a directory of their own: one idmapped mount covers both.
                 let upper_rel = format!("r/{}/uw/u", self.runs);
                 let work_rel = format!("r/{}/uw/w", self.runs);
@@ -415,6 +415,7 @@ impl Rootfs {
                     resolv_conf: resolv,
                     hosts,
                     user_namespace,
+                    mounts: run_mounts,
                 };
                 let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
@@ -447,24 +448,44 @@ impl Rootfs {
                 for f in MOUNT_FILES {
                     ensure_file(&flat, f)?;
                 }
+                // Mount points the image lacks are made before the "before" index, so they are
+                // in both indexes, and removed after the "after" one.
+                let (stubs, run_mounts) = crate::mount_points::make(&flat, &spec.mounts)?;
                 let before = match index.take() {
-                    Some(i) => i,
+                    Some(mut i) => {
+                        i.refresh(&flat, stubs.touched());
+                        i
+                    }
                     None => StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?,
                 };
-                let fs_spec =
-                    SandboxFs { root: flat.clone(), overlay: None, resolv_conf: resolv, hosts, user_namespace };
+                let fs_spec = SandboxFs {
+                    root: flat.clone(),
+                    overlay: None,
+                    resolv_conf: resolv,
+                    hosts,
+                    user_namespace,
+                    mounts: run_mounts,
+                };
                 let started = Instant::now();
                 let status = sandbox::run(&fs_spec, spec)
-                    .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e })?;
+                    .map_err(|e| RootfsError::Spawn { program: spec.argv[0].clone(), source: e });
                 let command_time = started.elapsed();
                 let _ = fs::remove_dir_all(&run_dir);
-                if !status.success() {
-                    // A failed RUN fails the build: nothing else runs on this half-changed tree.
-                    return Ok(RunOutcome { status, snapshot: None, command_time, diff_time: Duration::ZERO });
-                }
+                let status = match status {
+                    Ok(s) if s.success() => s,
+                    other => {
+                        // A failed RUN fails the build: nothing else runs on this half-changed
+                        // tree, but the mount points still go.
+                        stubs.remove(&flat);
+                        let status = other?;
+                        return Ok(RunOutcome { status, snapshot: None, command_time, diff_time: Duration::ZERO });
+                    }
+                };
                 let started = Instant::now();
-                let after = StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?;
+                let mut after = StatIndex::build(&flat, &self.ignore).map_err(RootfsError::io(&flat))?;
                 let snapshot = before.diff(&after, &flat);
+                stubs.remove(&flat);
+                after.refresh(&flat, stubs.touched());
                 *index = Some(after);
                 Ok(RunOutcome { status, snapshot: Some(snapshot), command_time, diff_time: started.elapsed() })
             }
@@ -475,10 +496,24 @@ impl Rootfs {
     /// every directory that some layer has only as an implicit parent, with the metadata the
     /// layers below give it (overlayfs shows a directory's metadata from the topmost layer that
     /// has it, so `COPY x /tmp/` would otherwise turn `/tmp` 0755 root for the next RUN).
-    fn make_mount_layer(&self, dir: &Path, layers: &[String]) -> Result<(), RootfsError> {
+    /// `RUN --mount` targets get their mount points here too (resolved through the lower
+    /// layers' symlinks); returns them resolved.
+    fn make_mount_layer(
+        &self,
+        dir: &Path,
+        layers: &[String],
+        mounts: &[SandboxMount],
+    ) -> Result<Vec<(PathBuf, SandboxMount)>, RootfsError> {
         fs::create_dir_all(dir).map_err(RootfsError::io(dir))?;
         let mut dirs: std::collections::BTreeSet<PathBuf> =
             MOUNT_DIRS.iter().copied().chain(["etc"]).map(PathBuf::from).collect();
+        let mut resolved = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            let rel = self.mount_point_in_layer(dir, layers, m)?;
+            let parent = if m.source.is_file() { rel.parent().unwrap_or(Path::new("")) } else { rel.as_path() };
+            dirs.extend(parent.ancestors().filter(|a| !a.as_os_str().is_empty()).map(Path::to_path_buf));
+            resolved.push((rel, m.clone()));
+        }
         for p in self.implicit_dirs.iter().take(layers.len()).flatten() {
             let Some(rel) = p.to_str() else { continue };
             // Only what the merged tree has as a directory (a later layer may have deleted it).
@@ -501,7 +536,53 @@ impl Rootfs {
                 copy_metadata(&dir.join(d), &source, &md)?;
             }
         }
-        Ok(())
+        Ok(resolved)
+    }
+
+    /// Makes the mount point of `m` in the mount layer `dir`: the target resolved as the merged
+    /// layers below resolve it (their symlinks copied into `dir` and followed), the directories
+    /// on the way created (their metadata is copied afterwards where the layers have them), an
+    /// empty file at the end for a file source.
+    fn mount_point_in_layer(&self, dir: &Path, layers: &[String], m: &SandboxMount) -> Result<PathBuf, RootfsError> {
+        let err = |message: String| RootfsError::MountTarget { target: m.target.clone(), message };
+        let rel = Path::new(m.target.trim_start_matches('/'));
+        if rel.as_os_str().is_empty() {
+            return Err(err("cannot mount over the root directory".into()));
+        }
+        let view = LowerLayers { rootfs: self, layers, layer: dir.to_path_buf() };
+        let walked = if m.source.is_file() {
+            let (parent, name) =
+                crate::safe_path::resolve_parent_rel(dir, rel, true, Some(&view)).map_err(|e| err(e.to_string()))?;
+            parent.rel.join(name)
+        } else {
+            crate::safe_path::resolve_dir_rel(dir, rel, true, Some(&view)).map_err(|e| err(e.to_string()))?.rel
+        };
+        if walked.as_os_str().is_empty() {
+            return Err(err("resolves to the root directory".into()));
+        }
+        // What the merged layers have on the way must be directories (and a file source's
+        // target must not be one): a mount point in this layer would otherwise hide it.
+        let mut cur = PathBuf::new();
+        let parts: Vec<_> = walked.iter().collect();
+        for (i, part) in parts.iter().enumerate() {
+            cur.push(part);
+            let last = i + 1 == parts.len();
+            let Some(md) = cur.to_str().and_then(|c| self.lower_metadata(layers, c)) else { continue };
+            match (last, m.source.is_file(), md.is_dir()) {
+                (_, _, true) if !(last && m.source.is_file()) => {}
+                (true, true, false) => {}
+                (true, _, _) => {
+                    let want = if m.source.is_file() { "a file" } else { "a directory" };
+                    return Err(err(format!("the image has something else than {want} there")));
+                }
+                (false, _, _) => return Err(err(format!("/{} is not a directory", cur.display()))),
+            }
+        }
+        if m.source.is_file() {
+            let p = dir.join(&walked);
+            fs::write(&p, b"").map_err(RootfsError::io(&p))?;
+        }
+        Ok(walked)
     }
 
     /// The directory a RUN's snapshot reads from stays valid until the next RUN; this removes

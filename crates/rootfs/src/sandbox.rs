@@ -95,6 +95,34 @@ pub struct RunSpec {
     /// A file (created or truncated) for the command's stdout and stderr, instead of our
     /// stderr (`-q`: the caller shows it only if the command fails).
     pub output: Option<PathBuf>,
+    /// `RUN --mount`s: what appears where while the command runs (never in a layer).
+    pub mounts: Vec<SandboxMount>,
+}
+
+/// One `RUN --mount` as the sandbox makes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxMount {
+    /// Absolute path in the image; missing directories (or, for a file source, the file) are
+    /// made for the run and taken away after it.
+    pub target: String,
+    pub source: MountSource,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A host directory bound at the target (a cache directory, a copy of context files).
+    Dir(PathBuf),
+    /// A host file or socket bound at the target (a secret, the SSH agent).
+    File(PathBuf),
+    /// A fresh tmpfs (`size` bytes at most).
+    Tmpfs { size: Option<u64> },
+}
+
+impl MountSource {
+    pub fn is_file(&self) -> bool {
+        matches!(self, MountSource::File(_))
+    }
 }
 
 /// Where a RUN's stdout and stderr go: the spec's output file, else our own stderr.
@@ -123,6 +151,9 @@ pub struct SandboxFs {
     /// Run in this user namespace, over idmapped mounts (see [`crate::userns`]), with the
     /// mount points for them under this (empty) directory.
     pub user_namespace: Option<(std::sync::Arc<crate::userns::UserNamespace>, PathBuf)>,
+    /// The spec's mounts with their targets resolved in the root (relative, real directories
+    /// only: the image's symlinks already followed inside it), mount points in place.
+    pub mounts: Vec<(PathBuf, SandboxMount)>,
 }
 
 /// `/proc` paths a RUN may read but not write (runc's and Docker's defaults): a root without a
@@ -300,6 +331,42 @@ pub fn plan(fs: &SandboxFs, spec: &RunSpec) -> io::Result<Vec<Op>> {
             ops.push(Op::Bind { source: cpath(src)?, target: r(dst)?, flags: confined });
         }
     }
+    // RUN --mounts last before pivot_root: their targets consist of real directories of the
+    // root (resolved by the caller), so nothing outside it can be reached through them.
+    for (rel, m) in &fs.mounts {
+        let target = cpath(&root.join(rel))?;
+        let ro = if m.readonly { libc::MS_RDONLY } else { 0 };
+        match (&m.source, userns) {
+            (MountSource::Dir(p) | MountSource::File(p), None) => {
+                ops.push(Op::Bind { source: cpath(p)?, target, flags: confined | ro })
+            }
+            (MountSource::Dir(p) | MountSource::File(p), Some(ns)) => {
+                // Seen through the namespace's idmapping, as the layers are (nosuid,nodev).
+                ops.push(Op::MountIdmapped { source: cpath(p)?, target: target.clone(), userns: ns });
+                if m.readonly {
+                    ops.push(Op::ReadOnly { path: target, flags: confined });
+                }
+            }
+            (MountSource::Tmpfs { size }, _) => {
+                let mut data = String::from("mode=1777");
+                if let Some(size) = size {
+                    data.push_str(&format!(",size={size}"));
+                }
+                if userns.is_some() {
+                    // Owned by the namespace's root, as an image root's tmpfs would be.
+                    let id = crate::userns::HOST_BASE;
+                    data.push_str(&format!(",uid={id},gid={id}"));
+                }
+                ops.push(Op::Mount {
+                    source: cstr("tmpfs")?,
+                    target,
+                    fstype: cstr("tmpfs")?,
+                    flags: confined | ro,
+                    data: Some(cstr(data)?),
+                });
+            }
+        }
+    }
     if let Some(s) = &spec.script {
         ops.push(Op::WriteFile { path: r(SCRIPT_PATH.trim_start_matches('/'))?, content: s.clone(), mode: 0o755 });
     }
@@ -393,6 +460,7 @@ mod tests {
             network,
             script: Some(b"#!/bin/sh\n".to_vec()),
             output: None,
+            mounts: Vec::new(),
         }
     }
 
@@ -490,6 +558,7 @@ mod tests {
             resolv_conf: Some(t.path().join("resolv.conf")),
             hosts: None,
             user_namespace: None,
+            mounts: Vec::new(),
         };
         for network in [Network::Host, Network::None] {
             let calls = record(&fs, &spec(network), &root);
@@ -521,6 +590,7 @@ mod tests {
             resolv_conf: None,
             hosts: None,
             user_namespace: Some((ns.clone(), idmapped.clone())),
+            mounts: Vec::new(),
         };
         let root = idmapped.join("root");
         let calls = record(&fs, &spec(Network::Host), &root);
@@ -546,6 +616,7 @@ mod tests {
             resolv_conf: None,
             hosts: None,
             user_namespace: Some((ns, idmapped.clone())),
+            mounts: Vec::new(),
         };
         let root = t.path().join("merged");
         let calls = record(&fs, &spec(Network::Host), &root);

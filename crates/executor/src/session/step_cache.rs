@@ -33,9 +33,11 @@ impl Session {
         step_key::copy_key(&parent, &self.opts.layer, op, &self.workdir(), context, &mut self.hasher)
     }
 
-    pub(super) fn run_key(&self, op: &RunOp) -> Option<(StepKey, Vec<Stamped>)> {
+    pub(super) fn run_key(&mut self, op: &RunOp, context: &BuildContext) -> Option<(StepKey, Vec<Stamped>)> {
         self.opts.step_cache.as_ref()?;
+        let (mounts, stamps) = self.mount_key_parts(op, context)?;
         let inputs = RunInputs {
+            mounts: &mounts,
             op,
             env: &self.config.env(),
             user: self.config.user(),
@@ -47,7 +49,43 @@ impl Session {
             },
             ignore_paths: &self.opts.ignore_paths,
         };
-        Some((step_key::run_key(&self.parent(), &step_key::layer_format(&self.opts.layer), &inputs), Vec::new()))
+        Some((step_key::run_key(&self.parent(), &step_key::layer_format(&self.opts.layer), &inputs), stamps))
+    }
+
+    /// What a RUN's mounts put into its key: each mount's settings and, for a bind mount, the
+    /// content of what it binds (hashed as a COPY of it would be). Not in it: what a cache or
+    /// tmpfs holds, and secrets (BuildKit keys them the same way).
+    fn mount_key_parts(&mut self, op: &RunOp, context: &BuildContext) -> Option<(Vec<String>, Vec<Stamped>)> {
+        let mut parts = Vec::with_capacity(op.mounts.len());
+        let mut stamps = Vec::new();
+        let workdir = self.workdir();
+        for m in &op.mounts {
+            let target = m.target.as_deref().map(|t| crate::run_mounts::absolute_target(t, &workdir));
+            let mut part = format!("{} target={target:?} ro={}", m.kind.type_name(), m.readonly);
+            match &m.kind {
+                ext_dockerfile::MountKind::Bind { source } => {
+                    let copy = ext_dockerfile::CopyOp {
+                        add: false,
+                        sources: vec![ext_dockerfile::CopySource::Path(if source.is_empty() {
+                            ".".into()
+                        } else {
+                            source.clone()
+                        })],
+                        dest: "/".into(),
+                        chown: None,
+                        chmod: None,
+                    };
+                    let parent = Digest::of(b"bind mount");
+                    let (key, s) =
+                        step_key::copy_key(&parent, &self.opts.layer, &copy, "/", context, &mut self.hasher)?;
+                    part.push_str(&format!(" source={source:?} content={}", key.digest()));
+                    stamps.extend(s);
+                }
+                other => part.push_str(&format!(" {other:?}")),
+            }
+            parts.push(part);
+        }
+        Some((parts, stamps))
     }
 
     /// Runs a step that makes a layer through the step cache: a hit reuses the stored layer
