@@ -105,7 +105,11 @@ fn errors_name_file_line_and_reason() {
         ("FROM ${base_image}\nCOPY --from=builder /a /b\n", 2, "--from"),
         ("FROM ${base_image}\n\nBOGUS x\n", 3, "unknown instruction"),
         ("FROM ${base_image}\nCOPY --mystery a b\n", 2, "--mystery"),
-        ("FROM ${base_image}\nRUN --mount=type=cache true\n", 2, "RUN --mount=type=cache: a cache mount needs a target"),
+        (
+            "FROM ${base_image}\nRUN --mount=type=cache true\n",
+            2,
+            "RUN --mount=type=cache: a cache mount needs a target",
+        ),
         ("FROM ${base_image}\nRUN --security=insecure true\n", 2, "--security"),
         ("FROM ${base_image}\nRUN --mount=type=cache,target=/a --mount=type=tmpfs,target=/a true\n", 2, "two mounts"),
         ("FROM ${base_image}\nRUN --mount=target=${missing:?must-be-set} true\n", 2, "must-be-set"),
