@@ -242,7 +242,7 @@ fn base_name(p: &str) -> &str {
     p.trim_end_matches('/').rsplit('/').next().unwrap_or(p)
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(key: &str, v: &str) -> Result<bool, String> {
     // Go's strconv.ParseBool.
     match v {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),

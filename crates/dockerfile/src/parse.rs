@@ -333,13 +333,18 @@ fn copy_kind(
             "from" => {
                 return Err(DockerfileError::CopyFrom { at: at.clone(), instruction });
             }
-            "chown" | "chmod" | "link" => {}
+            "chown" | "chmod" | "link" | "exclude" => {}
+            "parents" if !add => {}
             other => {
                 return Err(DockerfileError::UnsupportedFlag {
                     at: at.clone(),
                     instruction,
                     flag: other.to_string(),
-                    supported: "--chown, --chmod, --link",
+                    supported: if add {
+                        "--chown, --chmod, --link, --exclude"
+                    } else {
+                        "--chown, --chmod, --link, --exclude, --parents"
+                    },
                 });
             }
         }

@@ -86,7 +86,7 @@ pub enum Op {
     Config(ConfigOp),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyOp {
     /// ADD (archives extracted, URLs recognised) rather than COPY.
     pub add: bool,
@@ -94,6 +94,12 @@ pub struct CopyOp {
     pub dest: String,
     pub chown: Option<String>,
     pub chmod: Option<String>,
+    /// `--exclude` patterns (`.dockerignore` syntax), matched against the paths below each
+    /// source, as BuildKit's copy does (a source itself is never excluded).
+    pub exclude: Vec<String>,
+    /// `--parents`: each source keeps its path from the context root (or from a `/./` pivot)
+    /// under the destination.
+    pub parents: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -537,6 +543,20 @@ impl Dockerfile {
         };
         let chown = flag("chown")?;
         let chmod = flag("chmod")?;
+        let mut exclude = Vec::new();
+        for f in flags.iter().filter(|f| f.name == "exclude") {
+            match &f.value {
+                Some(v) if !v.is_empty() => exclude.push(expand_word(lex, v, scope, at)?),
+                _ => return Err(self.invalid(ins, format!("{name} --exclude needs a pattern"))),
+            }
+        }
+        let parents = match flags.iter().find(|f| f.name == "parents") {
+            None => false,
+            Some(Flag { value: None, .. }) => true,
+            Some(Flag { value: Some(v), .. }) => {
+                crate::mount::parse_bool("--parents", v).map_err(|e| self.invalid(ins, format!("{name} {e}")))?
+            }
+        };
         if let Some(m) = &chmod {
             crate::chmod::Chmod::parse(m).map_err(|e| self.invalid(ins, format!("{name} --chmod: {e}")))?;
         }
@@ -566,7 +586,7 @@ impl Dockerfile {
         if dest.is_empty() {
             return Err(self.invalid(ins, format!("{name} destination expands to an empty path")));
         }
-        Ok(CopyOp { add, sources: out, dest, chown, chmod })
+        Ok(CopyOp { add, sources: out, dest, chown, chmod, exclude, parents })
     }
 
     fn healthcheck(

@@ -117,6 +117,9 @@ fn errors_name_file_line_and_reason() {
         ("FROM ${base_image}\nENV A=\"${B:?must be set}\"\n", 2, "must be set"),
         ("FROM ${base_image}\nENV A=\"unterminated\n", 2, ""),
         ("FROM ${base_image}\nCOPY --chmod=999 a b\n", 2, "octal"),
+        ("FROM ${base_image}\nADD --parents a b/\n", 2, "--parents"),
+        ("FROM ${base_image}\nCOPY --parents=maybe a b/\n", 2, "expected true or false"),
+        ("FROM ${base_image}\nCOPY --exclude a b/\n", 2, "--exclude needs a pattern"),
         ("FROM ${base_image}\nCOPY http://example.com/x /x\n", 2, "use ADD"),
         ("FROM ${base_image}\nUSER ${nobody}\n", 2, "empty user"),
         ("ARG base_image\nFROM ${base_image}\nUSER 1\n", 2, "base_image` is not set"),
@@ -194,6 +197,15 @@ fn copy_sources_flags_and_heredocs() {
     let Op::Copy(add) = &ops[4] else { panic!() };
     assert!(add.add);
     assert_eq!(add.sources, vec![CopySource::Url("https://example.com/a.tgz".into())]);
+    assert!(add.exclude.is_empty() && !add.parents);
+
+    let text = "FROM ${base_image}\nARG ext=md\nCOPY --exclude=*.${ext} --exclude=!keep.md --parents a/./b /d/\nCOPY --parents=false x /y/\n";
+    let ops = plan_ops(text, &[("base_image", "b")], &[]);
+    let Op::Copy(c) = &ops[1] else { panic!() };
+    assert_eq!(c.exclude, ["*.md", "!keep.md"], "repeatable, expanded, in order");
+    assert!(c.parents);
+    let Op::Copy(c) = &ops[2] else { panic!() };
+    assert!(!c.parents);
 }
 
 #[test]

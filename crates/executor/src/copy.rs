@@ -23,6 +23,7 @@ use ext_dockerfile::{Chmod, CopyOp, CopySource, Location};
 use ext_oci::{BUILD_TIME, EntryMeta, LayerWriter};
 
 use crate::context::{BuildContext, ContextEntry, EntryKind};
+use crate::copy_select::{self, Exclude, Include};
 use crate::error::{ExecError, Result};
 use crate::paths::clean_clamped;
 use crate::tree::{ImageTree, Node, NodeKind, TreeView, join};
@@ -76,6 +77,8 @@ struct Item<'a> {
     /// An extracted archive: its members keep their owners (unless `--chown`) and modes
     /// (`--chmod` does not apply to them).
     keep_owner: bool,
+    /// The `--parents` pattern of the source.
+    include: Option<&'a Include>,
 }
 
 impl CopyPlan {
@@ -89,11 +92,14 @@ impl CopyPlan {
         let dest_clean = clean_clamped(&dest_abs);
         let dir_syntax = op.dest.ends_with('/') || op.dest.ends_with("/.") || op.dest == "." || op.dest.ends_with("..");
 
+        let exclude = Exclude::new(op).map_err(|e| step(format!("{name} --exclude {e}")))?;
         // Archives are extracted into contexts of their own, which must outlive the items.
         let mut archives: Vec<BuildContext> = Vec::new();
         let mut inline: Vec<(String, Vec<u8>)> = Vec::new();
-        // (archive index + 1 or 0, the source's own name, the entry it leads to)
-        let mut matched: Vec<(usize, String, &ContextEntry)> = Vec::new();
+        // `--parents` include patterns, by source.
+        let mut includes: Vec<Option<Include>> = Vec::new();
+        // (archive index + 1 or 0, the source's own name, the entry it leads to, its include)
+        let mut matched: Vec<(usize, String, &ContextEntry, usize)> = Vec::new();
         for src in &op.sources {
             match src {
                 CopySource::Url(url) => {
@@ -103,10 +109,33 @@ impl CopyPlan {
                 }
                 CopySource::Inline { name, content } => inline.push((name.clone(), content.clone().into_bytes())),
                 CopySource::Path(p) => {
-                    let found = input.context.resolve_source(p).map_err(|e| match e {
+                    let found = copy_select::resolve(op, input.context, p).map_err(|e| match e {
                         ExecError::Context { message, .. } => step(format!("{name} source {message}")),
                         other => other,
                     })?;
+                    if op.parents && !has_wildcard(p) && found.include.is_some() {
+                        // A plain path that names nothing below the root is as missing as a
+                        // plain source without --parents.
+                        let mut hit = false;
+                        for m in found.matches.iter().filter(|m| m.entry.kind == EntryKind::Dir) {
+                            let below = copy_select::below(
+                                input.context,
+                                m.entry,
+                                found.include.as_ref(),
+                                &Exclude::default(),
+                            )?;
+                            hit |= !below.is_empty();
+                        }
+                        if !hit {
+                            return Err(step(format!(
+                                "{name} --parents source `{p}` not found in the build context {}",
+                                input.context.root().display()
+                            )));
+                        }
+                    }
+                    let include = includes.len();
+                    includes.push(found.include);
+                    let found = found.matches;
                     if found.is_empty() && has_wildcard(p) {
                         // BuildKit skips a wildcard that matches nothing.
                         tracing::info!("{}: {name} source `{p}` matches nothing in the build context", input.at);
@@ -124,20 +153,26 @@ impl CopyPlan {
                             let disk = input.context.disk_path(e);
                             if let Some(ctx) = extract_archive(&disk, input.scratch, archives.len(), input.at)? {
                                 archives.push(ctx);
-                                matched.push((archives.len(), m.name, e));
+                                matched.push((archives.len(), m.name, e, include));
                                 continue;
                             }
                         }
-                        matched.push((0, m.name, e));
+                        matched.push((0, m.name, e, include));
                     }
                 }
             }
         }
         let items: Vec<Item<'_>> = matched
             .iter()
-            .map(|(a, name, e)| -> Result<Item<'_>> {
+            .map(|(a, name, e, include)| -> Result<Item<'_>> {
                 Ok(match *a {
-                    0 => Item { context: input.context, name, entry: e, keep_owner: false },
+                    0 => Item {
+                        context: input.context,
+                        name,
+                        entry: e,
+                        keep_owner: false,
+                        include: includes[*include].as_ref(),
+                    },
                     n => {
                         let ctx = &archives[n - 1];
                         Item {
@@ -145,6 +180,7 @@ impl CopyPlan {
                             name,
                             entry: ctx.get("")?.expect("an archive context has a root"),
                             keep_owner: true,
+                            include: None,
                         }
                     }
                 })
@@ -206,7 +242,10 @@ impl CopyPlan {
                         plan.add(&dest_resolved, meta, Content::Dir);
                     }
                     let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };
-                    for child in item.context.children_of(&e.path)? {
+                    // BuildKit unpacks an archive whole: --exclude does not reach its members.
+                    let none = Exclude::default();
+                    let exclude = if item.keep_owner { &none } else { &exclude };
+                    for child in copy_select::below(item.context, e, item.include, exclude)? {
                         let target = join(&dest_resolved, &child.path[base_len..]);
                         plan.add_entry(
                             item.context,

@@ -13,6 +13,25 @@ struct Pattern {
     exclusion: bool,
 }
 
+impl Pattern {
+    /// One pattern line; `None` for one that names nothing (such as `.`).
+    fn new(raw: &str) -> Result<Option<Pattern>, globset::Error> {
+        let line = raw.trim();
+        let (exclusion, pat) = match line.strip_prefix('!') {
+            Some(rest) => (true, rest.trim()),
+            None => (false, line),
+        };
+        // Like Go's `filepath.Clean`, relative to the context root.
+        let cleaned = clean_clamped(pat);
+        if cleaned.is_empty() {
+            return Ok(None);
+        }
+        let matcher =
+            GlobBuilder::new(&cleaned).literal_separator(true).backslash_escape(true).build()?.compile_matcher();
+        Ok(Some(Pattern { matcher, exclusion }))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct DockerIgnore {
     patterns: Vec<Pattern>,
@@ -20,28 +39,28 @@ pub struct DockerIgnore {
 
 impl DockerIgnore {
     pub fn parse(text: &str) -> Result<DockerIgnore, String> {
-        let mut patterns = Vec::new();
-        for (n, raw) in text.lines().enumerate() {
+        let lines = text.lines().enumerate().filter(|(_, raw)| {
             let line = raw.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
+            !line.is_empty() && !line.starts_with('#')
+        });
+        let mut patterns = Vec::new();
+        for (n, raw) in lines {
+            if let Some(p) = Pattern::new(raw).map_err(|e| format!(".dockerignore line {}: `{raw}`: {e}", n + 1))? {
+                patterns.push(p);
             }
-            let (exclusion, pat) = match line.strip_prefix('!') {
-                Some(rest) => (true, rest.trim()),
-                None => (false, line),
-            };
-            // Like Go's `filepath.Clean`, relative to the context root.
-            let cleaned = clean_clamped(pat);
-            if cleaned.is_empty() {
-                continue;
+        }
+        Ok(DockerIgnore { patterns })
+    }
+
+    /// A matcher for patterns given one by one (`COPY --exclude`), with the same syntax as
+    /// the lines of a `.dockerignore` (no comments).
+    pub fn from_patterns<S: AsRef<str>>(given: &[S]) -> Result<DockerIgnore, String> {
+        let mut patterns = Vec::new();
+        for raw in given {
+            let raw = raw.as_ref();
+            if let Some(p) = Pattern::new(raw).map_err(|e| format!("`{raw}`: {e}"))? {
+                patterns.push(p);
             }
-            let matcher = GlobBuilder::new(&cleaned)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .map_err(|e| format!(".dockerignore line {}: `{raw}`: {e}", n + 1))?
-                .compile_matcher();
-            patterns.push(Pattern { matcher, exclusion });
         }
         Ok(DockerIgnore { patterns })
     }

@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod copy;
+pub mod copy_select;
 pub mod dockerignore;
 pub mod error;
 pub mod output;

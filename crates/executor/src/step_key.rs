@@ -99,9 +99,11 @@ pub fn copy_key(
 ) -> Option<(StepKey, Vec<Stamped>)> {
     let mut sink = HashingWriter::new(std::io::sink());
     let mut stamps = Vec::new();
+    let exclude = crate::copy_select::Exclude::new(op).ok()?;
     for (n, source) in op.sources.iter().enumerate() {
         let CopySource::Path(p) = source else { continue };
-        let matches = context.resolve_source(p).ok()?;
+        let resolved = crate::copy_select::resolve(op, context, p).ok()?;
+        let matches = resolved.matches;
         writeln!(sink, "source {n} {p:?}: {} matches", matches.len()).ok()?;
         for m in matches {
             writeln!(sink, "match {:?}", m.name).ok()?;
@@ -129,7 +131,7 @@ pub fn copy_key(
             describe(m.entry, "", &mut sink)?;
             if matches!(m.entry.kind, EntryKind::Dir) {
                 let skip = if m.entry.path.is_empty() { 0 } else { m.entry.path.len() + 1 };
-                for child in context.children_of(&m.entry.path).ok()? {
+                for child in crate::copy_select::below(context, m.entry, resolved.include.as_ref(), &exclude).ok()? {
                     describe(child, &child.path[skip..], &mut sink)?;
                 }
             }
@@ -473,6 +475,27 @@ mod tests {
             copy_key(&Digest::of(b"image"), &LayerOptions::default(), &missing, "/", &context, &mut h).is_some(),
             "a missing plain path resolves to nothing: keyed, and the step fails before storing"
         );
+    }
+
+    #[test]
+    fn excluded_and_unselected_files_are_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = d.path().join("ctx");
+        fs::create_dir_all(ctx.join("src/docs")).unwrap();
+        fs::write(ctx.join("src/a.txt"), "a").unwrap();
+        fs::write(ctx.join("src/docs/x.md"), "x").unwrap();
+        let mut h = SourceHasher::new(None);
+        let exclude = "COPY --exclude=docs src /dst/";
+        let parents = "COPY --parents src/*.txt /dst/";
+        let (k1, p1) = (copy_key_of(&ctx, exclude, &mut h), copy_key_of(&ctx, parents, &mut h));
+        fs::write(ctx.join("src/docs/x.md"), "changed").unwrap();
+        assert_eq!(copy_key_of(&ctx, exclude, &mut h).digest(), k1.digest(), "an excluded file");
+        assert_eq!(copy_key_of(&ctx, parents, &mut h).digest(), p1.digest(), "a file --parents does not take");
+        fs::write(ctx.join("src/a.txt"), "changed").unwrap();
+        assert_eq!(copy_key_of(&ctx, exclude, &mut h).differing(k1.components()), ["sources"]);
+        assert_eq!(copy_key_of(&ctx, parents, &mut h).differing(p1.components()), ["sources"]);
+        let plain = copy_key_of(&ctx, "COPY src /dst/", &mut h);
+        assert!(plain.differing(copy_key_of(&ctx, exclude, &mut h).components()).iter().any(|c| c == "instruction"));
     }
 
     #[test]

@@ -72,8 +72,7 @@ impl Session {
                             source.clone()
                         })],
                         dest: "/".into(),
-                        chown: None,
-                        chmod: None,
+                        ..Default::default()
                     };
                     let parent = Digest::of(b"bind mount");
                     let (key, s) =
