@@ -35,9 +35,9 @@ pub enum DockerfileError {
     MultiStage { at: Location },
 
     #[error(
-        "{at}: `{instruction} --from` copies from another stage or image, which image extensions may not use; allowed: {ALLOWED_INSTRUCTIONS}"
+        "{at}: `COPY --from={stage}` names a build stage, and multi-stage builds are not allowed in image extensions (an image reference such as `busybox`, `docker://HOST/REPO:TAG` or `oci:DIR:TAG` is)"
     )]
-    CopyFrom { at: Location, instruction: &'static str },
+    CopyFromStage { at: Location, stage: String },
 
     #[error("{at}: {instruction} does not support the flag `--{flag}` (supported: {supported})")]
     UnsupportedFlag { at: Location, instruction: &'static str, flag: String, supported: &'static str },
@@ -60,7 +60,7 @@ impl DockerfileError {
             DockerfileError::Syntax { at, .. }
             | DockerfileError::Empty { at }
             | DockerfileError::MultiStage { at }
-            | DockerfileError::CopyFrom { at, .. }
+            | DockerfileError::CopyFromStage { at, .. }
             | DockerfileError::UnsupportedFlag { at, .. }
             | DockerfileError::Invalid { at, .. }
             | DockerfileError::Expand { at, .. } => at,

@@ -27,6 +27,9 @@ pub struct Dockerfile {
     pub instructions: Vec<Instruction>,
     /// Non-fatal findings (config-only instructions outside the CNB subset).
     pub warnings: Vec<Warning>,
+    /// The `# syntax=` directive's value: BuildKit would load that frontend image; we have
+    /// one front end of our own, so it is only reported (see [`Dockerfile::syntax_note`]).
+    pub syntax: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +39,9 @@ pub struct From {
     pub image: String,
     /// True when the file had no FROM and `FROM ${base_image}` was assumed.
     pub implicit: bool,
+    /// The stage name of `FROM image AS name`, lowercased (BuildKit's stage names are
+    /// case-insensitive): `COPY --from=` naming it is a second stage, not an image.
+    pub stage: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +134,15 @@ impl Dockerfile {
     }
 }
 
+impl Dockerfile {
+    /// The debug line for a `# syntax=` directive: accepted, and not used.
+    pub fn syntax_note(&self) -> Option<String> {
+        self.syntax.as_ref().map(|s| {
+            format!("{}: `# syntax={s}` is not used: ext-extend parses Dockerfiles with its own front end", self.file)
+        })
+    }
+}
+
 /// Marker for the parser errors that mean "no FROM" (to retry with an implicit one).
 fn needs_implicit_from(e: &DockerfileError) -> bool {
     matches!(e, DockerfileError::Syntax { message, .. }
@@ -176,6 +191,7 @@ fn parse_raw(
         DockerfileError::Syntax { at: Location { file: file.into(), line }, message }
     })?;
     let escape = parsed.parser_directives.escape.as_ref().map_or('\\', |d| d.value.value);
+    let syntax = parsed.parser_directives.syntax.as_ref().map(|d| d.value.value.to_string());
 
     let mut global_args = Vec::new();
     let mut from: Option<From> = None;
@@ -209,7 +225,8 @@ fn parse_raw(
                     supported: "none",
                 });
             }
-            from = Some(From { line, image: f.image.value.to_string(), implicit: is_implicit });
+            let stage = f.as_.as_ref().map(|(_, name)| name.value.to_lowercase());
+            from = Some(From { line, image: f.image.value.to_string(), implicit: is_implicit, stage });
             continue;
         }
 
@@ -226,7 +243,7 @@ fn parse_raw(
     if from.implicit && instructions.is_empty() {
         return Err(DockerfileError::Empty { at: Location { file: file.into(), line: 0 } });
     }
-    Ok(Dockerfile { file: file.into(), escape, global_args, from, instructions, warnings })
+    Ok(Dockerfile { file: file.into(), escape, global_args, from, instructions, warnings, syntax })
 }
 
 fn convert(
@@ -330,11 +347,8 @@ fn copy_kind(
     let flags = flags(options);
     for f in &flags {
         match f.name.as_str() {
-            "from" => {
-                return Err(DockerfileError::CopyFrom { at: at.clone(), instruction });
-            }
             "chown" | "chmod" | "link" | "exclude" => {}
-            "parents" if !add => {}
+            "parents" | "from" if !add => {}
             other => {
                 return Err(DockerfileError::UnsupportedFlag {
                     at: at.clone(),
@@ -343,7 +357,7 @@ fn copy_kind(
                     supported: if add {
                         "--chown, --chmod, --link, --exclude"
                     } else {
-                        "--chown, --chmod, --link, --exclude, --parents"
+                        "--from, --chown, --chmod, --link, --exclude, --parents"
                     },
                 });
             }

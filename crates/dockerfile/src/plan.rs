@@ -100,6 +100,10 @@ pub struct CopyOp {
     /// `--parents`: each source keeps its path from the context root (or from a `/./` pivot)
     /// under the destination.
     pub parents: bool,
+    /// `COPY --from=IMAGE`: the sources are paths in that image's filesystem, not in the build
+    /// context. The reference as written (expanded): a Docker name (`busybox`,
+    /// `ghcr.io/o/r:t`), `docker://HOST/REPO[:TAG|@DIGEST]` or `oci:DIR[:TAG]`.
+    pub from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -543,6 +547,19 @@ impl Dockerfile {
         };
         let chown = flag("chown")?;
         let chmod = flag("chmod")?;
+        let from = flag("from")?;
+        if let Some(f) = &from {
+            if f.is_empty() {
+                return Err(self.invalid(ins, "COPY --from expands to an empty image reference".to_string()));
+            }
+            // A number is a stage index (0 is this Dockerfile's only stage), a name equal to
+            // `FROM ... AS name` is that stage: both are a multi-stage build.
+            let is_stage =
+                f.bytes().all(|b| b.is_ascii_digit()) || self.from.stage.as_deref() == Some(&f.to_lowercase());
+            if is_stage {
+                return Err(DockerfileError::CopyFromStage { at: at.clone(), stage: f.clone() });
+            }
+        }
         let mut exclude = Vec::new();
         for f in flags.iter().filter(|f| f.name == "exclude") {
             match &f.value {
@@ -586,7 +603,10 @@ impl Dockerfile {
         if dest.is_empty() {
             return Err(self.invalid(ins, format!("{name} destination expands to an empty path")));
         }
-        Ok(CopyOp { add, sources: out, dest, chown, chmod, exclude, parents })
+        if from.is_some() && out.iter().any(|s| matches!(s, CopySource::Inline { .. })) {
+            return Err(self.invalid(ins, "COPY --from copies files of an image, not here-documents".to_string()));
+        }
+        Ok(CopyOp { add, sources: out, dest, chown, chmod, exclude, parents, from })
     }
 
     fn healthcheck(

@@ -89,6 +89,13 @@ fn from_resolution() {
     let df = Dockerfile::parse("ARG B=busybox\nFROM ${B:-x}\n", "f").unwrap();
     assert_eq!(df.resolve_from(&BTreeMap::new()).unwrap().image, "busybox");
 
+    // `# syntax=` is accepted and kept for a debug line; it changes nothing else.
+    let df = Dockerfile::parse("# syntax=docker/dockerfile:1.7\nFROM ${base_image}\nUSER 1\n", "f").unwrap();
+    assert_eq!(df.syntax.as_deref(), Some("docker/dockerfile:1.7"));
+    assert!(df.syntax_note().unwrap().contains("`# syntax=docker/dockerfile:1.7` is not used"));
+    assert_eq!(df.instructions[0].line, 3);
+    assert!(Dockerfile::parse("FROM x\n", "f").unwrap().syntax_note().is_none());
+
     // No FROM at all: `FROM ${base_image}` is implied, line numbers stay the user's.
     let df = Dockerfile::parse("# escape=`\nCOPY a /b\nRUN echo `\n  hi\n", "f").unwrap();
     assert!(df.from.implicit);
@@ -102,7 +109,10 @@ fn from_resolution() {
 fn errors_name_file_line_and_reason() {
     let cases: &[(&str, usize, &str)] = &[
         ("FROM ${base_image}\nRUN x\nFROM other\n", 3, "multi-stage"),
-        ("FROM ${base_image}\nCOPY --from=builder /a /b\n", 2, "--from"),
+        ("FROM ${base_image} AS Builder\nCOPY --from=builder /a /b\n", 2, "`COPY --from=builder` names a build stage"),
+        ("FROM ${base_image}\nCOPY --from=0 /a /b\n", 2, "multi-stage builds are not allowed"),
+        ("FROM ${base_image}\nADD --from=busybox /a /b\n", 2, "ADD does not support the flag `--from`"),
+        ("FROM ${base_image}\nARG none\nCOPY --from=${none} /a /b\n", 3, "empty image reference"),
         ("FROM ${base_image}\n\nBOGUS x\n", 3, "unknown instruction"),
         ("FROM ${base_image}\nCOPY --mystery a b\n", 2, "--mystery"),
         (
@@ -206,6 +216,16 @@ fn copy_sources_flags_and_heredocs() {
     assert!(c.parents);
     let Op::Copy(c) = &ops[2] else { panic!() };
     assert!(!c.parents);
+    assert!(c.from.is_none());
+
+    // --from names an image (expanded like any flag); a stage name other than this FROM's is
+    // an image name too, as BuildKit reads it when no stage has that name.
+    let text = "FROM ${base_image} AS final\nARG tool=busybox:1.36\nCOPY --from=${tool} /bin/busybox /opt/bb\nCOPY --from=builder /a /b\n";
+    let ops = plan_ops(text, &[("base_image", "b")], &[]);
+    let Op::Copy(c) = &ops[1] else { panic!() };
+    assert_eq!(c.from.as_deref(), Some("busybox:1.36"));
+    let Op::Copy(c) = &ops[2] else { panic!() };
+    assert_eq!(c.from.as_deref(), Some("builder"));
 }
 
 #[test]

@@ -216,6 +216,17 @@ impl Session {
                 }
                 Op::Shell(s) => self.config.set_shell(s),
                 Op::Copy(op) => {
+                    if let Some(from) = &op.from {
+                        // Parsed and normalized (ext_oci::ImageRef::from_docker_name), not yet
+                        // executed: refused with one line rather than copied from the context.
+                        let image = ext_oci::ImageRef::from_docker_name(from).map_err(ExecError::Image)?;
+                        return Err(ExecError::step(
+                            &at,
+                            format!(
+                                "COPY --from={from} ({image}): copying files out of another image is not implemented yet; put the files into the extension layer in bin/generate and COPY them from there"
+                            ),
+                        ));
+                    }
                     let key = self.copy_key(op, context);
                     self.cached_step(key, &mut report, |s| s.copy(op, &at, context))?;
                 }

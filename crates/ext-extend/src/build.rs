@@ -37,6 +37,9 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
         for w in &df.warnings {
             tracing::warn!("{w}");
         }
+        if let Some(note) = df.syntax_note() {
+            tracing::debug!("{note}");
+        }
         let resolved = df.resolve_from(&build_args).map_err(Failure::input)?;
         if !resolved.extends_base {
             return Err(Failure::input(anyhow!(

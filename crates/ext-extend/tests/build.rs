@@ -223,6 +223,16 @@ fn bad_input_fails_clearly_and_leaves_the_output_alone() {
             "user `nobody` is not in the image's /etc/passwd",
         ),
         ("url.Dockerfile", "FROM ${base_image}\nADD https://example.com/x /x\n", "needs the network"),
+        (
+            "copy-from.Dockerfile",
+            "FROM ${base_image}\nCOPY file.txt /f\nCOPY --from=busybox:1.36 /bin/busybox /bb\n",
+            "copy-from.Dockerfile:3: COPY --from=busybox:1.36 (docker://docker.io/library/busybox:1.36): copying files out of another image is not implemented yet",
+        ),
+        (
+            "copy-from-stage.Dockerfile",
+            "FROM ${base_image} AS final\nCOPY --from=final /x /y\n",
+            "copy-from-stage.Dockerfile:2: `COPY --from=final` names a build stage",
+        ),
     ];
     for (name, text, needle) in cases {
         let df = t.path().join(name);

@@ -155,6 +155,9 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         for w in &df.warnings {
             tracing::warn!("extension {}: {w}", job.id);
         }
+        if let Some(note) = df.syntax_note() {
+            tracing::debug!("extension {}: {note}", job.id);
+        }
         if opts.kind == Kind::Build {
             validate_build_dockerfile(&job.id, &job.dockerfile, &df)?;
         }

@@ -109,6 +109,39 @@ impl FromStr for ImageRef {
     }
 }
 
+impl ImageRef {
+    /// An image as a Dockerfile names it (`COPY --from=`): `oci:` and `docker://` references
+    /// as [`FromStr`] reads them, or a Docker name normalized as Docker does: no registry
+    /// (a first component without `.` or `:` that is not `localhost`) means Docker Hub, and a
+    /// one-component Hub name is in `library/` (`busybox` is
+    /// `docker://docker.io/library/busybox`; `ghcr.io/o/r:t`, `127.0.0.1:5000/r` keep their host).
+    pub fn from_docker_name(s: &str) -> Result<ImageRef, OciError> {
+        if s.starts_with("oci:") || s.starts_with("docker://") {
+            return s.parse();
+        }
+        let bad = |reason: &str| OciError::BadReference { reference: s.into(), reason: reason.into() };
+        if s.contains("://") {
+            return Err(bad(
+                "expected a Docker image name (busybox, ghcr.io/o/r:t), docker://HOST/REPO[:TAG] or oci:DIR[:TAG]",
+            ));
+        }
+        let (domain, path) = match s.split_once('/') {
+            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (first, rest.to_string()),
+            _ => ("docker.io", s.to_string()),
+        };
+        let domain = if domain == "index.docker.io" { "docker.io" } else { domain };
+        let path = if domain == "docker.io" && !path.split(['@', ':']).next().unwrap_or("").contains('/') {
+            format!("library/{path}")
+        } else {
+            path
+        };
+        format!("docker://{domain}/{path}").parse().map_err(|e| match e {
+            OciError::BadReference { reason, .. } => bad(&reason),
+            other => other,
+        })
+    }
+}
+
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
@@ -140,6 +173,34 @@ impl fmt::Display for ImageRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_names_normalize_as_docker_does() {
+        let reg = |s: &str| match ImageRef::from_docker_name(s).unwrap() {
+            ImageRef::Registry(r) => (r.registry, r.repository, r.tag, r.digest.map(|d| d.to_string())),
+            other => panic!("{s}: {other:?}"),
+        };
+        let t = |x: &str| Some(x.to_string());
+        assert_eq!(reg("busybox"), ("docker.io".into(), "library/busybox".into(), None, None));
+        assert_eq!(reg("busybox:1.36"), ("docker.io".into(), "library/busybox".into(), t("1.36"), None));
+        assert_eq!(
+            reg("paketobuildpacks/run:base"),
+            ("docker.io".into(), "paketobuildpacks/run".into(), t("base"), None)
+        );
+        assert_eq!(reg("index.docker.io/library/alpine"), ("docker.io".into(), "library/alpine".into(), None, None));
+        assert_eq!(reg("ghcr.io/o/r:t"), ("ghcr.io".into(), "o/r".into(), t("t"), None));
+        assert_eq!(reg("127.0.0.1:5000/tools/bb:v1"), ("127.0.0.1:5000".into(), "tools/bb".into(), t("v1"), None));
+        assert_eq!(reg("localhost/x"), ("localhost".into(), "x".into(), None, None));
+        let pinned = format!("alpine@sha256:{}", "a".repeat(64));
+        assert_eq!(reg(&pinned).3, Some(format!("sha256:{}", "a".repeat(64))));
+        assert_eq!(reg(&pinned).1, "library/alpine");
+        assert!(matches!(ImageRef::from_docker_name("oci:dir:tag").unwrap(), ImageRef::Layout(_)));
+        assert_eq!(reg("docker://127.0.0.1:5000/x").0, "127.0.0.1:5000");
+        for bad in ["Busybox", "https://example.com/x", "ghcr.io/", "busybox:"] {
+            let e = ImageRef::from_docker_name(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn layout_refs() {
