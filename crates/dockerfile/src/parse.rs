@@ -132,9 +132,7 @@ impl Dockerfile {
             other => other,
         }
     }
-}
 
-impl Dockerfile {
     /// The debug line for a `# syntax=` directive: accepted, and not used.
     pub fn syntax_note(&self) -> Option<String> {
         self.syntax.as_ref().map(|s| {

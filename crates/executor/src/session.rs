@@ -219,7 +219,8 @@ impl Session {
                     if let Some(from) = &op.from {
                         // Parsed and normalized (ext_oci::ImageRef::from_docker_name), not yet
                         // executed: refused with one line rather than copied from the context.
-                        let image = ext_oci::ImageRef::from_docker_name(from).map_err(ExecError::Image)?;
+                        let image = ext_oci::ImageRef::from_docker_name(from)
+                            .map_err(|e| ExecError::step(&at, format!("COPY --from: {e}")))?;
                         return Err(ExecError::step(
                             &at,
                             format!(

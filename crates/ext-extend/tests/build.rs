@@ -229,6 +229,11 @@ fn bad_input_fails_clearly_and_leaves_the_output_alone() {
             "copy-from.Dockerfile:3: COPY --from=busybox:1.36 (docker://docker.io/library/busybox:1.36): copying files out of another image is not implemented yet",
         ),
         (
+            "copy-from-bad.Dockerfile",
+            "FROM ${base_image}\nCOPY --from=Busybox /a /b\n",
+            "copy-from-bad.Dockerfile:2: COPY --from: ",
+        ),
+        (
             "copy-from-stage.Dockerfile",
             "FROM ${base_image} AS final\nCOPY --from=final /x /y\n",
             "copy-from-stage.Dockerfile:2: `COPY --from=final` names a build stage",
