@@ -45,7 +45,20 @@ pub struct ContextEntry {
 #[derive(Debug)]
 pub struct BuildContext {
     root: PathBuf,
+    kind: ContextKind,
     index: std::sync::OnceLock<BTreeMap<String, ContextEntry>>,
+}
+
+/// What a context's directory is, which decides how paths in it are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ContextKind {
+    /// A build context (an extension layer): `.dockerignore` honoured, and nothing may lead
+    /// out of it (`..` above the root and symlinks pointing out are errors).
+    Directory,
+    /// Another image's files, unpacked for `COPY --from=IMAGE`: a root filesystem, read as a
+    /// process in that image would (`..` stops at the root, symlinks may point anywhere in
+    /// it, no `.dockerignore`). Named after the image in messages.
+    ImageRoot { image: String },
 }
 
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -58,28 +71,62 @@ impl BuildContext {
         if !meta.is_dir() {
             return Err(ExecError::Context { dir: root.to_path_buf(), message: "not a directory".into() });
         }
-        Ok(BuildContext { root: root.to_path_buf(), index: std::sync::OnceLock::new() })
+        Ok(BuildContext { root: root.to_path_buf(), kind: ContextKind::Directory, index: std::sync::OnceLock::new() })
+    }
+
+    /// The files of `image` unpacked at `root` (`COPY --from=IMAGE`), read as that image's
+    /// root filesystem.
+    pub fn open_image_root(root: &Path, image: &str) -> Result<BuildContext> {
+        let mut context = BuildContext::open(root)?;
+        context.kind = ContextKind::ImageRoot { image: image.to_string() };
+        Ok(context)
+    }
+
+    /// Where sources are looked up, for messages: `the build context DIR` or `image NAME`.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            ContextKind::Directory => format!("the build context {}", self.root.display()),
+            ContextKind::ImageRoot { image } => format!("image {image}"),
+        }
+    }
+
+    /// Whether this is another image's root filesystem (`COPY --from=IMAGE`).
+    pub fn is_image_root(&self) -> bool {
+        matches!(self.kind, ContextKind::ImageRoot { .. })
+    }
+
+    /// A path cleaned relative to the root: `None` if it leaves a build context; in an image
+    /// root `..` stops at the root, as it does for a process.
+    fn clean(&self, path: &str) -> Option<String> {
+        match self.kind {
+            ContextKind::Directory => clean_relative(path),
+            ContextKind::ImageRoot { .. } => Some(crate::paths::clean_clamped(path)),
+        }
     }
 
     fn entries(&self) -> Result<&BTreeMap<String, ContextEntry>> {
         if let Some(i) = self.index.get() {
             return Ok(i);
         }
-        let index = Self::build_index(&self.root)?;
+        let index = Self::build_index(&self.root, self.kind == ContextKind::Directory)?;
         Ok(self.index.get_or_init(|| index))
     }
 
-    /// Indexes `root`, honouring its `.dockerignore`.
-    fn build_index(root: &Path) -> Result<BTreeMap<String, ContextEntry>> {
+    /// Indexes `root`, honouring its `.dockerignore` if `dockerignore`.
+    fn build_index(root: &Path, dockerignore: bool) -> Result<BTreeMap<String, ContextEntry>> {
         let err = |message: String| ExecError::Context { dir: root.to_path_buf(), message };
-        let ignore = match crate::special_file::read_text(
-            &root.join(".dockerignore"),
-            crate::special_file::Symlinks::Refuse,
-            crate::special_file::MAX_DOCKERIGNORE,
-        ) {
-            Ok(text) => DockerIgnore::parse(&text).map_err(err)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
-            Err(e) => return Err(err(format!(".dockerignore: {e}"))),
+        let ignore = if !dockerignore {
+            DockerIgnore::default()
+        } else {
+            match crate::special_file::read_text(
+                &root.join(".dockerignore"),
+                crate::special_file::Symlinks::Refuse,
+                crate::special_file::MAX_DOCKERIGNORE,
+            ) {
+                Ok(text) => DockerIgnore::parse(&text).map_err(err)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => DockerIgnore::default(),
+                Err(e) => return Err(err(format!(".dockerignore: {e}"))),
+            }
         };
         let can_prune = !ignore.has_exclusions();
         let mut entries = BTreeMap::new();
@@ -140,7 +187,7 @@ impl BuildContext {
     /// The entry a plain path (no wildcards) leads to, symlinks on the way followed inside the
     /// context; `""` or `.` is the context's root.
     pub fn lookup_path(&self, path: &str) -> Result<Option<&ContextEntry>> {
-        let cleaned = clean_relative(path).ok_or_else(|| ExecError::Context {
+        let cleaned = self.clean(path).ok_or_else(|| ExecError::Context {
             dir: self.root.clone(),
             message: format!("`{path}` is outside the build context"),
         })?;
@@ -167,7 +214,7 @@ impl BuildContext {
     /// but only inside the context. A wildcard matching nothing gives nothing (BuildKit skips
     /// it); a missing plain path gives nothing too, and the caller says it is missing.
     pub fn resolve_source(&self, source: &str) -> Result<Vec<Matched<'_>>> {
-        let cleaned = clean_relative(source).ok_or_else(|| ExecError::Context {
+        let cleaned = self.clean(source).ok_or_else(|| ExecError::Context {
             dir: self.root.clone(),
             message: format!("`{source}` is outside the build context"),
         })?;
@@ -222,7 +269,7 @@ impl BuildContext {
                 // it (the context is the source's root filesystem).
                 let base = if target.starts_with('/') { "" } else { parent(&candidate) };
                 let joined = join(base, target);
-                let Some(clean) = clean_relative(&joined) else {
+                let Some(clean) = self.clean(&joined) else {
                     return Err(self.escape_error(source, &candidate, target, "points outside the build context"));
                 };
                 for c in clean.split('/').filter(|c| !c.is_empty()).rev() {
@@ -247,12 +294,13 @@ impl BuildContext {
                     Some(EntryKind::Symlink { target }) => target.clone(),
                     _ => String::new(),
                 };
-                Err(self.escape_error(
-                    source,
-                    path,
-                    &target,
-                    "leads to nothing in the build context (absolute targets are resolved inside it)",
-                ))
+                let why = match &self.kind {
+                    ContextKind::Directory => {
+                        "leads to nothing in the build context (absolute targets are resolved inside it)".to_string()
+                    }
+                    ContextKind::ImageRoot { image } => format!("leads to nothing in image {image}"),
+                };
+                Err(self.escape_error(source, path, &target, &why))
             }
         }
     }
@@ -267,7 +315,8 @@ impl BuildContext {
     /// Checks a symlink found inside a copied directory: Docker copies it as a link, and we
     /// refuse links that point out of the context so a layer never depends on the build host.
     pub fn check_inner_symlink(&self, link: &str, target: &str) -> Result<()> {
-        if target.starts_with('/') {
+        if target.starts_with('/') || self.is_image_root() {
+            // An image's own links were made for its root filesystem, where `..` stops at `/`.
             // An absolute link is resolved inside the image at run time, not on this host.
             return Ok(());
         }

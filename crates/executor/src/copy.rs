@@ -66,6 +66,9 @@ pub struct CopyInput<'a> {
     pub owner: Option<Ids>,
     /// Where ADD may extract archives.
     pub scratch: &'a Path,
+    /// The sources keep their owners unless `--chown` (`COPY --from=IMAGE`, as BuildKit
+    /// does it since moby#38599); from a build context they become root's.
+    pub keep_owners: bool,
 }
 
 /// One resolved source: an entry of some context (the build context, or an extracted archive).
@@ -74,9 +77,11 @@ struct Item<'a> {
     /// The source's own path (a symlink's copy is named after the link, not its target).
     name: &'a str,
     entry: &'a ContextEntry,
-    /// An extracted archive: its members keep their owners (unless `--chown`) and modes
-    /// (`--chmod` does not apply to them).
+    /// The entries keep their owners (unless `--chown`): an archive's members, another
+    /// image's files.
     keep_owner: bool,
+    /// An extracted archive: `--chmod` and `--exclude` do not reach its members.
+    archive: bool,
     /// The `--parents` pattern of the source.
     include: Option<&'a Include>,
 }
@@ -128,8 +133,8 @@ impl CopyPlan {
                         }
                         if !hit {
                             return Err(step(format!(
-                                "{name} --parents source `{p}` not found in the build context {}",
-                                input.context.root().display()
+                                "{name} --parents source `{p}` not found in {}",
+                                input.context.describe()
                             )));
                         }
                     }
@@ -138,14 +143,15 @@ impl CopyPlan {
                     let found = found.matches;
                     if found.is_empty() && has_wildcard(p) {
                         // BuildKit skips a wildcard that matches nothing.
-                        tracing::info!("{}: {name} source `{p}` matches nothing in the build context", input.at);
+                        tracing::info!(
+                            "{}: {name} source `{p}` matches nothing in {}",
+                            input.at,
+                            input.context.describe()
+                        );
                         continue;
                     }
                     if found.is_empty() {
-                        return Err(step(format!(
-                            "{name} source `{p}` not found in the build context {}",
-                            input.context.root().display()
-                        )));
+                        return Err(step(format!("{name} source `{p}` not found in {}", input.context.describe())));
                     }
                     for m in found {
                         let e = m.entry;
@@ -170,7 +176,8 @@ impl CopyPlan {
                         context: input.context,
                         name,
                         entry: e,
-                        keep_owner: false,
+                        keep_owner: input.keep_owners,
+                        archive: false,
                         include: includes[*include].as_ref(),
                     },
                     n => {
@@ -180,6 +187,7 @@ impl CopyPlan {
                             name,
                             entry: ctx.get("")?.expect("an archive context has a root"),
                             keep_owner: true,
+                            archive: true,
                             include: None,
                         }
                     }
@@ -192,7 +200,7 @@ impl CopyPlan {
         }
 
         let count = items.len() + inline.len();
-        let copies_files = items.iter().any(|i| !i.keep_owner) || !inline.is_empty();
+        let copies_files = items.iter().any(|i| !i.archive) || !inline.is_empty();
         let dest_resolved = input.tree.resolve(&dest_clean, true);
         let into_dir = dir_syntax || count > 1 || input.tree.is_dir(&dest_resolved);
         if count > 1 && !dir_syntax && !input.tree.is_dir(&dest_resolved) {
@@ -221,7 +229,7 @@ impl CopyPlan {
         for (source, item) in items.iter().enumerate() {
             let e = item.entry;
             // BuildKit applies --chmod to what COPY/ADD copies, never to an archive's members.
-            let chmod = if item.keep_owner { None } else { chmod };
+            let chmod = if item.archive { None } else { chmod };
             match &e.kind {
                 EntryKind::Dir => {
                     if !input.tree.is_dir(&dest_resolved) && !dest_resolved.is_empty() {
@@ -244,7 +252,7 @@ impl CopyPlan {
                     let base_len = if e.path.is_empty() { 0 } else { e.path.len() + 1 };
                     // BuildKit unpacks an archive whole: --exclude does not reach its members.
                     let none = Exclude::default();
-                    let exclude = if item.keep_owner { &none } else { &exclude };
+                    let exclude = if item.archive { &none } else { &exclude };
                     for child in copy_select::below(item.context, e, item.include, exclude)? {
                         let target = join(&dest_resolved, &child.path[base_len..]);
                         plan.add_entry(
@@ -364,8 +372,9 @@ impl CopyPlan {
                 return Err(ExecError::step(
                     at,
                     format!(
-                        "`{}` in the build context is a device, FIFO or socket; only files, directories and symlinks can be copied",
-                        e.path
+                        "`{}` in {} is a device, FIFO or socket; only files, directories and symlinks can be copied",
+                        e.path,
+                        ctx.describe()
                     ),
                 ));
             }
@@ -547,6 +556,7 @@ fn extract_archive(file: &Path, scratch: &Path, n: usize, at: &Location) -> Resu
     let opts = ext_rootfs::UnpackOptions {
         whiteouts: ext_rootfs::WhiteoutMode::Apply,
         layer_name: file.display().to_string(),
+        filter: None,
     };
     let members = compression.reader(open()?).map_err(ExecError::io(file))?;
     ext_rootfs::unpack_layer(&dir, members, &opts).map_err(|e| ExecError::step(at, format!("ADD: {e}")))?;

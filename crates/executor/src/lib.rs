@@ -19,4 +19,4 @@ pub mod users;
 pub use context::BuildContext;
 pub use error::{ExecError, Result};
 pub use output::{OutputTarget, WrittenImage, WrittenLayer};
-pub use session::{ExtendedImage, Provenance, Session, SessionOptions, StepReport};
+pub use session::{ExtendedImage, ImageSources, Provenance, Session, SessionOptions, StepReport};

@@ -23,6 +23,7 @@ use crate::step_key::SourceHasher;
 use crate::tree::{ImageTree, LiveTree, TreeView};
 use crate::users::{self, GroupDefault};
 
+mod copy_from;
 mod step_cache;
 
 /// How history entries name the instruction that made them.
@@ -69,6 +70,22 @@ pub struct SessionOptions {
     pub step_cache: Option<Arc<StepCache>>,
     /// Secrets and SSH agents `RUN --mount=type=secret|ssh` may use.
     pub mount_sources: crate::run_mounts::MountSources,
+    /// How `COPY --from=IMAGE` opens images.
+    pub images: ImageSources,
+}
+
+/// Where `COPY --from=IMAGE` finds other images: the base image's store settings (blob cache,
+/// insecure registries, timeouts; credentials come from the same Docker config) and platform.
+#[derive(Debug, Clone)]
+pub struct ImageSources {
+    pub store: ext_oci::StoreOptions,
+    pub platform: ext_oci::Platform,
+}
+
+impl Default for ImageSources {
+    fn default() -> ImageSources {
+        ImageSources { store: ext_oci::StoreOptions::default(), platform: ext_oci::Platform::host() }
+    }
 }
 
 impl SessionOptions {
@@ -83,6 +100,7 @@ impl SessionOptions {
             quiet: false,
             step_cache: None,
             mount_sources: Default::default(),
+            images: ImageSources::default(),
         }
     }
 }
@@ -122,6 +140,8 @@ pub struct Session {
     cache_misses: usize,
     /// New layers that step cache hits found in a registry repository.
     layer_stores: BTreeMap<Digest, ext_oci::BlobStore>,
+    /// Images `COPY --from` names, by normalized reference.
+    sources: BTreeMap<String, Image>,
 }
 
 /// The result of a session: the base image plus new layers and the final config.
@@ -154,6 +174,7 @@ impl Session {
             cache_hits: 0,
             cache_misses: 0,
             layer_stores: BTreeMap::new(),
+            sources: BTreeMap::new(),
         }
     }
 
@@ -191,6 +212,7 @@ impl Session {
         context: &BuildContext,
         provenance: &Provenance,
     ) -> Result<Vec<StepReport>> {
+        self.open_copy_sources(plan)?;
         let mut reports = Vec::with_capacity(plan.steps.len());
         let mut cmd_set = false;
         for step in &plan.steps {
@@ -215,22 +237,17 @@ impl Session {
                     self.cached_step(key, &mut report, |s| s.make_workdir(&dir, &at))?;
                 }
                 Op::Shell(s) => self.config.set_shell(s),
-                Op::Copy(op) => {
-                    if let Some(from) = &op.from {
-                        // Parsed and normalized (ext_oci::ImageRef::from_docker_name), not yet
-                        // executed: refused with one line rather than copied from the context.
-                        let image = ext_oci::ImageRef::from_docker_name(from)
-                            .map_err(|e| ExecError::step(&at, format!("COPY --from: {e}")))?;
-                        return Err(ExecError::step(
-                            &at,
-                            format!(
-                                "COPY --from={from} ({image}): copying files out of another image is not implemented yet; put the files into the extension layer in bin/generate and COPY them from there"
-                            ),
-                        ));
+                Op::Copy(op) => match &op.from {
+                    Some(from) => {
+                        let source = self.source_image(from, &at)?;
+                        let key = self.copy_from_key(op, &source);
+                        self.cached_step(key, &mut report, |s| s.copy_from(op, &at, &source))?;
                     }
-                    let key = self.copy_key(op, context);
-                    self.cached_step(key, &mut report, |s| s.copy(op, &at, context))?;
-                }
+                    None => {
+                        let key = self.copy_key(op, context);
+                        self.cached_step(key, &mut report, |s| s.copy(op, &at, context))?;
+                    }
+                },
                 Op::Run(run) => {
                     let key = self.run_key(run, context);
                     self.cached_step(key, &mut report, |s| {
@@ -350,6 +367,17 @@ impl Session {
         at: &Location,
         context: &BuildContext,
     ) -> Result<Option<(LayerBlob, Vec<String>)>> {
+        self.copy_with(op, at, context, false)
+    }
+
+    /// COPY/ADD from `context`; `keep_owners`: its entries keep their owners unless `--chown`.
+    fn copy_with(
+        &mut self,
+        op: &ext_dockerfile::CopyOp,
+        at: &Location,
+        context: &BuildContext,
+        keep_owners: bool,
+    ) -> Result<Option<(LayerBlob, Vec<String>)>> {
         let workdir = self.workdir();
         let scratch = self.opts.scratch.join(format!("copy-{}", self.copies));
         self.copies += 1;
@@ -370,7 +398,16 @@ impl Session {
             }
             None => None,
         };
-        let plan = CopyPlan::new(&CopyInput { op, at, workdir: &workdir, context, tree, owner, scratch: &scratch });
+        let plan = CopyPlan::new(&CopyInput {
+            op,
+            at,
+            workdir: &workdir,
+            context,
+            tree,
+            owner,
+            scratch: &scratch,
+            keep_owners,
+        });
         let committed = match plan {
             // Only wildcards that matched nothing: no layer (BuildKit drops the empty one).
             Ok(plan) if plan.is_empty() => Ok(None),

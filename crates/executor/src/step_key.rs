@@ -149,6 +149,20 @@ pub fn copy_key(
     Some((b.build(), stamps))
 }
 
+/// The key of `COPY --from=IMAGE`: what the instruction says and the source image's
+/// manifest digest, which fixes every byte COPY can read from it; so a hit needs the manifest
+/// only, never the source's layers.
+pub fn copy_from_key(parent: &Digest, layer: &LayerOptions, op: &CopyOp, workdir: &str, source: &Digest) -> StepKey {
+    let mut b = StepKey::builder(parent)
+        .with("layer", layer_format(layer))
+        .with("instruction", format!("COPY {op:?}"))
+        .with("from", source.as_str());
+    if !op.dest.starts_with('/') {
+        b = b.with("workdir", workdir);
+    }
+    b.build()
+}
+
 /// What identifies a file's state without reading it: a change to its content or metadata
 /// changes its ctime, which nobody can set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -367,6 +367,12 @@ impl ImageTree {
         self.nodes.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix)).map(|(k, _)| k)
     }
 
+    /// The nodes strictly below directory `dir` (`""`: all of them), in path order.
+    pub fn below<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Node)> + 'a {
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        self.nodes.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+
     pub fn get(&self, path: &str) -> Option<&Node> {
         self.nodes.get(path)
     }

@@ -71,6 +71,7 @@ pub fn run(args: BuildArgs, quiet: bool) -> Result<(), Failure> {
         quiet,
         step_cache: Some(step_cache),
         mount_sources: args.executor.mount_sources()?,
+        images: ext_executor::ImageSources { store: store.clone(), platform: platform.clone() },
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, &target.blob_dir(), opts);

@@ -442,3 +442,55 @@ fn upload_bytes(dir: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(dir) else { return 0 };
     entries.flatten().filter_map(|e| fs::metadata(e.path().join("data")).ok()).map(|m| m.len()).sum()
 }
+
+/// `COPY --from=HOST:PORT/repo:tag`, a plain Docker name: the source comes from the registry
+/// through the same store as a base image; the step cache key holds the source's manifest
+/// digest, so a rebuild hits, and the tag moving to another image misses and reads that one.
+#[test]
+fn copy_from_an_image_in_a_registry() {
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    registry_with_busybox(&reg, t.path());
+    let base = t.path().join("distroless");
+    make_run_image(&base, "latest", true);
+    let from = format!("oci:{}:latest", s(&base));
+    let source = format!("{}/test/busybox:latest", reg.addr);
+    write(&t.path().join("ctx/.keep"), "");
+    let dockerfile = t.path().join("Dockerfile");
+    write(&dockerfile, &format!("FROM ${{base_image}}\nCOPY --from={source} /bin/sh /etc/motd /opt/bb/\n"));
+    let cache = s(&t.path().join("cache"));
+    let (df, ctx) = (s(&dockerfile), s(&t.path().join("ctx")));
+    let build = |out: &str| {
+        let output = format!("oci:{}:x", s(&t.path().join(out)));
+        ext_extend_env(&build_args(&from, &output, &df, &ctx, &cache), &[("EXT_EXTEND_NO_CACHE", "0")])
+    };
+    let before = reg.requests().len();
+    let first = build("out1");
+    let digest = ok(&first);
+    let (_g, rootfs) = umoci_unpack(&t.path().join("out1"), "x");
+    // make-run-image.sh copies $BUSYBOX into the image, with /bin/sh a symlink to it.
+    let busybox = fs::read(std::env::var("BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into())).unwrap();
+    assert!(fs::read(rootfs.join("opt/bb/sh")).unwrap() == busybox, "/bin/sh followed to busybox itself");
+    assert_eq!(fs::read_to_string(rootfs.join("opt/bb/motd")).unwrap(), "built by ext-extend's make-run-image.sh\n");
+    assert!(!rootfs.join("bin").exists(), "only the copied files join the distroless base");
+    let log = requests_since(&reg, before);
+    assert!(
+        log.iter().any(|(m, u, st)| m == "GET" && u.starts_with("/v2/test/busybox/blobs/") && *st == 200),
+        "{log:#?}"
+    );
+
+    // Same inputs: a step cache hit, the same image.
+    let second = build("out2");
+    assert_eq!(ok(&second), digest);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("step cache hit"), "{stderr}");
+
+    // The tag now names an image without /bin/sh: the key changed (a miss), and the error
+    // names the source image.
+    let other = t.path().join("other");
+    make_run_image(&other, "latest", true);
+    reg.push_layout(&other, "latest", "test/busybox:latest");
+    let err = failed(&build("out3"), 2);
+    assert!(err.contains(&format!("not found in image docker://{source}")), "{err}");
+    assert!(!t.path().join("out3").exists(), "a failed build writes nothing");
+}

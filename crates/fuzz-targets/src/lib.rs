@@ -58,7 +58,7 @@ pub fn unpack(data: &[u8]) {
     fs::write(canary.join("file"), b"canary").unwrap();
     let before = listing(dir.path(), &root);
     let whiteouts = if mode & 1 == 0 { WhiteoutMode::Apply } else { WhiteoutMode::Overlay };
-    let opts = UnpackOptions { whiteouts, layer_name: "sha256:fuzz".into() };
+    let opts = UnpackOptions { whiteouts, layer_name: "sha256:fuzz".into(), filter: None };
     if mode & 2 == 0 {
         let _ = unpack_layer(&root, tar, &opts);
     } else {

@@ -204,6 +204,7 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
         step_cache: opts.step_cache.clone(),
         quiet: opts.quiet,
         mount_sources: opts.mount_sources.clone(),
+        images: ext_executor::ImageSources { store: opts.store.clone(), platform: opts.target_platform.clone() },
         ..SessionOptions::new(scratch.path())
     };
     let mut session = Session::new(base, blobs.path(), session_opts);

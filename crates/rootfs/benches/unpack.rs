@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
     g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
     for (name, mode) in [("apply", WhiteoutMode::Apply), ("overlay", WhiteoutMode::Overlay)] {
-        let opts = UnpackOptions { whiteouts: mode, layer_name: "bench".into() };
+        let opts = UnpackOptions { whiteouts: mode, layer_name: "bench".into(), filter: None };
         g.bench_function(format!("{}MiB_2000_files/{name}", tar.len() >> 20), |b| {
             b.iter_batched(
                 || tempfile::tempdir_in(parent.path()).unwrap(),

@@ -31,4 +31,4 @@ pub use safe_path::{LowerSymlink, LowerView, resolve_in_root, resolve_parent_in_
 pub use sandbox::{MountSource, Network, RunSpec, SandboxMount};
 pub use scratch::Scratch;
 pub use seccomp::SeccompProfile;
-pub use unpack::{UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer, unpack_layer_over};
+pub use unpack::{PathFilter, UnpackOptions, UnpackStats, WhiteoutMode, unpack_layer, unpack_layer_over};

@@ -181,7 +181,7 @@ impl RunRoot for LiveRoot {
         self.layers_added += 1;
         // The index no longer describes the tree; the next RUN walks it again.
         self.index = None;
-        let opts = UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: name.to_string() };
+        let opts = UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: name.to_string(), filter: None };
         let stats = unpack_layer(&self.root, &mut *tar, &opts).map_err(Box::new)?;
         io::copy(tar, &mut io::sink()).map_err(|e| RootfsError::Io { path: PathBuf::from(name), source: e })?;
         Ok(stats)

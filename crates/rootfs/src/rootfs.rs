@@ -698,7 +698,7 @@ fn unpack_whole(
     name: &str,
     lower: Option<&dyn LowerView>,
 ) -> Result<UnpackStats, RootfsError> {
-    let opts = UnpackOptions { whiteouts: mode, layer_name: name.to_string() };
+    let opts = UnpackOptions { whiteouts: mode, layer_name: name.to_string(), filter: None };
     let stats = unpack_layer_over(dir, &mut tar, &opts, lower).map_err(Box::new)?;
     io::copy(&mut tar, &mut io::sink()).map_err(|e| RootfsError::Io { path: PathBuf::from(name), source: e })?;
     Ok(stats)

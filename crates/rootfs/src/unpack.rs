@@ -57,6 +57,36 @@ pub struct UnpackOptions {
     pub whiteouts: WhiteoutMode,
     /// Name used in every error message, typically the layer digest.
     pub layer_name: String,
+    /// Only the entries this keeps are applied (`None`: all of them).
+    pub filter: Option<std::sync::Arc<PathFilter>>,
+}
+
+/// The part of a tree an unpack applies, when only some paths of an image are needed
+/// (`COPY --from=IMAGE` reads a few of another image's files). An entry is kept if it is one
+/// of the exact paths, at or below one of the roots, or an ancestor of a root (so the roots'
+/// directories get their own metadata). Whiteouts are kept by the path they hide; a hard
+/// link whose target was left out is skipped and its target listed in
+/// [`UnpackStats::left_out_link_targets`], so the caller can add them and unpack again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathFilter {
+    roots: Vec<PathBuf>,
+    exact: HashSet<PathBuf>,
+}
+
+impl PathFilter {
+    /// Root-relative paths (`usr/bin`, never `/usr/bin`); the root `""` keeps everything.
+    pub fn new(roots: impl IntoIterator<Item = PathBuf>, exact: impl IntoIterator<Item = PathBuf>) -> PathFilter {
+        PathFilter { roots: roots.into_iter().collect(), exact: exact.into_iter().collect() }
+    }
+
+    /// Also keeps `path` (a hard link's target, found after a first unpack).
+    pub fn add_exact(&mut self, path: PathBuf) {
+        self.exact.insert(path);
+    }
+
+    pub fn keeps(&self, rel: &Path) -> bool {
+        self.exact.contains(rel) || self.roots.iter().any(|r| rel.starts_with(r) || r.starts_with(rel))
+    }
 }
 
 /// What [`unpack_layer`] did.
@@ -72,6 +102,9 @@ pub struct UnpackStats {
     /// (made as parents of its entries, 0755 root). They must not hide the metadata the lower
     /// layers give the same directory, which is what overlayfs would otherwise show.
     pub implicit_dirs: Vec<PathBuf>,
+    /// With a [`PathFilter`]: targets of kept hard links that the filter left out (the links
+    /// were skipped).
+    pub left_out_link_targets: Vec<PathBuf>,
 }
 
 /// Reads an uncompressed layer tar stream and applies it to `root`.
@@ -256,6 +289,16 @@ impl Unpacker<'_> {
             return Ok(());
         };
 
+        if let Some(filter) = &self.opts.filter {
+            let hides = match name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
+                Some(OPAQUE_SUFFIX) => rel.parent().unwrap_or(Path::new("")).to_path_buf(),
+                Some(rest) => rel.with_file_name(OsStr::from_bytes(rest)),
+                None => rel.clone(),
+            };
+            if !filter.keeps(&hides) {
+                return Ok(());
+            }
+        }
         if let Some(rest) = name.as_bytes().strip_prefix(WHITEOUT_PREFIX) {
             self.stats.whiteouts += 1;
             self.stats.entries += 1;
@@ -530,6 +573,13 @@ impl Unpacker<'_> {
         };
         if target_clean.as_os_str().is_empty() {
             return Err(bad("the target is the root directory"));
+        }
+        if let Some(filter) = &self.opts.filter
+            && !filter.keeps(&target_clean)
+        {
+            // Left out, so there is nothing to link to: the caller unpacks again with it.
+            self.stats.left_out_link_targets.push(target_clean);
+            return Ok(());
         }
         // The final component is not followed: linking to a symlink links the symlink itself,
         // exactly what link(2) without AT_SYMLINK_FOLLOW does.

@@ -8,7 +8,7 @@ use std::time::Instant;
 use ext_rootfs::{UnpackError, UnpackOptions, WhiteoutMode, unpack_layer};
 
 fn opts() -> UnpackOptions {
-    UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: "sha256:bomb".into() }
+    UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: "sha256:bomb".into(), filter: None }
 }
 
 /// A ustar header block.

@@ -119,7 +119,7 @@ impl Layer {
 }
 
 fn unpack_mode(root: &Path, layer: &[u8], mode: WhiteoutMode) -> Result<UnpackStats, UnpackError> {
-    let opts = UnpackOptions { whiteouts: mode, layer_name: LAYER.to_owned() };
+    let opts = UnpackOptions { whiteouts: mode, layer_name: LAYER.to_owned(), filter: None };
     unpack_layer(root, layer, &opts)
 }
 
@@ -838,4 +838,55 @@ fn throughput_many_files() {
     unpack(&fx.root, &layer).unwrap();
     let secs = start.elapsed().as_secs_f64();
     eprintln!("one 100 MB file: {:.0} MB/s", 104.857_6 / secs);
+}
+
+#[test]
+fn a_path_filter_keeps_its_roots_their_ancestors_and_exact_paths() {
+    let fx = Fixture::new();
+    let filter = |roots: &[&str], exact: &[&str]| {
+        Some(std::sync::Arc::new(ext_rootfs::PathFilter::new(
+            roots.iter().map(PathBuf::from),
+            exact.iter().map(PathBuf::from),
+        )))
+    };
+    let run = |layer: &[u8], f| {
+        let opts = UnpackOptions { whiteouts: WhiteoutMode::Apply, layer_name: LAYER.to_owned(), filter: f };
+        unpack_layer(&fx.root, layer, &opts)
+    };
+    let l1 = Layer::new()
+        .dir("usr", 0o700)
+        .dir("usr/bin", 0o755)
+        .file("usr/bin/tool", b"t")
+        .file("usr/bin2", b"not below usr/bin")
+        .dir("usr/lib", 0o755)
+        .file("usr/lib/libx.so.1", b"x")
+        .symlink("usr/lib/libx.so", "libx.so.1")
+        .file("etc", b"e")
+        .bytes();
+    run(&l1, filter(&["usr/bin"], &["usr/lib/libx.so"])).unwrap();
+    let r = &fx.root;
+    let exists = |p: &str| r.join(p).symlink_metadata().is_ok();
+    assert!(exists("usr/bin/tool"));
+    assert_eq!(
+        r.join("usr").symlink_metadata().unwrap().permissions().mode() & 0o777,
+        0o700,
+        "an ancestor keeps its own mode"
+    );
+    assert!(exists("usr/lib/libx.so"), "an exact path is kept");
+    for gone in ["usr/bin2", "usr/lib/libx.so.1", "etc"] {
+        assert!(!exists(gone), "{gone} is left out");
+    }
+    // Whiteouts count by the path they hide: one inside the roots applies, one outside is
+    // skipped (its directory is not made either).
+    let l2 = Layer::new().file("usr/bin/.wh.tool", b"").file("opt/.wh.x", b"").bytes();
+    run(&l2, filter(&["usr/bin"], &[])).unwrap();
+    assert!(!exists("usr/bin/tool") && !exists("opt"));
+    // A kept hard link to a left-out file is skipped, naming the target to add.
+    let l3 = Layer::new().file("data/big", b"b").hardlink("usr/bin/big", "data/big").bytes();
+    let stats = run(&l3, filter(&["usr/bin"], &[])).unwrap();
+    assert_eq!(stats.left_out_link_targets, vec![PathBuf::from("data/big")]);
+    assert!(!exists("usr/bin/big"));
+    let stats = run(&l3, filter(&["usr/bin"], &["data/big"])).unwrap();
+    assert!(stats.left_out_link_targets.is_empty());
+    assert_eq!(fs::read(r.join("usr/bin/big")).unwrap(), b"b");
 }

@@ -13,7 +13,7 @@ use crate::step_key::{self, RunInputs, Stamped};
 
 impl Session {
     /// The image this session has made so far, as step cache keys name it.
-    fn parent(&self) -> Digest {
+    pub(super) fn parent(&self) -> Digest {
         step_key::parent_digest(&self.base.manifest_digest, &self.layers)
     }
 
