@@ -30,6 +30,12 @@ pub struct Dockerfile {
     /// The `# syntax=` directive's value: BuildKit would load that frontend image; we have
     /// one front end of our own, so it is only reported (see [`Dockerfile::syntax_note`]).
     pub syntax: Option<String>,
+    /// The `# check=` directive's value and its line: which build checks to skip, and whether
+    /// their findings fail the build (see [`crate::checks`]).
+    pub check: Option<(String, usize)>,
+    /// Last lines of instructions that have an empty line inside a continuation (BuildKit's
+    /// NoEmptyContinuation check).
+    pub empty_continuations: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +48,8 @@ pub struct From {
     /// The stage name of `FROM image AS name`, lowercased (BuildKit's stage names are
     /// case-insensitive): `COPY --from=` naming it is a second stage, not an image.
     pub stage: Option<String>,
+    /// The instruction as written (`FROM ${base_image} AS final`), for the casing checks.
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +198,9 @@ fn parse_raw(
     })?;
     let escape = parsed.parser_directives.escape.as_ref().map_or('\\', |d| d.value.value);
     let syntax = parsed.parser_directives.syntax.as_ref().map(|d| d.value.value.to_string());
+    let check =
+        parsed.parser_directives.check.as_ref().map(|d| (d.value.value.to_string(), lines.line_of(d.value.span.start)));
+    let mut empty_continuations = Vec::new();
 
     let mut global_args = Vec::new();
     let mut from: Option<From> = None;
@@ -204,6 +215,9 @@ fn parse_raw(
         let line = lines.line_of(start);
         let at = Location { file: file.into(), line };
         let source = heredoc::restore(&instruction_text(&text[start..end], escape), docs);
+        if let Some(last) = empty_continuation(&text[start..end], escape) {
+            empty_continuations.push(line + last);
+        }
 
         if let pd::Instruction::From(f) = ins {
             if implicit_from_at.is_some() && !is_implicit {
@@ -224,7 +238,7 @@ fn parse_raw(
                 });
             }
             let stage = f.as_.as_ref().map(|(_, name)| name.value.to_lowercase());
-            from = Some(From { line, image: f.image.value.to_string(), implicit: is_implicit, stage });
+            from = Some(From { line, image: f.image.value.to_string(), implicit: is_implicit, stage, text: source });
             continue;
         }
 
@@ -241,7 +255,43 @@ fn parse_raw(
     if from.implicit && instructions.is_empty() {
         return Err(DockerfileError::Empty { at: Location { file: file.into(), line: 0 } });
     }
-    Ok(Dockerfile { file: file.into(), escape, global_args, from, instructions, warnings, syntax })
+    Ok(Dockerfile {
+        file: file.into(),
+        escape,
+        global_args,
+        from,
+        instructions,
+        warnings,
+        syntax,
+        check,
+        empty_continuations,
+    })
+}
+
+/// If the instruction at the start of `raw` (its text up to the next instruction) continues
+/// over an empty line, how many lines after its first its last line is.
+fn empty_continuation(raw: &str, escape: char) -> Option<usize> {
+    let continues = |line: &str| line.trim_end().ends_with(escape);
+    let mut lines = raw.lines().enumerate();
+    let (_, first) = lines.next()?;
+    if !continues(first) {
+        return None;
+    }
+    let mut empty = false;
+    for (n, line) in lines {
+        let t = line.trim_start();
+        if t.starts_with('#') {
+            continue;
+        }
+        if t.is_empty() {
+            empty = true;
+            continue;
+        }
+        if !continues(line) {
+            return empty.then_some(n);
+        }
+    }
+    None
 }
 
 fn convert(

@@ -45,6 +45,17 @@ pub struct Plan {
     pub from: ResolvedFrom,
     pub steps: Vec<Step>,
     pub warnings: Vec<Warning>,
+    /// Variables an instruction expanded that nothing defines (the UndefinedVar check).
+    pub undefined_vars: Vec<UndefinedVar>,
+}
+
+/// A variable used before anything defines it: `$name` at `line`, and the defined name it
+/// is likely a typo of (edit distance at most 2), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UndefinedVar {
+    pub line: usize,
+    pub name: String,
+    pub suggestion: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +186,8 @@ struct Scope<'a> {
     args: &'a BTreeMap<String, String>,
     /// Bytes of expanded words the plan may still produce.
     budget: &'a Budget,
+    /// Names looked up and not found (for the UndefinedVar build check), if recorded.
+    missing: Option<&'a std::cell::RefCell<std::collections::BTreeSet<String>>>,
 }
 
 /// What is left of [`MAX_PLAN_BYTES`].
@@ -220,7 +233,13 @@ fn check_variables(defined: usize, at: &Location) -> Result<(), DockerfileError>
 
 impl VarLookup for Scope<'_> {
     fn lookup(&self, name: &str) -> Option<&str> {
-        self.env.get(name).map(String::as_str).or_else(|| self.args.get(name).map(String::as_str))
+        let found = self.env.get(name).map(String::as_str).or_else(|| self.args.get(name).map(String::as_str));
+        if found.is_none()
+            && let Some(missing) = self.missing
+        {
+            missing.borrow_mut().insert(name.to_string());
+        }
+        found
     }
 }
 
@@ -231,8 +250,12 @@ impl Dockerfile {
         let globals = self.global_arg_values(build_args)?;
         let at = self.at(self.from.line);
         let budget = Budget::new();
-        let image =
-            expand_word(&lex, &self.from.image, &Scope { env: &HashMap::new(), args: &globals, budget: &budget }, &at)?;
+        let image = expand_word(
+            &lex,
+            &self.from.image,
+            &Scope { env: &HashMap::new(), args: &globals, budget: &budget, missing: None },
+            &at,
+        )?;
         if image.trim().is_empty() {
             let missing = if self.from.image.contains("base_image") {
                 "; the build arg `base_image` is not set (pass --from)"
@@ -283,11 +306,17 @@ impl Dockerfile {
         let mut args_bytes = 0usize;
         let mut steps = Vec::with_capacity(self.instructions.len());
         let budget = Budget::new();
+        // For the UndefinedVar check: the ARGs this stage declared (with a value or not) and
+        // the names each instruction looked up in vain.
+        let mut declared_names: std::collections::BTreeSet<String> = Default::default();
+        let missing = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let mut undefined_vars = Vec::new();
 
         for ins in &self.instructions {
             let at = self.at(ins.line);
+            missing.borrow_mut().clear();
             let op = {
-                let scope = Scope { env: &env, args: &args, budget: &budget };
+                let scope = Scope { env: &env, args: &args, budget: &budget, missing: Some(&missing) };
                 let word = |w: &str| expand_word(&lex, w, &scope, &at);
                 match &ins.kind {
                     Kind::Arg(text) => {
@@ -456,9 +485,25 @@ impl Dockerfile {
                 let defined = (args_bytes + env_bytes).saturating_sub(image_env_bytes);
                 check_variables(defined, &at)?;
             }
+            // BuildKit reports what the frontend expands (not RUN's words, which the shell
+            // expands) and misses only names no ARG of the stage declares, as of before this
+            // instruction's own declarations.
+            if !matches!(op, Op::Run(_)) {
+                for name in missing.borrow().iter().filter(|n| !declared_names.contains(*n)) {
+                    let options = env.keys().chain(args.keys()).map(String::as_str);
+                    undefined_vars.push(UndefinedVar {
+                        line: ins.line,
+                        name: name.clone(),
+                        suggestion: crate::checks::suggest(name, options),
+                    });
+                }
+            }
+            if let Op::Arg(pairs) = &op {
+                declared_names.extend(pairs.iter().map(|(k, _)| k.clone()));
+            }
             steps.push(Step { line: ins.line, text: ins.text.clone(), op });
         }
-        Ok(Plan { file: self.file.clone(), from, steps, warnings: self.warnings.clone() })
+        Ok(Plan { file: self.file.clone(), from, steps, warnings: self.warnings.clone(), undefined_vars })
     }
 
     fn at(&self, line: usize) -> Location {
@@ -490,7 +535,7 @@ impl Dockerfile {
                     Some(d) => Some(expand_word(
                         &lex,
                         d,
-                        &Scope { env: &HashMap::new(), args: &values, budget: &budget },
+                        &Scope { env: &HashMap::new(), args: &values, budget: &budget, missing: None },
                         &at,
                     )?),
                     None => None,

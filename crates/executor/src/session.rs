@@ -203,7 +203,27 @@ impl Session {
         provenance: &Provenance,
     ) -> Result<Vec<StepReport>> {
         let plan = dockerfile.plan(build_args, &self.config.env())?;
+        self.run_checks(dockerfile, &plan, build_args)?;
         self.apply_plan(&plan, context, provenance)
+    }
+
+    /// BuildKit's build checks on `dockerfile` against the image so far: findings logged as
+    /// warnings, an error if the file says `# check=error=true` and there are any.
+    pub fn run_checks(
+        &self,
+        dockerfile: &Dockerfile,
+        plan: &Plan,
+        build_args: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let inputs = ext_dockerfile::CheckInputs { build_args, base_has_shell: self.config.has_shell() };
+        let report = dockerfile.check(plan, inputs)?;
+        for w in &report.warnings {
+            tracing::warn!("{w}");
+        }
+        match report.failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     pub fn apply_plan(

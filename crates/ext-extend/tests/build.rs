@@ -234,6 +234,16 @@ fn bad_input_fails_clearly_and_leaves_the_output_alone() {
             "copy-from-bad.Dockerfile:2: COPY --from: ",
         ),
         (
+            "check-error.Dockerfile",
+            "# check=error=true\nFROM ${base_image}\nCOPY file.txt /f\nMAINTAINER me\n",
+            "lint violation found for rules: MaintainerDeprecated",
+        ),
+        (
+            "check-bad.Dockerfile",
+            "# check=skip=all;bogus=1\nFROM ${base_image}\n",
+            "check-bad.Dockerfile:1: failed to parse check options: invalid check option \"bogus\"",
+        ),
+        (
             "copy-from-stage.Dockerfile",
             "FROM ${base_image} AS final\nCOPY --from=final /x /y\n",
             "copy-from-stage.Dockerfile:2: `COPY --from=final` names a build stage",

@@ -243,6 +243,9 @@ pub fn extend(opts: &ExtendOptions) -> Result<ExtendReport> {
             .plan(&args, &session.config().env())
             .map_err(|e| LifecycleError::Extension { id: job.id.clone(), message: e.to_string() })?;
         session
+            .run_checks(df, &plan, &args)
+            .map_err(|source| LifecycleError::Apply { id: job.id.clone(), source: Box::new(source) })?;
+        session
             .apply_plan(&plan, &context, &Provenance::Extension(job.id.clone()))
             .map_err(|source| LifecycleError::Apply { id: job.id.clone(), source: Box::new(source) })?;
         if opts.kind == Kind::Run {

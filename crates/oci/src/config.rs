@@ -238,6 +238,11 @@ impl ImageConfig {
         self.strings_field("Shell").filter(|s| !s.is_empty()).unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
+    /// Whether the config sets a SHELL of its own (else RUN uses `/bin/sh -c`).
+    pub fn has_shell(&self) -> bool {
+        self.strings_field("Shell").is_some_and(|s| !s.is_empty())
+    }
+
     pub fn set_shell(&mut self, shell: &[String]) {
         self.set_field("Shell", json!(shell));
     }
