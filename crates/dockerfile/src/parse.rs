@@ -397,13 +397,14 @@ fn copy_kind(
         match f.name.as_str() {
             "chown" | "chmod" | "link" | "exclude" => {}
             "parents" | "from" if !add => {}
+            "checksum" | "unpack" if add => {}
             other => {
                 return Err(DockerfileError::UnsupportedFlag {
                     at: at.clone(),
                     instruction,
                     flag: other.to_string(),
                     supported: if add {
-                        "--chown, --chmod, --link, --exclude"
+                        "--chown, --chmod, --link, --exclude, --checksum, --unpack"
                     } else {
                         "--from, --chown, --chmod, --link, --exclude, --parents"
                     },

@@ -115,6 +115,11 @@ pub struct CopyOp {
     /// context. The reference as written (expanded): a Docker name (`busybox`,
     /// `ghcr.io/o/r:t`), `docker://HOST/REPO[:TAG|@DIGEST]` or `oci:DIR[:TAG]`.
     pub from: Option<String>,
+    /// `ADD --checksum=sha256:HEX`: the digest the one URL source must have.
+    pub checksum: Option<String>,
+    /// `ADD --unpack`: whether archives are extracted (default: local ones are, downloaded
+    /// ones are not, as in BuildKit).
+    pub unpack: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -622,18 +627,39 @@ impl Dockerfile {
         if let Some(m) = &chmod {
             crate::chmod::Chmod::parse(m).map_err(|e| self.invalid(ins, format!("{name} --chmod: {e}")))?;
         }
+        let checksum = flag("checksum")?;
+        if let Some(c) = &checksum {
+            let hex = c.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                return Err(
+                    self.invalid(ins, format!("ADD --checksum={c}: expected sha256: and 64 lowercase hex digits"))
+                );
+            }
+        }
+        let unpack = match flags.iter().find(|f| f.name == "unpack") {
+            None => None,
+            Some(Flag { value: None, .. }) => Some(true),
+            Some(Flag { value: Some(v), .. }) => {
+                Some(crate::mount::parse_bool("--unpack", v).map_err(|e| self.invalid(ins, format!("{name} {e}")))?)
+            }
+        };
         let mut out = Vec::with_capacity(sources.len());
         for s in sources {
             out.push(match s {
                 RawSource::Path(p) => {
                     let p = expand_word(lex, p, scope, at)?;
-                    if p.starts_with("http://") || p.starts_with("https://") {
+                    if is_git_source(&p) {
+                        return Err(self.invalid(
+                            ins,
+                            format!(
+                                "{name} of a git repository ({p}) is not supported; clone it in bin/generate into the extension layer and COPY it from there"
+                            ),
+                        ));
+                    } else if p.starts_with("http://") || p.starts_with("https://") {
                         if !add {
                             return Err(self.invalid(ins, format!("COPY cannot fetch a URL ({p}); use ADD")));
                         }
                         CopySource::Url(p)
-                    } else if p.starts_with("git@") {
-                        return Err(self.invalid(ins, format!("{name} of a git repository ({p}) is not supported")));
                     } else {
                         CopySource::Path(p)
                     }
@@ -651,7 +677,16 @@ impl Dockerfile {
         if from.is_some() && out.iter().any(|s| matches!(s, CopySource::Inline { .. })) {
             return Err(self.invalid(ins, "COPY --from copies files of an image, not here-documents".to_string()));
         }
-        Ok(CopyOp { add, sources: out, dest, chown, chmod, exclude, parents, from })
+        if checksum.is_some() {
+            // BuildKit's rules for --checksum.
+            if out.len() != 1 {
+                return Err(self.invalid(ins, "ADD --checksum can't be specified for multiple sources".into()));
+            }
+            if !matches!(out[0], CopySource::Url(_)) {
+                return Err(self.invalid(ins, "ADD --checksum requires an HTTP(S) source".into()));
+            }
+        }
+        Ok(CopyOp { add, sources: out, dest, chown, chmod, exclude, parents, from, checksum, unpack })
     }
 
     fn healthcheck(
@@ -775,4 +810,18 @@ pub fn parse_duration(s: &str) -> Option<u64> {
         rest = &rest[unit_len..];
     }
     Some(total as u64)
+}
+
+/// Whether an ADD source is a git repository, as BuildKit tells them (`git@host:…`,
+/// `git://…`, `ssh://…`, or an http(s) URL whose path ends in `.git`, maybe with `#ref`).
+fn is_git_source(p: &str) -> bool {
+    if p.starts_with("git@") || p.starts_with("git://") || p.starts_with("ssh://") {
+        return true;
+    }
+    if p.starts_with("http://") || p.starts_with("https://") {
+        let without_fragment = p.split('#').next().unwrap_or(p);
+        let path = without_fragment.split('?').next().unwrap_or(without_fragment);
+        return path.trim_end_matches('/').ends_with(".git");
+    }
+    false
 }

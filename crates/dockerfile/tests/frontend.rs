@@ -271,3 +271,42 @@ fn run_heredocs_as_buildkit_runs_them() {
     assert_eq!(shell(4), RunCommand::Shell("echo chomped\n".into()), "a lone here-document is the command");
     assert_eq!(ops[5], Op::User("1000".into()));
 }
+
+#[test]
+fn add_checksum_unpack_and_git_sources() {
+    let sum = format!("sha256:{}", "ab".repeat(32));
+    let text = format!(
+        "FROM ${{base_image}}\nADD --checksum={sum} https://example.com/t.tgz /opt/\nADD --unpack=true https://example.com/a.tgz /u/\nADD --unpack a.tgz /v/\nADD --unpack=false a.tgz /w/\n"
+    );
+    let ops = plan_ops(&text, &[("base_image", "b")], &[]);
+    let Op::Copy(c) = &ops[0] else { panic!() };
+    assert_eq!(c.checksum.as_deref(), Some(sum.as_str()));
+    assert_eq!(c.unpack, None);
+    let unpack: Vec<Option<bool>> = ops[1..]
+        .iter()
+        .map(|o| match o {
+            Op::Copy(c) => c.unpack,
+            _ => panic!(),
+        })
+        .collect();
+    assert_eq!(unpack, [Some(true), Some(true), Some(false)]);
+
+    let base = &[("base_image", "b")];
+    let e = err(&format!("FROM ${{base_image}}\nADD --checksum={sum} a.txt /x\n"), base).to_string();
+    assert!(e.contains(":2:") && e.contains("requires an HTTP(S) source"), "{e}");
+    let e = err(&format!("FROM ${{base_image}}\nADD --checksum={sum} https://e.com/a https://e.com/b /x/\n"), base)
+        .to_string();
+    assert!(e.contains("can't be specified for multiple sources"), "{e}");
+    let e = err("FROM ${base_image}\nADD --checksum=md5:abc https://e.com/a /x\n", base).to_string();
+    assert!(e.contains("expected sha256:"), "{e}");
+    let e = err("FROM ${base_image}\nADD --unpack=maybe a.tgz /x\n", base).to_string();
+    assert!(e.contains("--unpack"), "{e}");
+    for git in ["git@github.com:o/r.git", "https://github.com/o/r.git", "git://h/r", "ssh://git@h/r"] {
+        let e = err(&format!("FROM ${{base_image}}\nADD {git} /src\n"), base).to_string();
+        assert!(e.contains(":2:") && e.contains("git repository"), "{git}: {e}");
+    }
+    let e = err("FROM ${base_image}\nCOPY https://e.com/a /x\n", base).to_string();
+    assert!(e.contains("use ADD"), "{e}");
+    let e = err("FROM ${base_image}\nCOPY --unpack a.tgz /x\n", base).to_string();
+    assert!(e.contains("--unpack"), "{e}");
+}

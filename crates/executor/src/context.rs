@@ -59,6 +59,9 @@ enum ContextKind {
     /// process in that image would (`..` stops at the root, symlinks may point anywhere in
     /// it, no `.dockerignore`). Named after the image in messages.
     ImageRoot { image: String },
+    /// The directory a file `ADD <url>` downloaded was saved in: read as a build context
+    /// without `.dockerignore`, named after the URL in messages.
+    Download { url: String },
 }
 
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -82,11 +85,19 @@ impl BuildContext {
         Ok(context)
     }
 
+    /// The directory holding the file `ADD <url>` downloaded from `url`.
+    pub fn open_download(root: &Path, url: &str) -> Result<BuildContext> {
+        let mut context = BuildContext::open(root)?;
+        context.kind = ContextKind::Download { url: url.to_string() };
+        Ok(context)
+    }
+
     /// Where sources are looked up, for messages: `the build context DIR` or `image NAME`.
     pub fn describe(&self) -> String {
         match &self.kind {
             ContextKind::Directory => format!("the build context {}", self.root.display()),
             ContextKind::ImageRoot { image } => format!("image {image}"),
+            ContextKind::Download { url } => format!("the download of {url}"),
         }
     }
 
@@ -99,7 +110,7 @@ impl BuildContext {
     /// root `..` stops at the root, as it does for a process.
     fn clean(&self, path: &str) -> Option<String> {
         match self.kind {
-            ContextKind::Directory => clean_relative(path),
+            ContextKind::Directory | ContextKind::Download { .. } => clean_relative(path),
             ContextKind::ImageRoot { .. } => Some(crate::paths::clean_clamped(path)),
         }
     }
@@ -299,6 +310,7 @@ impl BuildContext {
                         "leads to nothing in the build context (absolute targets are resolved inside it)".to_string()
                     }
                     ContextKind::ImageRoot { image } => format!("leads to nothing in image {image}"),
+                    ContextKind::Download { url } => format!("leads to nothing in the download of {url}"),
                 };
                 Err(self.escape_error(source, path, &target, &why))
             }

@@ -11,7 +11,8 @@
 //! the destination path are followed inside the image root; hard links within one source
 //! stay hard links (each link after its target in the layer), files linked across sources
 //! become separate copies, as in BuildKit; ADD extracts local tar archives (plain, gzip, bzip2,
-//! xz, zstd; `--chmod` not applied to their members) and refuses URLs.
+//! xz, zstd; `--chmod` not applied to their members) unless `--unpack=false`; a URL's download
+//! (fetched by the session) is copied as a file, extracted only with `--unpack`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -69,6 +70,31 @@ pub struct CopyInput<'a> {
     /// The sources keep their owners unless `--chown` (`COPY --from=IMAGE`, as BuildKit
     /// does it since moby#38599); from a build context they become root's.
     pub keep_owners: bool,
+    /// The files `ADD <url>` sources were downloaded to.
+    pub downloads: &'a [Downloaded],
+}
+
+/// A file `ADD <url>` downloaded: 0600, owned by root, mtime from `Last-Modified` (else 0),
+/// as BuildKit's HTTP source makes it.
+#[derive(Debug)]
+pub struct Downloaded {
+    pub url: String,
+    /// The file's name in `context` (BuildKit's: the URL path's last component).
+    pub name: String,
+    pub digest: ext_oci::Digest,
+    pub mtime: i64,
+    pub context: BuildContext,
+}
+
+/// Where a matched source is.
+#[derive(Clone, Copy)]
+enum Origin<'a> {
+    /// In the input's context.
+    Context,
+    /// A file `ADD <url>` downloaded.
+    Download(&'a BuildContext),
+    /// An extracted archive (its index).
+    Archive(usize),
 }
 
 /// One resolved source: an entry of some context (the build context, or an extracted archive).
@@ -103,14 +129,28 @@ impl CopyPlan {
         let mut inline: Vec<(String, Vec<u8>)> = Vec::new();
         // `--parents` include patterns, by source.
         let mut includes: Vec<Option<Include>> = Vec::new();
-        // (archive index + 1 or 0, the source's own name, the entry it leads to, its include)
-        let mut matched: Vec<(usize, String, &ContextEntry, usize)> = Vec::new();
+        // (where it is, the source's own name, the entry it leads to, its include)
+        let mut matched: Vec<(Origin<'_>, String, &ContextEntry, usize)> = Vec::new();
         for src in &op.sources {
             match src {
                 CopySource::Url(url) => {
-                    return Err(step(format!(
-                        "ADD {url}: downloading needs the network, which ext-extend does not use; fetch it in bin/generate into the extension layer and COPY it from there"
-                    )));
+                    let Some(d) = input.downloads.iter().find(|d| d.url == *url) else {
+                        return Err(step(format!("ADD {url}: the download is missing")));
+                    };
+                    let entry =
+                        d.context.get(&d.name)?.ok_or_else(|| step(format!("ADD {url}: the download is missing")))?;
+                    includes.push(None);
+                    let include = includes.len() - 1;
+                    // BuildKit does not unpack a download unless --unpack.
+                    if op.unpack == Some(true)
+                        && let Some(ctx) =
+                            extract_archive(&d.context.disk_path(entry), input.scratch, archives.len(), input.at)?
+                    {
+                        archives.push(ctx);
+                        matched.push((Origin::Archive(archives.len() - 1), d.name.clone(), entry, include));
+                        continue;
+                    }
+                    matched.push((Origin::Download(&d.context), d.name.clone(), entry, include));
                 }
                 CopySource::Inline { name, content } => inline.push((name.clone(), content.clone().into_bytes())),
                 CopySource::Path(p) => {
@@ -155,15 +195,16 @@ impl CopyPlan {
                     }
                     for m in found {
                         let e = m.entry;
-                        if op.add && matches!(e.kind, EntryKind::File { .. }) {
+                        // Local archives are extracted unless --unpack=false.
+                        if op.add && op.unpack != Some(false) && matches!(e.kind, EntryKind::File { .. }) {
                             let disk = input.context.disk_path(e);
                             if let Some(ctx) = extract_archive(&disk, input.scratch, archives.len(), input.at)? {
                                 archives.push(ctx);
-                                matched.push((archives.len(), m.name, e, include));
+                                matched.push((Origin::Archive(archives.len() - 1), m.name, e, include));
                                 continue;
                             }
                         }
-                        matched.push((0, m.name, e, include));
+                        matched.push((Origin::Context, m.name, e, include));
                     }
                 }
             }
@@ -172,7 +213,7 @@ impl CopyPlan {
             .iter()
             .map(|(a, name, e, include)| -> Result<Item<'_>> {
                 Ok(match *a {
-                    0 => Item {
+                    Origin::Context => Item {
                         context: input.context,
                         name,
                         entry: e,
@@ -180,8 +221,12 @@ impl CopyPlan {
                         archive: false,
                         include: includes[*include].as_ref(),
                     },
-                    n => {
-                        let ctx = &archives[n - 1];
+                    // A download is root's (or --chown's), like a build context's files.
+                    Origin::Download(context) => {
+                        Item { context, name, entry: e, keep_owner: false, archive: false, include: None }
+                    }
+                    Origin::Archive(n) => {
+                        let ctx = &archives[n];
                         Item {
                             context: ctx,
                             name,

@@ -23,6 +23,7 @@ use crate::step_key::SourceHasher;
 use crate::tree::{ImageTree, LiveTree, TreeView};
 use crate::users::{self, GroupDefault};
 
+mod add_url;
 mod copy_from;
 mod step_cache;
 
@@ -264,8 +265,22 @@ impl Session {
                         self.cached_step(key, &mut report, |s| s.copy_from(op, &at, &source))?;
                     }
                     None => {
-                        let key = self.copy_key(op, context);
-                        self.cached_step(key, &mut report, |s| s.copy(op, &at, context))?;
+                        let has_urls = op.sources.iter().any(|s| matches!(s, ext_dockerfile::CopySource::Url(_)));
+                        // Without --checksum the key needs the download's digest; with it, a
+                        // hit needs no download (see add_url.rs).
+                        let early = has_urls && op.checksum.is_none() && self.opts.step_cache.is_some();
+                        let done = (|| {
+                            let downloads = if early { self.download_urls(op, &at)? } else { Vec::new() };
+                            let key = self.copy_key(op, context, &downloads);
+                            self.cached_step(key, &mut report, |s| {
+                                let downloads = if has_urls && !early { s.download_urls(op, &at)? } else { downloads };
+                                s.copy(op, &at, context, &downloads)
+                            })
+                        })();
+                        if has_urls {
+                            let _ = std::fs::remove_dir_all(self.downloads_dir());
+                        }
+                        done?;
                     }
                 },
                 Op::Run(run) => {
@@ -386,8 +401,9 @@ impl Session {
         op: &ext_dockerfile::CopyOp,
         at: &Location,
         context: &BuildContext,
+        downloads: &[crate::copy::Downloaded],
     ) -> Result<Option<(LayerBlob, Vec<String>)>> {
-        self.copy_with(op, at, context, false)
+        self.copy_with(op, at, context, false, downloads)
     }
 
     /// COPY/ADD from `context`; `keep_owners`: its entries keep their owners unless `--chown`.
@@ -397,6 +413,7 @@ impl Session {
         at: &Location,
         context: &BuildContext,
         keep_owners: bool,
+        downloads: &[crate::copy::Downloaded],
     ) -> Result<Option<(LayerBlob, Vec<String>)>> {
         let workdir = self.workdir();
         let scratch = self.opts.scratch.join(format!("copy-{}", self.copies));
@@ -427,6 +444,7 @@ impl Session {
             owner,
             scratch: &scratch,
             keep_owners,
+            downloads,
         });
         let committed = match plan {
             // Only wildcards that matched nothing: no layer (BuildKit drops the empty one).

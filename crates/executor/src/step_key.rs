@@ -95,12 +95,21 @@ pub fn copy_key(
     op: &CopyOp,
     workdir: &str,
     context: &BuildContext,
+    downloads: &[crate::copy::Downloaded],
     hasher: &mut SourceHasher,
 ) -> Option<(StepKey, Vec<Stamped>)> {
     let mut sink = HashingWriter::new(std::io::sink());
     let mut stamps = Vec::new();
     let exclude = crate::copy_select::Exclude::new(op).ok()?;
     for (n, source) in op.sources.iter().enumerate() {
+        if let CopySource::Url(url) = source {
+            // What was downloaded (with --checksum the instruction names it already, and
+            // nothing is downloaded before the lookup).
+            if let Some(d) = downloads.iter().find(|d| d.url == *url) {
+                writeln!(sink, "url {n} {url:?}: {} {} {:?}", d.digest, d.mtime, d.name).ok()?;
+            }
+            continue;
+        }
         let CopySource::Path(p) = source else { continue };
         let resolved = crate::copy_select::resolve(op, context, p).ok()?;
         let matches = resolved.matches;
@@ -447,7 +456,7 @@ mod tests {
     fn copy_key_of(ctx: &Path, text: &str, hasher: &mut SourceHasher) -> StepKey {
         let context = BuildContext::open(ctx).unwrap();
         let op = copy_op(text);
-        copy_key(&Digest::of(b"image"), &LayerOptions::default(), &op, "/w", &context, hasher).unwrap().0
+        copy_key(&Digest::of(b"image"), &LayerOptions::default(), &op, "/w", &context, &[], hasher).unwrap().0
     }
 
     #[test]
@@ -486,7 +495,7 @@ mod tests {
         let context = BuildContext::open(&ctx).unwrap();
         let missing = copy_op("COPY nothing-here /x");
         assert!(
-            copy_key(&Digest::of(b"image"), &LayerOptions::default(), &missing, "/", &context, &mut h).is_some(),
+            copy_key(&Digest::of(b"image"), &LayerOptions::default(), &missing, "/", &context, &[], &mut h).is_some(),
             "a missing plain path resolves to nothing: keyed, and the step fails before storing"
         );
     }
@@ -545,9 +554,16 @@ mod tests {
 
         // What a miss checks before storing: the files are still as they were hashed.
         let context = BuildContext::open(&ctx).unwrap();
-        let (_, stamps) =
-            copy_key(&Digest::of(b"image"), &LayerOptions::default(), &copy_op("COPY f /f"), "/", &context, &mut fresh)
-                .unwrap();
+        let (_, stamps) = copy_key(
+            &Digest::of(b"image"),
+            &LayerOptions::default(),
+            &copy_op("COPY f /f"),
+            "/",
+            &context,
+            &[],
+            &mut fresh,
+        )
+        .unwrap();
         assert!(stamps.iter().all(Stamped::unchanged));
         fs::write(&file, "cccc").unwrap();
         assert!(!stamps.iter().all(Stamped::unchanged));

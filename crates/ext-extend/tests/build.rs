@@ -222,7 +222,11 @@ fn bad_input_fails_clearly_and_leaves_the_output_alone() {
             "FROM ${base_image}\nCOPY --chown=nobody file.txt /x\n",
             "user `nobody` is not in the image's /etc/passwd",
         ),
-        ("url.Dockerfile", "FROM ${base_image}\nADD https://example.com/x /x\n", "needs the network"),
+        (
+            "git.Dockerfile",
+            "FROM ${base_image}\nADD https://example.com/o/r.git /x\n",
+            "git.Dockerfile:2: ADD of a git repository (https://example.com/o/r.git) is not supported",
+        ),
         (
             "copy-from.Dockerfile",
             "FROM ${base_image}\nCOPY file.txt /f\nCOPY --from=oci:/nonexistent/layout:v1 /bin/busybox /bb\n",

@@ -13,6 +13,12 @@ pub enum OciError {
         source: std::io::Error,
     },
 
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
+
+    #[error("{url}: checksum mismatch: --checksum says {expected}, the download is {actual}")]
+    ChecksumMismatch { url: String, expected: Digest, actual: Digest },
+
     #[error("{path}: not an OCI image layout ({reason})")]
     NotALayout { path: PathBuf, reason: String },
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod escape;
+pub mod http;
 pub mod layer;
 pub mod layout;
 pub mod media;

@@ -57,7 +57,7 @@ const UPLOAD_CHUNK: usize = 1 << 20;
 const MANIFEST_TYPES: &[&str] =
     &[media::OCI_MANIFEST, media::OCI_INDEX, media::DOCKER_MANIFEST, media::DOCKER_MANIFEST_LIST];
 
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cannot start the tokio runtime")

@@ -98,7 +98,7 @@ impl Session {
                 started.elapsed().as_secs_f64()
             );
             let context = BuildContext::open_image_root(&dir, &source.name)?;
-            self.copy_with(op, at, &context, true)
+            self.copy_with(op, at, &context, true, &[])
         });
         let _ = std::fs::remove_dir_all(&dir);
         copied

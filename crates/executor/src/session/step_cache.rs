@@ -27,10 +27,11 @@ impl Session {
         &mut self,
         op: &ext_dockerfile::CopyOp,
         context: &BuildContext,
+        downloads: &[crate::copy::Downloaded],
     ) -> Option<(StepKey, Vec<Stamped>)> {
         self.opts.step_cache.as_ref()?;
         let parent = self.parent();
-        step_key::copy_key(&parent, &self.opts.layer, op, &self.workdir(), context, &mut self.hasher)
+        step_key::copy_key(&parent, &self.opts.layer, op, &self.workdir(), context, downloads, &mut self.hasher)
     }
 
     pub(super) fn run_key(&mut self, op: &RunOp, context: &BuildContext) -> Option<(StepKey, Vec<Stamped>)> {
@@ -76,7 +77,7 @@ impl Session {
                     };
                     let parent = Digest::of(b"bind mount");
                     let (key, s) =
-                        step_key::copy_key(&parent, &self.opts.layer, &copy, "/", context, &mut self.hasher)?;
+                        step_key::copy_key(&parent, &self.opts.layer, &copy, "/", context, &[], &mut self.hasher)?;
                     part.push_str(&format!(" source={source:?} content={}", key.digest()));
                     stamps.extend(s);
                 }
